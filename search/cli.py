@@ -1,0 +1,78 @@
+"""`augtune` command line. Bad input exits with code 2 before Ray starts or anything is written."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+EXIT_BAD_INPUT = 2
+
+
+def _train_teacher(args) -> int:
+    from search.config import load_config
+    from search.teacher import default_teacher_path, train_teacher
+    from trainables.engine import load_checkpoint, resolve_device, evaluate, InputPipeline
+    from trainables.data import BatchFeeder, load_data
+
+    cfg = load_config(args.config, _overrides(args))
+    data = load_data(cfg.data)
+    out = Path(args.output) if args.output else default_teacher_path(cfg)
+    print(f"training teacher {cfg.teacher.model} on {cfg.data.name} "
+          f"({len(data.train)} train / {len(data.test)} test images, {data.num_classes} classes)")
+    path, final = train_teacher(cfg, data, progress=not args.no_progress, path=out)
+    device = resolve_device(cfg.device)
+    model, _ = load_checkpoint(path, data, device)
+    reloaded = evaluate(model, BatchFeeder(data.test, 512, device, shuffle=False), InputPipeline(data, device), device)
+    summary = {"checkpoint": str(path), "test_acc": final["test_acc"], "test_loss": final["test_loss"],
+               "reloaded_test_acc": reloaded["acc"]}
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _overrides(args) -> dict:
+    out = {}
+    for item in getattr(args, "set", None) or []:
+        if "=" not in item:
+            raise SystemExit(f"--set takes key=value, got {item!r}")
+        import yaml
+
+        key, value = item.split("=", 1)
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="augtune", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p):
+        p.add_argument("config", help="experiment YAML (see configs/)")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override a config field, e.g. --set teacher.train.epochs=5")
+        p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        return p
+
+    train = sub.add_parser("train", help="single training runs without Ray")
+    train_sub = train.add_subparsers(dest="what", required=True)
+    teacher = with_config(train_sub.add_parser("teacher", help="train and save a teacher"))
+    teacher.add_argument("--output", help="checkpoint path (default OUTPUT_DIR/NAME/teacher.pt)")
+    teacher.set_defaults(handler=_train_teacher)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from search.config import ConfigError
+    from trainables.engine import CheckpointError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (ConfigError, CheckpointError, FileNotFoundError) as exc:
+        print(f"augtune: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

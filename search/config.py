@@ -1,0 +1,179 @@
+"""The full config schema (experiment + augmentation space + proxy + sweep + tracking) and a
+loader that turns any problem into a `ConfigError` naming the field and what is allowed."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from spaces.candidates import DEFAULT_CANDIDATES, expand_candidates
+from spaces.hyper import parse_hyperparameters
+from trainables.config import ExperimentConfig, ModelConfig, Section
+
+
+class ConfigError(ValueError):
+    """Bad user input; the CLI prints it and exits with code 2."""
+
+
+class KDConfig(Section):
+    temperature: float = Field(4.0, gt=0.0)
+    ce_weight: float = Field(0.1, ge=0.0)
+    kd_weight: float = Field(0.9, ge=0.0)
+    augmented_kd: bool = Field(True, description="add the KL term on the augmented view x'")
+
+
+class SpaceConfig(Section):
+    candidates: list[Union[str, dict[str, Any]]] = Field(default_factory=lambda: list(DEFAULT_CANDIDATES))
+
+    @field_validator("candidates")
+    @classmethod
+    def _parse(cls, value):
+        if not value:
+            raise ValueError("list at least one augmentation candidate")
+        expand_candidates(value)  # raises ValueError naming the bad candidate
+        return value
+
+    def resolved(self):
+        return expand_candidates(self.candidates)
+
+
+class ProxyConfig(Section):
+    passes: int = Field(10, ge=1, description="passes over the training set (official: 10)")
+    group_batches: int = Field(5, ge=2, description="batches per group mean (official: 5)")
+    batch_size: int = Field(64, ge=2, description="batch size of the proxy's passes (official: 64)")
+    min_passes: int = Field(2, ge=1, description="early stop: never before this many passes")
+    stop_when_stable: bool = Field(False, description="stop adding passes once the ranking is stable")
+    stable_passes: int = Field(2, ge=1, description="ranking unchanged for this many passes -> stop")
+    bootstrap: int = Field(1000, ge=0, description="bootstrap resamples for the interval (0: none)")
+    confidence: float = Field(0.95, gt=0.0, lt=1.0)
+    student_checkpoint: Optional[Path] = Field(None, description="needed by entropy=student picks")
+
+    @field_validator("student_checkpoint")
+    @classmethod
+    def _exists(cls, value):
+        if value is not None and not value.is_file():
+            raise ValueError(f"student checkpoint {value} does not exist")
+        return value
+
+
+class PruneConfig(Section):
+    mode: Literal["top_k", "overlap", "none"] = "top_k"
+    top_k: int = Field(3, ge=1)
+
+
+class SchedulerConfig(Section):
+    kind: Literal["asha", "fifo"] = "asha"
+    grace_period: int = Field(2, ge=1, description="ASHA: epochs before a trial may be stopped")
+    reduction_factor: float = Field(3.0, gt=1.0)
+
+
+class SearchConfig(Section):
+    method: Literal["kd"] = "kd"
+    algorithm: Literal["optuna", "random"] = "optuna"
+    num_samples: int = Field(6, ge=1, description="trials in total")
+    max_concurrent: int = Field(2, ge=1)
+    metric: Literal["test_loss", "test_acc", "val_loss", "val_acc"] = "test_loss"
+    seeds: int = Field(1, ge=1, description="validation sweeps: seeds per candidate")
+    validate_proxy: bool = Field(False, description="train every candidate (no pruning, no Optuna)")
+    prune: PruneConfig = Field(default_factory=PruneConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    hyperparameters: dict[str, Any] = Field(default_factory=dict,
+                                            description="e.g. lr: {loguniform: [0.01, 0.1]}")
+    resources: dict[str, float] = Field(default_factory=lambda: {"cpu": 1.0, "gpu": 0.0})
+    ray_address: Optional[str] = Field(None, description="'auto' to join a running cluster")
+    storage_path: Optional[str] = Field(None, description="shared on clusters (s3://, NFS)")
+    seed: int = 0
+
+    @field_validator("hyperparameters")
+    @classmethod
+    def _hyper(cls, value):
+        parse_hyperparameters(value)
+        return value
+
+    @field_validator("resources")
+    @classmethod
+    def _resources(cls, value):
+        unknown = set(value) - {"cpu", "gpu"}
+        if unknown:
+            raise ValueError(f"resources takes cpu and gpu, not {sorted(unknown)}")
+        if any(v < 0 for v in value.values()) or value.get("cpu", 1) <= 0:
+            raise ValueError("resources: cpu must be > 0 and gpu >= 0")
+        return value
+
+
+class TrackingConfig(Section):
+    uri: str = Field("sqlite:///mlflow.db", description="sqlite:///file.db locally, http://host:port on clusters")
+    experiment: Optional[str] = Field(None, description="MLflow experiment; defaults to the config's name")
+
+    @field_validator("uri")
+    @classmethod
+    def _no_file_store(cls, value: str) -> str:
+        if not value.startswith(("sqlite:///", "http://", "https://", "postgresql", "mysql", "databricks")):
+            raise ValueError("use sqlite:///path.db or an http(s):// tracking server "
+                             "(MLflow's file store is deprecated and raises)")
+        return value
+
+
+class SweepConfig(ExperimentConfig):
+    student: ModelConfig = Field(default_factory=lambda: ModelConfig(model="resnet8"))
+    kd: KDConfig = Field(default_factory=KDConfig)
+    space: SpaceConfig = Field(default_factory=SpaceConfig)
+    proxy: ProxyConfig = Field(default_factory=ProxyConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="after")
+    def _student_scorer(self) -> "SweepConfig":
+        needs_student = [c.id for c in self.space.resolved() if c.scorer == "student"]
+        if needs_student and self.proxy.student_checkpoint is None and self.student.checkpoint is None:
+            raise ValueError(f"space.candidates: {needs_student[0]} scores images with a student network; "
+                             "set proxy.student_checkpoint (or student.checkpoint) or drop that candidate")
+        return self
+
+    @property
+    def experiment_name(self) -> str:
+        return self.tracking.experiment or self.name
+
+
+def _field_path(loc: tuple) -> str:
+    return ".".join(str(part) for part in loc if not str(part).startswith("function-"))
+
+
+def format_validation_error(source: str, error: ValidationError) -> str:
+    lines = [f"invalid config {source}:"]
+    for item in error.errors():
+        path = _field_path(item["loc"]) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling; see configs/ for the allowed keys)"
+        got = item.get("input")
+        shown = f" (got {got!r})" if item["type"] != "extra_forbidden" and not isinstance(got, dict) else ""
+        lines.append(f"  {path}: {message}{shown}")
+    return "\n".join(lines)
+
+
+def load_config(path: Union[str, Path], overrides: Optional[dict[str, Any]] = None) -> SweepConfig:
+    """Read and validate a YAML config. Raises ConfigError (never anything else) on bad input."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {path} is not valid YAML: {exc}") from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {path}: the top level must be a mapping of sections")
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    try:
+        return SweepConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(str(path), exc)) from None

@@ -1,0 +1,76 @@
+"""Declarative hyperparameter spaces: one YAML form, read by Optuna (define-by-run) and Ray Tune.
+
+    lr: {loguniform: [0.01, 0.1]}
+    weight_decay: {choice: [1.0e-4, 5.0e-4]}
+    kd.temperature: {uniform: [2, 6]}
+    batch_size: {int: [32, 128]}
+    kd.ce_weight: 0.1          # a constant
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+# names a trainable reads from its trial config (dotted names map onto config sections)
+KNOWN_HYPERPARAMETERS = {
+    "lr", "weight_decay", "momentum", "batch_size", "epochs",
+    "kd.temperature", "kd.ce_weight", "kd.kd_weight",
+}
+
+
+@dataclass(frozen=True)
+class Hyperparameter:
+    name: str
+    form: str  # loguniform | uniform | int | choice | constant
+    args: tuple
+
+    def suggest(self, trial) -> Any:
+        """Optuna define-by-run suggestion."""
+        if self.form == "loguniform":
+            return trial.suggest_float(self.name, *self.args, log=True)
+        if self.form == "uniform":
+            return trial.suggest_float(self.name, *self.args)
+        if self.form == "int":
+            return trial.suggest_int(self.name, *self.args)
+        if self.form == "choice":
+            return trial.suggest_categorical(self.name, list(self.args))
+        return self.args[0]
+
+    def tune_domain(self):
+        from ray import tune
+
+        return {"loguniform": lambda: tune.loguniform(*self.args), "uniform": lambda: tune.uniform(*self.args),
+                "int": lambda: tune.randint(self.args[0], self.args[1] + 1),
+                "choice": lambda: tune.choice(list(self.args)), "constant": lambda: self.args[0]}[self.form]()
+
+
+def _parse_one(name: str, spec: Any) -> Hyperparameter:
+    if name not in KNOWN_HYPERPARAMETERS:
+        raise ValueError(f"unknown hyperparameter {name!r}; searchable: {', '.join(sorted(KNOWN_HYPERPARAMETERS))}")
+    if not isinstance(spec, Mapping):
+        if isinstance(spec, (int, float)) and not isinstance(spec, bool):
+            return Hyperparameter(name, "constant", (spec,))
+        raise ValueError(f"{name}: give a number or one of loguniform/uniform/int/choice")
+    if len(spec) != 1:
+        raise ValueError(f"{name}: give exactly one of loguniform, uniform, int, choice")
+    (form, args), = spec.items()
+    if form not in ("loguniform", "uniform", "int", "choice"):
+        raise ValueError(f"{name}: unknown form {form!r}; use loguniform, uniform, int or choice")
+    if not isinstance(args, (list, tuple)) or not args:
+        raise ValueError(f"{name}.{form}: give a list")
+    if form == "choice":
+        return Hyperparameter(name, form, tuple(args))
+    if len(args) != 2 or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args):
+        raise ValueError(f"{name}.{form}: give [low, high] as numbers")
+    low, high = args
+    if not low < high:
+        raise ValueError(f"{name}.{form}: low must be below high")
+    if form == "loguniform" and low <= 0:
+        raise ValueError(f"{name}.loguniform: bounds must be positive")
+    if form == "int" and not (float(low).is_integer() and float(high).is_integer()):
+        raise ValueError(f"{name}.int: bounds must be integers")
+    return Hyperparameter(name, form, (int(low), int(high)) if form == "int" else (float(low), float(high)))
+
+
+def parse_hyperparameters(spec: Mapping[str, Any]) -> list[Hyperparameter]:
+    return [_parse_one(name, value) for name, value in spec.items()]

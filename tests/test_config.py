@@ -1,0 +1,75 @@
+"""Bad input exits with code 2, names the field, and writes nothing."""
+import textwrap
+
+import pytest
+
+from search.cli import main
+
+GOOD = """
+name: cfgtest
+output_dir: {out}
+data: {{name: digits, image_size: 16}}
+teacher: {{model: resnet8, train: {{epochs: 1}}}}
+"""
+
+BAD = {
+    "unknown model": ("teacher: {model: resnet9000}", "teacher.model", "resnet20"),
+    "negative lr": ("teacher: {model: resnet8, train: {lr: -0.1}}", "teacher.train.lr", "greater than 0"),
+    "missing dataset path": ("data: {name: cifar10, root: /nonexistent/cifar}", "data.root", "download"),
+    "cifar without root": ("data: {name: cifar100}", "data.root", "required"),
+    "wrong type": ("teacher: {model: resnet8, train: {epochs: many}}", "teacher.train.epochs", "integer"),
+    "unknown top key": ("optimiser: sgd", "optimiser", "unknown key"),
+    "unknown nested key": ("teacher: {model: resnet8, train: {learning_rate: 0.1}}",
+                           "teacher.train.learning_rate", "unknown key"),
+    "unknown dataset": ("data: {name: mnist}", "data.name", "digits"),
+    "bad schedule": ("teacher: {model: resnet8, train: {schedule: linear}}", "teacher.train.schedule", "cosine"),
+    "missing checkpoint": ("teacher: {model: resnet8, checkpoint: /nope/teacher.pt}", "teacher.checkpoint",
+                           "does not exist"),
+    "imagefolder without lists": ("data: {name: imagefolder, root: /tmp}", "data.train_list", "required"),
+    "imbalance below one": ("data: {name: digits, imbalance_factor: 0.5}", "data.imbalance_factor",
+                            "greater than or equal to 1"),
+    "unknown augmentation": ("space: {candidates: [identity, cutmixx]}", "space.candidates", "cutmix"),
+    "augmentation param out of range": ("space: {candidates: ['cutmix_pick(keep=1.5)']}", "space.candidates",
+                                        "keep"),
+    "student pick without student": ("space: {candidates: ['cutmix_pick(entropy=student)']}",
+                                     "student_checkpoint", "student"),
+    "file store tracking uri": ("tracking: {uri: ./mlruns}", "tracking.uri", "sqlite"),
+    "unknown hyperparameter": ("search: {hyperparameters: {learning_rate: {loguniform: [0.01, 0.1]}}}",
+                               "search.hyperparameters", "lr"),
+    "bad bounds": ("search: {hyperparameters: {lr: {loguniform: [0.1, 0.01]}}}", "search.hyperparameters",
+                   "low must be below high"),
+    "bad resources": ("search: {resources: {cpu: 0}}", "search.resources", "cpu"),
+    "name with slash": ("name: a/b", "name", "pattern"),
+}
+
+
+def _write(tmp_path, extra: str):
+    out = tmp_path / "out"
+    base = GOOD.format(out=out)
+    merged = {}
+    import yaml
+    merged.update(yaml.safe_load(base))
+    merged.update(yaml.safe_load(textwrap.dedent(extra)))
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(merged))
+    return path, out
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_config_exits_2_naming_field(case, tmp_path, capsys):
+    extra, field, hint = BAD[case]
+    path, out = _write(tmp_path, extra)
+    code = main(["train", "teacher", str(path), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert field in err and hint in err, err
+    assert not out.exists(), "nothing may be written for a bad config"
+
+
+def test_missing_config_file_and_bad_yaml(tmp_path, capsys):
+    assert main(["train", "teacher", str(tmp_path / "none.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed\n")
+    assert main(["train", "teacher", str(bad)]) == 2
+    assert "not valid YAML" in capsys.readouterr().err

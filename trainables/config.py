@@ -1,0 +1,117 @@
+"""Validated experiment configuration: data, models and training settings.
+
+One YAML file per experiment. Every section is a pydantic model with unknown keys forbidden, so
+a typo is an error naming the field instead of a silently ignored setting. `search.config`
+extends this schema with the proxy, sweep and tracking sections.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from trainables.models import MODEL_REGISTRY
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    name: Literal["digits", "cifar10", "cifar100", "imagefolder"] = "digits"
+    root: Optional[Path] = Field(None, description="dataset folder (cifar*, imagefolder)")
+    download: bool = Field(False, description="let torchvision download CIFAR into root")
+    train_list: Optional[Path] = Field(None, description="imagefolder: 'relative/path label' lines")
+    test_list: Optional[Path] = None
+    val_list: Optional[Path] = None
+    num_classes: Optional[int] = Field(None, gt=1, description="imagefolder: default max label + 1")
+    image_size: Optional[int] = Field(None, ge=8, le=512, description="resize images to this side")
+    val_size: int = Field(0, ge=0, description="hold out this many training images for validation")
+    samples_per_class: Optional[int] = Field(None, ge=1, description="few-shot: cap each class")
+    imbalance_factor: float = Field(1.0, ge=1.0, description="long tail: n_i = n_max*IF^(-i/(C-1))")
+    test_fraction: float = Field(0.25, gt=0.0, lt=1.0, description="digits: stratified test split")
+    split_seed: int = Field(0, description="seed of the fixed digits split and subsampling")
+    in_memory: Literal["auto", "device", "loader"] = "auto"
+    num_workers: int = Field(2, ge=0)
+    many_shot_threshold: int = Field(100, ge=1, description="classes with more images are 'many'")
+    few_shot_threshold: int = Field(20, ge=1, description="classes with fewer images are 'few'")
+
+    @model_validator(mode="after")
+    def _paths_exist(self) -> "DataConfig":
+        if self.name in ("cifar10", "cifar100"):
+            if self.root is None:
+                raise ValueError(f"data.root is required for {self.name}: the folder holding (or "
+                                 "receiving, with data.download: true) the CIFAR files")
+            if not self.download and not self.root.exists():
+                raise ValueError(f"data.root {self.root} does not exist; point it at the folder "
+                                 "holding cifar-*-python, or set data.download: true")
+        if self.name == "imagefolder":
+            for field in ("root", "train_list", "test_list"):
+                if getattr(self, field) is None:
+                    raise ValueError(f"data.{field} is required for imagefolder")
+            for field in ("root", "train_list", "test_list", "val_list"):
+                value = getattr(self, field)
+                if value is not None and not value.exists():
+                    raise ValueError(f"data.{field} {value} does not exist")
+        if self.few_shot_threshold > self.many_shot_threshold:
+            raise ValueError("data.few_shot_threshold must not exceed data.many_shot_threshold")
+        return self
+
+
+class TrainConfig(Section):
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(0.05, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    nesterov: bool = False
+    weight_decay: float = Field(5e-4, ge=0.0)
+    schedule: Literal["step", "cosine", "constant"] = "cosine"
+    milestones: list[float] = Field(default_factory=lambda: [0.625, 0.75, 0.875],
+                                    description="step schedule: fractions of training (or epochs if >1)")
+    gamma: float = Field(0.1, gt=0.0, le=1.0)
+    warmup_epochs: float = Field(0.0, ge=0.0)
+    sampler: Literal["instance", "class_balanced"] = "instance"
+    crop_padding: Optional[int] = Field(None, ge=0, description="base crop pad; default side/8")
+    flip: bool = True
+    bf16: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
+    channels_last: bool = Field(True, description="channels_last on CUDA (ignored on CPU)")
+
+    @field_validator("milestones")
+    @classmethod
+    def _sorted(cls, value: list[float]) -> list[float]:
+        if any(m <= 0 for m in value) or value != sorted(value):
+            raise ValueError("milestones must be positive and increasing")
+        return value
+
+
+class ModelConfig(Section):
+    model: str = "resnet20"
+    checkpoint: Optional[Path] = Field(None, description="load weights from here instead of training")
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        if value not in MODEL_REGISTRY:
+            raise ValueError(f"unknown model {value!r}; choose one of: {', '.join(sorted(MODEL_REGISTRY))}")
+        return value
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _checkpoint_exists(cls, value: Optional[Path]) -> Optional[Path]:
+        if value is not None and not value.is_file():
+            raise ValueError(f"checkpoint {value} does not exist; train one first "
+                             "(augtune train teacher CONFIG) or remove the field")
+        return value
+
+
+class ExperimentConfig(Section):
+    """What every command needs: the data, the teacher, where outputs go, the device."""
+
+    name: str = Field("augtune", min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    seed: int = 0
+    output_dir: Path = Path("runs")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    data: DataConfig = Field(default_factory=DataConfig)
+    teacher: ModelConfig = Field(default_factory=ModelConfig)

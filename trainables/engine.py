@@ -1,0 +1,179 @@
+"""The training engine shared by every method: device set-up, the on-device input pipeline,
+SGD with step/cosine schedules and warm-up, evaluation, and weights-only checkpoints."""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from spaces import ops
+from trainables.config import TrainConfig
+from trainables.data import DataBundle
+from trainables.models import Network, build_model
+
+
+def resolve_device(choice: str = "auto") -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device: cuda was requested but no CUDA device is visible")
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+def seed_everything(seed: int, device: torch.device) -> torch.Generator:
+    """Seed every RNG and return a generator on `device` for augmentation draws.
+    On CPU, kernels are deterministic; on CUDA cuDNN autotuning stays on, for speed."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def default_padding(image_size: int) -> int:
+    """pad 4 at 32 px, 8 at 64 px: an eighth of the side."""
+    return max(1, image_size // 8)
+
+
+class InputPipeline:
+    """uint8 batch -> float [0, 1] -> optional crop+flip (per sample) -> normalised, on device."""
+
+    def __init__(self, data: DataBundle, device: torch.device, train: Optional[TrainConfig] = None):
+        self.mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(data.std, device=device).view(1, -1, 1, 1)
+        self.padding = default_padding(data.image_size)
+        if train is not None and train.crop_padding is not None:
+            self.padding = train.crop_padding
+        self.flip = True if train is None else train.flip
+        self.channels_last = device.type == "cuda" and (train is None or train.channels_last)
+
+    def to_unit(self, images: torch.Tensor) -> torch.Tensor:
+        return images.float().div_(255)
+
+    def base_augment(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        x = ops.random_crop(x, generator, self.padding)
+        return ops.random_flip(x, generator) if self.flip else x
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def train_batch(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Loader view x of the Good-DA recipe: crop+flip, still in [0, 1] (not normalised)."""
+        return self.base_augment(self.to_unit(images), generator)
+
+
+def autocast(device: torch.device, enabled: bool = True):
+    if device.type == "cuda" and enabled:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def build_optimizer(params: Iterable, cfg: TrainConfig) -> torch.optim.SGD:
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+                           weight_decay=cfg.weight_decay)
+
+
+def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """Multiplier of the base lr at optimisation step `step` (0-based)."""
+    epoch = step / steps_per_epoch
+    if cfg.warmup_epochs and epoch < cfg.warmup_epochs:
+        return (step + 1) / (cfg.warmup_epochs * steps_per_epoch)
+    if cfg.schedule == "constant":
+        return 1.0
+    if cfg.schedule == "cosine":
+        start = cfg.warmup_epochs
+        progress = (epoch - start) / max(cfg.epochs - start, 1e-8)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    milestones = [m * cfg.epochs if m <= 1 else m for m in cfg.milestones]
+    return cfg.gamma ** sum(epoch >= m for m in milestones)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s, steps_per_epoch))
+
+
+@torch.no_grad()
+def predict_logits(forward: Callable[[torch.Tensor], torch.Tensor], feeder, pipeline: InputPipeline,
+                   device: torch.device, bf16: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """All logits and labels of an evaluation feeder (no augmentation)."""
+    outputs, labels = [], []
+    for images, y in feeder:
+        with autocast(device, bf16):
+            outputs.append(forward(pipeline.normalise(pipeline.to_unit(images))).float())
+        labels.append(y)
+    return torch.cat(outputs), torch.cat(labels)
+
+
+def accuracy_and_loss(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    return {"acc": (logits.argmax(1) == labels).float().mean().item(),
+            "loss": F.cross_entropy(logits, labels).item()}
+
+
+def evaluate(model: torch.nn.Module, feeder, pipeline: InputPipeline, device: torch.device,
+             head: str = "main", bf16: bool = True) -> dict[str, float]:
+    was_training = model.training
+    model.eval()
+    logits, labels = predict_logits(lambda x: model(x, head=head), feeder, pipeline, device, bf16)
+    model.train(was_training)
+    return accuracy_and_loss(logits, labels)
+
+
+# ------------------------------------------------------------------ checkpoints
+
+def save_checkpoint(path: Path, model: Network, model_name: str, data: DataBundle,
+                    extra: Optional[dict[str, Any]] = None) -> Path:
+    """Weights plus what is needed to rebuild the network; plain types only, so that
+    `torch.load(weights_only=True)` reads it back."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    heads = {name: head.out_features for name, head in model.heads.items()}
+    payload = {"format": "augtune-model-1", "model_name": model_name, "heads": heads,
+               "data": data.signature(), "mean": list(data.mean), "std": list(data.std),
+               "state_dict": state, "extra": extra or {}}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)  # never leave a half-written checkpoint behind
+    return path
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def load_checkpoint(path: Path, data: Optional[DataBundle] = None,
+                    device: torch.device = torch.device("cpu")) -> tuple[Network, dict]:
+    """Rebuild a network saved by `save_checkpoint`; check it fits `data`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling errors come in many types
+        raise CheckpointError(f"checkpoint {path} cannot be read as a weights-only torch file: {exc}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != "augtune-model-1":
+        raise CheckpointError(f"checkpoint {path} was not written by augtune (no 'augtune-model-1' format tag)")
+    signature = payload["data"]
+    if data is not None and signature != data.signature():
+        raise CheckpointError(f"checkpoint {path} was trained on data {signature}, but this config "
+                              f"gives {data.signature()}; train a new one or fix data.*")
+    heads = dict(payload["heads"])
+    model = build_model(payload["model_name"], heads.pop("main"), signature["channels"])
+    for name, size in heads.items():
+        model.add_head(name, size)
+    model.load_state_dict(payload["state_dict"])
+    return model.to(device), payload

@@ -1,0 +1,196 @@
+"""Networks by name. Every network is a backbone that returns a feature vector plus named heads.
+
+Methods add heads instead of rewriting models: SLA a joint C*M head next to the single head,
+SSD a soft head next to the hard one and a rotation head, MoCo a projection. `Network.forward`
+returns the logits of the "main" head; `Network.features` the pooled feature vector.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Network(nn.Module):
+    def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int):
+        super().__init__()
+        self.backbone = backbone
+        self.feature_dim = feature_dim
+        self.num_classes = num_classes
+        self.heads = nn.ModuleDict({"main": nn.Linear(feature_dim, num_classes)})
+
+    def add_head(self, name: str, out_features: int) -> nn.Linear:
+        head = nn.Linear(self.feature_dim, out_features)
+        device = next(self.backbone.parameters()).device
+        self.heads[name] = head.to(device)
+        return self.heads[name]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def forward(self, x: torch.Tensor, head: str = "main") -> torch.Tensor:
+        return self.heads[head](self.features(x))
+
+
+# ---- CIFAR ResNets with option-A (zero-padded identity) shortcuts, He et al. 2016 §4.2 ----
+
+class _ZeroPadShortcut(nn.Module):
+    """Option A: subsample spatially, pad the new channels with zeros (no parameters)."""
+
+    def __init__(self, extra_channels: int, stride: int):
+        super().__init__()
+        self.extra = extra_channels
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, :, :: self.stride, :: self.stride]
+        half = self.extra // 2
+        return F.pad(x, (0, 0, 0, 0, half, self.extra - half))
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_ch)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.shortcut = (nn.Identity() if stride == 1 and in_ch == out_ch
+                         else _ZeroPadShortcut(out_ch - in_ch, stride))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    def __init__(self, depth: int, widths: tuple[int, ...], in_channels: int):
+        super().__init__()
+        if (depth - 2) % 6:
+            raise ValueError("CIFAR ResNet depth must be 6n+2")
+        blocks = (depth - 2) // 6
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False),
+                                  nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
+        layers, in_ch = [], widths[0]
+        for stage, width in enumerate(widths[1:]):
+            for b in range(blocks):
+                stride = 2 if stage > 0 and b == 0 else 1
+                layers.append(_BasicBlock(in_ch, width, stride))
+                in_ch = width
+        self.layers = nn.Sequential(*layers)
+        self.out_channels = in_ch
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(F.adaptive_avg_pool2d(self.layers(self.stem(x)), 1), 1)
+
+
+# ---- Wide ResNets (Zagoruyko & Komodakis), pre-activation blocks ----
+
+class _WideBlock(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int, stride: int):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_ch)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=False)
+        self.shortcut = (None if in_ch == out_ch and stride == 1
+                         else nn.Conv2d(in_ch, out_ch, 1, stride, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pre = F.relu(self.bn1(x))
+        out = self.conv2(F.relu(self.bn2(self.conv1(pre))))
+        return out + (x if self.shortcut is None else self.shortcut(pre))
+
+
+class WideResNet(nn.Module):
+    def __init__(self, depth: int, widen: int, in_channels: int):
+        super().__init__()
+        if (depth - 4) % 6:
+            raise ValueError("WRN depth must be 6n+4")
+        blocks = (depth - 4) // 6
+        widths = [16, 16 * widen, 32 * widen, 64 * widen]
+        self.stem = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
+        layers, in_ch = [], widths[0]
+        for stage, width in enumerate(widths[1:]):
+            for b in range(blocks):
+                layers.append(_WideBlock(in_ch, width, 2 if stage > 0 and b == 0 else 1))
+                in_ch = width
+        self.layers = nn.Sequential(*layers)
+        self.bn = nn.BatchNorm2d(in_ch)
+        self.out_channels = in_ch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn(self.layers(self.stem(x))))
+        return torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)
+
+
+# ---- VGG with BatchNorm as in the CRD benchmark (vgg8: one conv per stage) ----
+
+class VGG(nn.Module):
+    def __init__(self, convs_per_stage: tuple[int, ...], in_channels: int):
+        super().__init__()
+        widths = (64, 128, 256, 512, 512)
+        layers, in_ch = [], in_channels
+        for stage, (count, width) in enumerate(zip(convs_per_stage, widths)):
+            for _ in range(count):
+                layers += [nn.Conv2d(in_ch, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+                in_ch = width
+            if stage < len(widths) - 1:
+                # ceil_mode keeps a 1x1 map at 1x1, so small inputs (digits) still work
+                layers.append(nn.MaxPool2d(2, ceil_mode=True))
+        self.body = nn.Sequential(*layers)
+        self.out_channels = in_ch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(F.adaptive_avg_pool2d(self.body(x), 1), 1)
+
+
+class TorchvisionResNet(nn.Module):
+    """torchvision ResNet-18/34 for ImageNet-size inputs, its fc removed."""
+
+    def __init__(self, depth: int, in_channels: int):
+        super().__init__()
+        import torchvision
+
+        net = getattr(torchvision.models, f"resnet{depth}")(weights=None)
+        if in_channels != 3:
+            net.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+        self.out_channels = net.fc.in_features
+        net.fc = nn.Identity()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def _cifar_resnet(depth: int, widths=(16, 16, 32, 64)) -> Callable[[int], nn.Module]:
+    return lambda in_channels: CifarResNet(depth, widths, in_channels)
+
+
+MODEL_REGISTRY: dict[str, Callable[[int], nn.Module]] = {
+    **{f"resnet{d}": _cifar_resnet(d) for d in (8, 14, 20, 32, 44, 56, 110)},
+    "resnet8x4": _cifar_resnet(8, (32, 64, 128, 256)),
+    "resnet32x4": _cifar_resnet(32, (32, 64, 128, 256)),
+    "wrn_16_2": lambda c: WideResNet(16, 2, c),
+    "wrn_40_2": lambda c: WideResNet(40, 2, c),
+    "vgg8": lambda c: VGG((1, 1, 1, 1, 1), c),
+    "vgg13": lambda c: VGG((2, 2, 2, 2, 2), c),
+    "resnet18": lambda c: TorchvisionResNet(18, c),
+    "resnet34": lambda c: TorchvisionResNet(34, c),
+}
+
+# The input side each family was designed for (used by tests and docs; any side >= 8 runs).
+NATIVE_INPUT_SIZE = {name: (224 if name in ("resnet18", "resnet34") else 32) for name in MODEL_REGISTRY}
+
+
+def build_model(name: str, num_classes: int, in_channels: int = 3) -> Network:
+    if name not in MODEL_REGISTRY:
+        raise KeyError(f"unknown model {name!r}; choose one of: {', '.join(sorted(MODEL_REGISTRY))}")
+    backbone = MODEL_REGISTRY[name](in_channels)
+    return Network(backbone, backbone.out_channels, num_classes)

@@ -1,0 +1,53 @@
+"""Ray Tune class trainables around `EpochRunner`s.
+
+The trial's config carries the resolved experiment config as a plain dict under "experiment"
+plus the sampled values; `build_runner` turns that into a runner. Heavy state (teacher,
+data on the device) is built once per actor in `setup`; one `step` is one epoch.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+import torch
+from ray import tune
+
+from trainables.runner import EpochRunner
+
+STATE_FILE = "runner.pt"
+
+
+def as_trainable(build_runner: Callable[[dict[str, Any]], EpochRunner], name: str) -> type[tune.Trainable]:
+    class RunnerTrainable(tune.Trainable):
+        def setup(self, config: dict[str, Any]) -> None:
+            torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+            self.runner = build_runner(config)
+
+        def step(self) -> dict[str, Any]:
+            metrics = self.runner.run_epoch()
+            metrics["done"] = self.runner.finished
+            return metrics
+
+        def save_checkpoint(self, checkpoint_dir: str) -> None:
+            torch.save(self.runner.state_dict(), os.path.join(checkpoint_dir, STATE_FILE))
+
+        def load_checkpoint(self, checkpoint_dir: str) -> None:
+            state = torch.load(os.path.join(checkpoint_dir, STATE_FILE), map_location=self.runner.device,
+                               weights_only=True)
+            self.runner.load_state_dict(state)
+
+    RunnerTrainable.__name__ = RunnerTrainable.__qualname__ = name
+    return RunnerTrainable
+
+
+def _teacher_runner(config: dict[str, Any]) -> EpochRunner:
+    from trainables.config import ExperimentConfig
+    from trainables.supervised import SupervisedRunner
+
+    cfg = ExperimentConfig.model_validate(config["experiment"])
+    if "lr" in config:
+        cfg.teacher.train.lr = config["lr"]
+    return SupervisedRunner(cfg, seed=config.get("seed"))
+
+
+TeacherTrainable = as_trainable(_teacher_runner, "TeacherTrainable")
