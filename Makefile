@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/augtune train teacher configs/digits_teacher.yaml
+	$(BIN)/augtune sweep configs/digits_sweep.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m '' tests

@@ -31,6 +31,46 @@ def _train_teacher(args) -> int:
     return 0
 
 
+def _proxy(args) -> int:
+    from search.config import load_config
+    from search.jobs import proxy_command
+
+    cfg = load_config(args.config, _overrides(args))
+    proxy_command(cfg, progress=not args.no_progress)
+    return 0
+
+
+def _sweep(args) -> int:
+    from search.config import load_config
+    from search.sweep import run_sweep
+
+    overrides = _overrides(args)
+    if args.validate_proxy:
+        overrides["search.validate_proxy"] = True
+    cfg = load_config(args.config, overrides)
+    outcome = run_sweep(cfg, resume=args.resume, progress=not args.no_progress)
+    return 0 if outcome.best is not None else 1
+
+
+def _best(args) -> int:
+    from search.best import format_summary, summarise_trials
+
+    try:
+        summaries = summarise_trials(args.tracking_uri, args.experiment, args.metric)
+    except LookupError as exc:
+        print(f"augtune: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if not summaries:
+        print(f"augtune: error: experiment {args.experiment!r} has no finished trial runs", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(format_summary(summaries, args.metric))
+    best = summaries[0]
+    print(f"\nbest augmentation: {best.candidate}  (best {args.metric} = {best.best:.4f})")
+    for run in best.runs:
+        print(f"  run {run['run_id']}  {run['run_name']}  {args.metric}={run[args.metric]:.4f}  epochs={run['epochs']:.0f}")
+    return 0
+
+
 def _overrides(args) -> dict:
     out = {}
     for item in getattr(args, "set", None) or []:
@@ -59,6 +99,21 @@ def build_parser() -> argparse.ArgumentParser:
     teacher = with_config(train_sub.add_parser("teacher", help="train and save a teacher"))
     teacher.add_argument("--output", help="checkpoint path (default OUTPUT_DIR/NAME/teacher.pt)")
     teacher.set_defaults(handler=_train_teacher)
+
+    proxy = with_config(sub.add_parser("proxy", help="rank every candidate by T.stddev (teacher forwards only)"))
+    proxy.set_defaults(handler=_proxy)
+
+    sweep = with_config(sub.add_parser("sweep", help="proxy, prune, student trials on Ray, MLflow, best augmentation"))
+    sweep.add_argument("--resume", action="store_true", help="continue the last interrupted sweep of this config")
+    sweep.add_argument("--validate-proxy", action="store_true",
+                       help="train students for every candidate (and search.seeds seeds), no pruning")
+    sweep.set_defaults(handler=_sweep)
+
+    best = sub.add_parser("best", help="the best augmentation of an experiment, from MLflow")
+    best.add_argument("--experiment", required=True, help="MLflow experiment name")
+    best.add_argument("--metric", default="test_loss", choices=["test_loss", "test_acc", "val_loss", "val_acc"])
+    best.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
+    best.set_defaults(handler=_best)
     return parser
 
 

@@ -10,18 +10,11 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from spaces.candidates import DEFAULT_CANDIDATES, expand_candidates
 from spaces.hyper import parse_hyperparameters
-from trainables.config import ExperimentConfig, ModelConfig, Section
+from trainables.config import DistillConfig, Section
 
 
 class ConfigError(ValueError):
     """Bad user input; the CLI prints it and exits with code 2."""
-
-
-class KDConfig(Section):
-    temperature: float = Field(4.0, gt=0.0)
-    ce_weight: float = Field(0.1, ge=0.0)
-    kd_weight: float = Field(0.9, ge=0.0)
-    augmented_kd: bool = Field(True, description="add the KL term on the augmented view x'")
 
 
 class SpaceConfig(Section):
@@ -116,9 +109,7 @@ class TrackingConfig(Section):
         return value
 
 
-class SweepConfig(ExperimentConfig):
-    student: ModelConfig = Field(default_factory=lambda: ModelConfig(model="resnet8"))
-    kd: KDConfig = Field(default_factory=KDConfig)
+class SweepConfig(DistillConfig):
     space: SpaceConfig = Field(default_factory=SpaceConfig)
     proxy: ProxyConfig = Field(default_factory=ProxyConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
@@ -135,6 +126,10 @@ class SweepConfig(ExperimentConfig):
     @property
     def experiment_name(self) -> str:
         return self.tracking.experiment or self.name
+
+    def distill_dict(self) -> dict[str, Any]:
+        """The part a trainable reads (JSON-safe): experiment, student and kd sections."""
+        return self.model_dump(mode="json", include=set(DistillConfig.model_fields))
 
 
 def _field_path(loc: tuple) -> str:

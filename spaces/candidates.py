@@ -101,7 +101,7 @@ def _pick(images: torch.Tensor, ctx: Context, base: Callable[[torch.Tensor], tor
 _PICK_PARAMS = (
     Param("entropy", str, "teacher", choices=("teacher", "student")),
     Param("pool", int, 2, low=1, high=16),
-    Param("keep", float, 0.5, low=0.01, high=1.0),
+    Param("keep", float, 0.5, low=0.01, high=1.0, optional=True),
     Param("tau", float, None, low=0.0, high=1.0, optional=True),
 )
 
@@ -228,11 +228,14 @@ def parse_candidate(spec: Union[str, Mapping[str, Any]]) -> Candidate:
     if unknown:
         allowed = ", ".join(sorted(known)) or "none"
         raise ValueError(f"augmentation {name!r} has no parameter {sorted(unknown)[0]!r} (allowed: {allowed})")
+    if values.get("tau") is not None:  # the threshold form replaces the keep ratio
+        if values.get("keep") is not None:
+            raise ValueError(f"augmentation {name!r}: give keep or tau, not both")
+        values["keep"] = None
     checked = tuple((p.name, p.check(values.get(p.name, p.default), name)) for p in kind.params)
-    candidate = Candidate(name, checked)
-    if candidate.params.get("tau") is not None and "keep" in values:
-        raise ValueError(f"augmentation {name!r}: give keep or tau, not both")
-    return candidate
+    if name in ("cutmix_pick", "pick") and dict(checked)["keep"] is None and dict(checked)["tau"] is None:
+        raise ValueError(f"augmentation {name!r}: give keep or tau")
+    return Candidate(name, checked)
 
 
 def expand_candidates(specs: Sequence[Union[str, Mapping[str, Any]]]) -> list[Candidate]:

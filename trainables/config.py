@@ -115,3 +115,17 @@ class ExperimentConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: ModelConfig = Field(default_factory=ModelConfig)
+
+
+class KDConfig(Section):
+    temperature: float = Field(4.0, gt=0.0)
+    ce_weight: float = Field(0.1, ge=0.0)
+    kd_weight: float = Field(0.9, ge=0.0)
+    augmented_kd: bool = Field(True, description="add the KL term on the augmented view x'")
+
+
+class DistillConfig(ExperimentConfig):
+    """Adds what distillation needs: the student and the loss weights."""
+
+    student: ModelConfig = Field(default_factory=lambda: ModelConfig(model="resnet8"))
+    kd: KDConfig = Field(default_factory=KDConfig)

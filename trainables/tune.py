@@ -1,8 +1,9 @@
 """Ray Tune class trainables around `EpochRunner`s.
 
-The trial's config carries the resolved experiment config as a plain dict under "experiment"
-plus the sampled values; `build_runner` turns that into a runner. Heavy state (teacher,
-data on the device) is built once per actor in `setup`; one `step` is one epoch.
+The trial's config holds only the sampled values; the fixed parts (the experiment config as a
+plain dict, the teacher checkpoint path) come through `tune.with_parameters`, so trial tables
+and MLflow params stay readable. Heavy state (teacher, data on the device) is built once per
+actor in `setup`; one `step` is one epoch.
 """
 from __future__ import annotations
 
@@ -17,11 +18,11 @@ from trainables.runner import EpochRunner
 STATE_FILE = "runner.pt"
 
 
-def as_trainable(build_runner: Callable[[dict[str, Any]], EpochRunner], name: str) -> type[tune.Trainable]:
+def as_trainable(build_runner: Callable[..., EpochRunner], name: str) -> type[tune.Trainable]:
     class RunnerTrainable(tune.Trainable):
-        def setup(self, config: dict[str, Any]) -> None:
+        def setup(self, config: dict[str, Any], **fixed: Any) -> None:
             torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
-            self.runner = build_runner(config)
+            self.runner = build_runner(config, **fixed)
 
         def step(self) -> dict[str, Any]:
             metrics = self.runner.run_epoch()
@@ -40,14 +41,25 @@ def as_trainable(build_runner: Callable[[dict[str, Any]], EpochRunner], name: st
     return RunnerTrainable
 
 
-def _teacher_runner(config: dict[str, Any]) -> EpochRunner:
+def _teacher_runner(config: dict[str, Any], experiment: dict[str, Any]) -> EpochRunner:
     from trainables.config import ExperimentConfig
     from trainables.supervised import SupervisedRunner
 
-    cfg = ExperimentConfig.model_validate(config["experiment"])
+    cfg = ExperimentConfig.model_validate(experiment)
     if "lr" in config:
         cfg.teacher.train.lr = config["lr"]
     return SupervisedRunner(cfg, seed=config.get("seed"))
 
 
 TeacherTrainable = as_trainable(_teacher_runner, "TeacherTrainable")
+
+
+def _kd_runner(config: dict[str, Any], experiment: dict[str, Any], teacher_checkpoint: str) -> EpochRunner:
+    from trainables.config import DistillConfig
+    from trainables.kd import KDRunner, apply_trial_values
+
+    cfg = DistillConfig.model_validate(apply_trial_values(experiment, config))
+    return KDRunner(cfg, config["augmentation"], teacher_checkpoint, seed=config.get("seed"))
+
+
+KDTrainable = as_trainable(_kd_runner, "KDTrainable")

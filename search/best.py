@@ -1,0 +1,65 @@
+"""Which augmentation is best? Answered from MLflow alone (any tracking URI)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from statistics import mean
+from typing import Optional
+
+from search.tracking import CANDIDATE_TAG, STAGE_TAG, Tracker
+
+
+@dataclass
+class CandidateSummary:
+    candidate: str
+    best: float
+    mean: float
+    runs: list[dict]
+
+
+def summarise_trials(uri: str, experiment: str, metric: str = "test_loss",
+                     parent_run_id: Optional[str] = None) -> list[CandidateSummary]:
+    """Candidates ranked by their best trial's final metric (loss: lower is better)."""
+    from mlflow import MlflowClient
+
+    if MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment) is None:
+        raise LookupError(f"no MLflow experiment named {experiment!r} at {uri}")
+    tracker = Tracker(uri, experiment)
+    query = f"tags.`{STAGE_TAG}` = 'trial' and attributes.status = 'FINISHED'"
+    if parent_run_id:
+        query += f" and tags.`mlflow.parentRunId` = '{parent_run_id}'"
+    by_candidate: dict[str, list[dict]] = {}
+    for run in tracker.runs(query):
+        value = run.data.metrics.get(f"final_{metric}")
+        if value is None:
+            continue
+        by_candidate.setdefault(run.data.tags.get(CANDIDATE_TAG, "?"), []).append({
+            "run_id": run.info.run_id, "run_name": run.info.run_name, metric: value,
+            "epochs": run.data.metrics.get("epochs_trained"), "t_stddev": run.data.metrics.get("t_stddev"),
+            "parent": run.data.tags.get("mlflow.parentRunId")})
+    lower_is_better = metric.endswith("loss")
+    summaries = []
+    for candidate, runs in by_candidate.items():
+        # compare only runs trained to the most epochs seen (ASHA-stopped ones are cut short)
+        full = max(r["epochs"] or 0 for r in runs)
+        complete = [r for r in runs if (r["epochs"] or 0) == full]
+        values = [r[metric] for r in complete]
+        best = min(values) if lower_is_better else max(values)
+        summaries.append(CandidateSummary(candidate, best, mean(values),
+                                          sorted(runs, key=lambda r: r[metric], reverse=not lower_is_better)))
+    summaries.sort(key=lambda s: s.best if lower_is_better else -s.best)
+    return summaries
+
+
+def best_augmentation(uri: str, experiment: str, metric: str = "test_loss") -> CandidateSummary:
+    summaries = summarise_trials(uri, experiment, metric)
+    if not summaries:
+        raise LookupError(f"experiment {experiment!r} at {uri} has no finished trial runs with final_{metric}")
+    return summaries[0]
+
+
+def format_summary(summaries: list[CandidateSummary], metric: str) -> str:
+    width = max([len(s.candidate) for s in summaries] + [12])
+    lines = [f"{'rank':>4}  {'augmentation':<{width}}  {'best ' + metric:>15}  {'mean':>8}  runs"]
+    for rank, s in enumerate(summaries, 1):
+        lines.append(f"{rank:>4}  {s.candidate:<{width}}  {s.best:>15.4f}  {s.mean:>8.4f}  {len(s.runs)}")
+    return "\n".join(lines)

@@ -1,0 +1,115 @@
+"""The proxy job: teacher -> T.stddev of every candidate -> table, CSV/JSON, MLflow runs.
+The sweep driver (search/sweep.py) runs it as its first stage."""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from search.config import SweepConfig
+from search.proxy import ProxyScore, format_table, score_candidates
+from search.teacher import obtain_teacher
+from search.tracking import Tracker, log_proxy_scores
+from trainables.data import DataBundle
+from trainables.engine import autocast, load_checkpoint, resolve_device, InputPipeline
+
+
+@dataclass
+class ProxyOutcome:
+    scores: list[ProxyScore]
+    teacher_path: Path
+    csv_path: Path
+    json_path: Path
+    run_ids: dict[str, str]
+
+
+def pair_name(cfg: SweepConfig) -> str:
+    return f"{cfg.teacher.model}->{cfg.student.model}"
+
+
+def job_dir(cfg: SweepConfig) -> Path:
+    return cfg.output_dir / cfg.name
+
+
+def student_scorer(cfg: SweepConfig, data: DataBundle, device: torch.device) -> Optional[Callable]:
+    path = cfg.proxy.student_checkpoint or cfg.student.checkpoint
+    if path is None:
+        return None
+    student, _ = load_checkpoint(path, data, device)
+    student.eval()
+    pipeline = InputPipeline(data, device)
+
+    def logits(unit_images: torch.Tensor) -> torch.Tensor:
+        with autocast(device):
+            return student(pipeline.normalise(unit_images)).float()
+
+    return logits
+
+
+def write_scores(scores: list[ProxyScore], folder: Path) -> tuple[Path, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    csv_path, json_path = folder / "proxy.csv", folder / "proxy.json"
+    rows = [s.as_row() for s in scores]
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    json_path.write_text(json.dumps(rows, indent=2))
+    return csv_path, json_path
+
+
+def run_proxy(cfg: SweepConfig, data: DataBundle, tracker: Tracker, parent_id: str,
+              progress: bool = True) -> ProxyOutcome:
+    device = resolve_device(cfg.device)
+    teacher, teacher_path, trained = obtain_teacher(cfg, data, device, progress=progress)
+    if trained:
+        print(f"trained teacher -> {teacher_path}")
+    from trainables.data import BatchFeeder
+    from trainables.engine import evaluate
+    teacher_test = evaluate(teacher, BatchFeeder(data.test, 512, device, shuffle=False), InputPipeline(data, device),
+                            device)
+    print(f"teacher {cfg.teacher.model}: test accuracy {teacher_test['acc']:.4f}, test loss {teacher_test['loss']:.4f}")
+    tracker.log(parent_id, metrics={"teacher_test_acc": teacher_test["acc"], "teacher_test_loss": teacher_test["loss"]})
+    extra = {}
+    scorer = student_scorer(cfg, data, device)
+    if scorer is not None:
+        extra["student"] = scorer
+    candidates = cfg.space.resolved()
+    p = cfg.proxy
+    scores = score_candidates(teacher, candidates, data, device, passes=p.passes, group_batches=p.group_batches,
+                              batch_size=p.batch_size, bootstrap=p.bootstrap, confidence=p.confidence,
+                              stop_when_stable=p.stop_when_stable, min_passes=p.min_passes,
+                              stable_passes=p.stable_passes, seed=cfg.seed, extra_scorers=extra,
+                              progress=progress, bf16=cfg.teacher.train.bf16)
+    csv_path, json_path = write_scores(scores, job_dir(cfg))
+    settings = {"proxy.passes": p.passes, "proxy.group_batches": p.group_batches, "proxy.batch_size": p.batch_size,
+                "teacher": cfg.teacher.model, "teacher_checkpoint": str(teacher_path)}
+    run_ids = log_proxy_scores(tracker, parent_id, scores, pair_name(cfg), settings)
+    tracker.log_file(parent_id, csv_path)
+    tracker.log_file(parent_id, json_path)
+    tracker.log(parent_id, metrics={"proxy_seconds": sum(s.seconds for s in scores),
+                                    "proxy_candidates": len(scores)})
+    return ProxyOutcome(scores, teacher_path, csv_path, json_path, run_ids)
+
+
+def proxy_command(cfg: SweepConfig, progress: bool = True) -> ProxyOutcome:
+    """`augtune proxy CONFIG`: one parent run (stage=proxy) holding a child per candidate."""
+    from trainables.data import load_data
+
+    data = load_data(cfg.data)
+    tracker = Tracker(cfg.tracking.uri, cfg.experiment_name)
+    parent = tracker.start_run(f"proxy:{cfg.name}", "proxy-job", tags={"augtune.pair": pair_name(cfg)})
+    try:
+        outcome = run_proxy(cfg, data, tracker, parent, progress)
+    except BaseException:
+        tracker.end_run(parent, "FAILED")
+        raise
+    tracker.end_run(parent)
+    print(format_table(outcome.scores))
+    print(f"\nwrote {outcome.csv_path} and {outcome.json_path}; MLflow run {parent} in "
+          f"experiment {cfg.experiment_name!r} at {cfg.tracking.uri}")
+    return outcome

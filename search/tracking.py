@@ -1,0 +1,112 @@
+"""MLflow logging through `MlflowClient`: one parent run per invocation, child runs per proxy
+candidate and per trial (linked with the `mlflow.parentRunId` tag), and queries over them.
+
+Tags used everywhere: `augtune.stage` = sweep | proxy | trial | report, `augtune.candidate`
+(the candidate id), `augtune.pair` (teacher->student), `augtune.trial_id` (Ray's id).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+
+PARENT_TAG = "mlflow.parentRunId"
+STAGE_TAG = "augtune.stage"
+CANDIDATE_TAG = "augtune.candidate"
+PAIR_TAG = "augtune.pair"
+TRIAL_TAG = "augtune.trial_id"
+MAX_PARAM_LENGTH = 6000
+
+
+class Tracker:
+    def __init__(self, uri: str, experiment: str):
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+        found = self.client.get_experiment_by_name(experiment)
+        self.experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+        self.experiment = experiment
+
+    # ---- runs
+    def start_run(self, name: str, stage: str, parent_id: Optional[str] = None,
+                  tags: Optional[Mapping[str, str]] = None) -> str:
+        all_tags = {STAGE_TAG: stage, **(tags or {})}
+        if parent_id:
+            all_tags[PARENT_TAG] = parent_id
+        return self.client.create_run(self.experiment_id, tags=all_tags, run_name=name).info.run_id
+
+    def log(self, run_id: str, metrics: Optional[Mapping[str, float]] = None, params: Optional[Mapping[str, Any]] = None,
+            tags: Optional[Mapping[str, str]] = None, step: int = 0) -> None:
+        now = int(time.time() * 1000)
+        metric_list = [Metric(k, float(v), now, step) for k, v in (metrics or {}).items()
+                       if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        param_list = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in (params or {}).items()]
+        tag_list = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
+        # MLflow caps one batch at 1000 metrics / 100 params
+        for i in range(0, max(len(metric_list), len(param_list), len(tag_list), 1), 100):
+            self.client.log_batch(run_id, metrics=metric_list[i:i + 100], params=param_list[i:i + 100],
+                                  tags=tag_list[i:i + 100])
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def log_json(self, run_id: str, name: str, payload: Any) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            path.write_text(json.dumps(payload, indent=2, default=str))
+            self.client.log_artifact(run_id, str(path))
+
+    def log_file(self, run_id: str, path: Path, folder: Optional[str] = None) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_path=folder)
+
+    # ---- queries
+    def runs(self, filter_string: str = "", order_by: Optional[list[str]] = None, max_results: int = 5000):
+        return self.client.search_runs([self.experiment_id], filter_string=filter_string,
+                                       order_by=order_by or [], max_results=max_results)
+
+    def children(self, parent_id: str, stage: Optional[str] = None):
+        query = f"tags.`{PARENT_TAG}` = '{parent_id}'"
+        if stage:
+            query += f" and tags.`{STAGE_TAG}` = '{stage}'"
+        return self.runs(query)
+
+    def metric_history(self, run_id: str, key: str) -> list[float]:
+        return [m.value for m in sorted(self.client.get_metric_history(run_id, key), key=lambda m: m.step)]
+
+
+def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def log_proxy_scores(tracker: Tracker, parent_id: str, scores: Iterable, pair: str,
+                     settings: Mapping[str, Any]) -> dict[str, str]:
+    """One child run per candidate: tag stage=proxy, metrics t_stddev and its bounds."""
+    run_ids = {}
+    for score in scores:
+        run_id = tracker.start_run(f"proxy:{score.candidate}", "proxy", parent_id,
+                                   {CANDIDATE_TAG: score.candidate, PAIR_TAG: pair})
+        tracker.log(run_id, metrics={"t_stddev": score.t_stddev, "t_stddev_low": score.low,
+                                     "t_stddev_high": score.high, "proxy_rank": score.rank,
+                                     "proxy_groups": score.groups, "proxy_passes": score.passes,
+                                     "proxy_seconds": score.seconds},
+                    params={"candidate": score.candidate, **settings})
+        tracker.end_run(run_id)
+        run_ids[score.candidate] = run_id
+    return run_ids
+
+
+def default_tracking_env() -> None:
+    # MLflow's artifact progress bars interleave with ours
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

@@ -1,0 +1,94 @@
+"""A driver-side Ray Tune callback that logs each trial as an MLflow child run of the sweep.
+
+Logs only what users query: the trial's sampled values as params (and numeric ones as metrics,
+so they can be filtered), the per-epoch curves with step = epoch, the candidate's T.stddev.
+Ray's own MLflowLoggerCallback logs every auto-filled field and does not nest runs.
+
+Resuming a sweep calls on_trial_start again for restored trials: the existing run (found by its
+trial-id tag) is reused and epochs already logged are skipped, so nothing is logged twice.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+from ray.tune import Callback
+
+from search.tracking import CANDIDATE_TAG, PAIR_TAG, TRIAL_TAG, Tracker
+
+CURVE_KEYS = ("train_loss", "test_loss", "test_acc", "val_loss", "val_acc", "images_per_second", "lr",
+              "epoch_seconds")
+
+
+class TrialLogger(Callback):
+    def __init__(self, tracking_uri: str, experiment: str, parent_run_id: str, pair: str,
+                 proxy_scores: Mapping[str, float], extra_curve_keys: tuple[str, ...] = ()):
+        self.tracking_uri, self.experiment = tracking_uri, experiment
+        self.parent_run_id, self.pair = parent_run_id, pair
+        self.proxy_scores = dict(proxy_scores)
+        self.curve_keys = CURVE_KEYS + tuple(extra_curve_keys)
+        self._tracker: Optional[Tracker] = None
+        self.run_ids: dict[str, str] = {}
+        self.logged_steps: dict[str, int] = {}
+
+    def __getstate__(self):  # Ray pickles callbacks with the experiment state; clients do not pickle
+        state = dict(self.__dict__)
+        state["_tracker"] = None
+        return state
+
+    @property
+    def tracker(self) -> Tracker:
+        if self._tracker is None:
+            self._tracker = Tracker(self.tracking_uri, self.experiment)
+        return self._tracker
+
+    def _existing_run(self, trial_id: str) -> Optional[str]:
+        found = self.tracker.runs(f"tags.`{TRIAL_TAG}` = '{trial_id}' and "
+                                  f"tags.`mlflow.parentRunId` = '{self.parent_run_id}'")
+        return found[0].info.run_id if found else None
+
+    def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
+        trial_id = trial.trial_id
+        if trial_id in self.run_ids:
+            return
+        existing = self._existing_run(trial_id)
+        if existing is not None:
+            self.run_ids[trial_id] = existing
+            steps = self.tracker.client.get_metric_history(existing, "test_loss")
+            self.logged_steps[trial_id] = max((m.step for m in steps), default=0)
+            self.tracker.client.update_run(existing, status="RUNNING")
+            return
+        config = dict(trial.config)
+        candidate = config.get("augmentation", "")
+        run_id = self.tracker.start_run(f"trial:{candidate}:{trial_id}", "trial", self.parent_run_id,
+                                        {CANDIDATE_TAG: candidate, TRIAL_TAG: trial_id, PAIR_TAG: self.pair})
+        numeric = {f"param.{k}": v for k, v in config.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if candidate in self.proxy_scores:
+            numeric["t_stddev"] = self.proxy_scores[candidate]
+        self.tracker.log(run_id, metrics=numeric, params=config)
+        self.run_ids[trial_id] = run_id
+        self.logged_steps[trial_id] = 0
+
+    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
+        run_id = self.run_ids.get(trial.trial_id)
+        step = int(result.get("epoch", result.get("training_iteration", 0)))
+        if run_id is None or step <= self.logged_steps.get(trial.trial_id, 0):
+            return
+        self.tracker.log(run_id, metrics={k: result[k] for k in self.curve_keys if k in result}, step=step)
+        self.logged_steps[trial.trial_id] = step
+
+    def _finish(self, trial, status: str) -> None:
+        run_id = self.run_ids.get(trial.trial_id)
+        if run_id is None:
+            return
+        last = trial.last_result or {}
+        final = {f"final_{k}": last[k] for k in ("test_loss", "test_acc", "val_loss", "val_acc") if k in last}
+        final["epochs_trained"] = last.get("epoch", 0)
+        final["trial_seconds"] = last.get("time_total_s", 0.0)
+        self.tracker.log(run_id, metrics=final, step=int(final["epochs_trained"]))
+        self.tracker.end_run(run_id, status)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        self._finish(trial, "FINISHED")
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        self._finish(trial, "FAILED")

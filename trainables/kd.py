@@ -1,0 +1,88 @@
+"""KD with a stronger augmentation on the second view: the student learns from the teacher on
+x (crop+flip) and on x' = candidate(x). The teacher is loaded once per run, frozen, eval mode."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+
+from spaces.candidates import Context, parse_candidate
+from trainables.data import DataBundle
+from trainables.engine import autocast, evaluate, load_checkpoint
+from trainables.losses.kd import good_da_kd_loss
+from trainables.models import build_model
+from trainables.runner import EpochRunner
+
+
+class KDRunner(EpochRunner):
+    def __init__(self, cfg, augmentation: str, teacher_checkpoint: str, data: Optional[DataBundle] = None,
+                 seed: Optional[int] = None):
+        """`cfg` is a search.config.SweepConfig (it has student and kd sections)."""
+        super().__init__(cfg, cfg.student.train, data, seed)
+        self.kd_cfg = cfg.kd
+        self.candidate = parse_candidate(augmentation)
+        self.teacher, _ = load_checkpoint(teacher_checkpoint, self.data, self.device)
+        self.teacher.eval().requires_grad_(False)
+        self.model = build_model(cfg.student.model, self.data.num_classes, self.data.channels).to(self.device)
+        if self.pipeline.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+            self.teacher = self.teacher.to(memory_format=torch.channels_last)
+        self._setup_optimisation(self.model.parameters())
+        self.context = Context(self.generator, {"teacher": self._score_with(self.teacher),
+                                                "student": self._score_with(self.model)}, self.pipeline.padding)
+
+    def _score_with(self, network: torch.nn.Module):
+        def logits(unit_images: torch.Tensor) -> torch.Tensor:
+            was_training = network.training
+            network.eval()
+            with torch.no_grad(), autocast(self.device, self.train_cfg.bf16):
+                out = network(self.pipeline.normalise(unit_images)).float()
+            network.train(was_training)
+            return out
+        return logits
+
+    def train_epoch(self) -> dict[str, float]:
+        self.model.train()
+        kd = self.kd_cfg
+        total, count = torch.zeros((), device=self.device), 0
+        for images, labels in self.batches(f"epoch {self.epoch + 1}"):
+            x = self.pipeline.train_batch(images, self.generator)
+            x_aug = self.candidate.apply(x, self.context) if kd.augmented_kd else x[:0]
+            both = self.pipeline.normalise(torch.cat([x, x_aug]))
+            n = len(x)
+            with autocast(self.device, self.train_cfg.bf16):
+                with torch.no_grad():
+                    teacher_logits = self.teacher(both)
+                student_logits = self.model(both)
+            loss = good_da_kd_loss(student_logits[:n], teacher_logits[:n], labels,
+                                   student_logits[n:] if kd.augmented_kd else None,
+                                   teacher_logits[n:] if kd.augmented_kd else None,
+                                   temperature=kd.temperature, ce_weight=kd.ce_weight, kd_weight=kd.kd_weight)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            total += loss.detach() * n
+            count += n
+        metrics = {"train_loss": (total / count).item()}
+        bf16 = self.train_cfg.bf16
+        metrics.update({f"test_{k}": v for k, v in evaluate(self.model, self.test_feeder, self.pipeline,
+                                                             self.device, bf16=bf16).items()})
+        if self.val_feeder is not None:
+            metrics.update({f"val_{k}": v for k, v in evaluate(self.model, self.val_feeder, self.pipeline,
+                                                                self.device, bf16=bf16).items()})
+        return metrics
+
+
+def apply_trial_values(experiment: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """Write sampled hyperparameters into the experiment dict: lr/weight_decay/momentum/
+    batch_size/epochs go to student.train, kd.* to kd."""
+    import copy
+
+    out = copy.deepcopy(experiment)
+    for key, value in config.items():
+        if key.startswith("kd."):
+            out.setdefault("kd", {})[key[3:]] = value
+        elif key in ("lr", "weight_decay", "momentum", "batch_size", "epochs"):
+            out.setdefault("student", {}).setdefault("train", {})[key] = value
+    return out

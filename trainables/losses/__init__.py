@@ -1,0 +1,1 @@
+"""One loss per file (as RepDistiller's distiller_zoo)."""
