@@ -129,7 +129,16 @@ class SweepConfig(DistillConfig):
 
     def distill_dict(self) -> dict[str, Any]:
         """The part a trainable reads (JSON-safe): experiment, student and kd sections."""
-        return self.model_dump(mode="json", include=set(DistillConfig.model_fields))
+        out = self.model_dump(mode="json", include=set(DistillConfig.model_fields))
+        # trial workers may run in another directory (Ray's trial dirs, other nodes): absolute paths
+        for key in ("root", "train_list", "test_list", "val_list"):
+            if out["data"].get(key):
+                out["data"][key] = str(Path(out["data"][key]).resolve())
+        out["output_dir"] = str(Path(out["output_dir"]).resolve())
+        for role in ("teacher", "student"):
+            if out[role].get("checkpoint"):
+                out[role]["checkpoint"] = str(Path(out[role]["checkpoint"]).resolve())
+        return out
 
 
 def _field_path(loc: tuple) -> str:

@@ -1,0 +1,148 @@
+"""The paths a cluster uses: an http MLflow server, a separately started Ray head, and
+resuming an interrupted sweep. Slow: each starts real services."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from sweep_helpers import runs_by_stage, write_sweep_config
+
+pytestmark = pytest.mark.slow
+AUGTUNE = [sys.executable, "-m", "search.cli"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(**extra):
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", PYTHONPATH=str(REPO), **extra)
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    port = _free_port()
+    env = _env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+                             f"sqlite:///{tmp_path}/server.db", "--default-artifact-root", str(tmp_path / "art"),
+                             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(f"{uri}/health", timeout=2).status == 200:
+                break
+        except OSError:
+            time.sleep(1)
+    else:
+        os.killpg(proc.pid, signal.SIGTERM)
+        pytest.fail("mlflow server did not answer /health within 90 s")
+    yield uri
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+
+
+def test_sweep_logs_to_http_mlflow_server(tmp_path, mlflow_server):
+    path = write_sweep_config(tmp_path, "http-sweep", mlflow_server, num_samples=2)
+    done = subprocess.run([*AUGTUNE, "sweep", str(path), "--no-progress"], cwd=tmp_path, env=_env(),
+                          capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    runs = runs_by_stage(mlflow_server, "http-sweep")
+    assert len(runs["sweep"]) == 1 and len(runs["proxy"]) == 8 and len(runs["trial"]) == 2
+    best = subprocess.run([*AUGTUNE, "best", "--experiment", "http-sweep", "--tracking-uri", mlflow_server],
+                          env=_env(), capture_output=True, text=True, timeout=120)
+    assert best.returncode == 0 and "best augmentation:" in best.stdout
+    assert best.stdout.split("best augmentation:")[1].split()[0] in done.stdout.split("best augmentation:")[1]
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    port = _free_port()
+    import shutil
+    import tempfile
+    temp = Path(tempfile.mkdtemp(prefix="rh", dir="/tmp"))  # Ray's socket paths must stay under 107 bytes
+    env = _env()
+    start = subprocess.run(["ray", "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=0",
+                            "--include-dashboard=false", f"--temp-dir={temp}", "--node-ip-address=127.0.0.1"],
+                           env=env, capture_output=True, text=True, timeout=120,
+                           executable=str(Path(sys.executable).parent / "ray"))
+    assert start.returncode == 0, start.stdout + start.stderr
+    yield f"127.0.0.1:{port}"
+    _stop_processes_mentioning(str(temp))  # `ray stop` would also stop the test session's own Ray
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+def _stop_processes_mentioning(marker: str) -> None:
+    import psutil
+
+    targets = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if any(marker in part for part in proc.info["cmdline"] or []):
+            targets += [proc, *proc.children(recursive=True)]
+    for proc in targets:
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(targets, timeout=20)
+    for proc in alive:
+        proc.kill()
+
+
+def test_sweep_on_separately_started_ray_head(tmp_path, ray_head):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    path = write_sweep_config(tmp_path, "head-sweep", uri, num_samples=2, ray_address="auto",
+                              storage_path=str(tmp_path / "shared"))
+    done = subprocess.run([*AUGTUNE, "sweep", str(path), "--no-progress"], cwd=tmp_path,
+                          env=_env(RAY_ADDRESS=ray_head), capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Connecting to existing Ray cluster" in done.stdout + done.stderr
+    assert len(runs_by_stage(uri, "head-sweep")["trial"]) == 2
+    assert any((tmp_path / "shared").iterdir()), "trial results go to the configured storage_path"
+
+
+def test_resume_after_interruption_logs_no_trial_twice(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    path = write_sweep_config(tmp_path, "resume-sweep", uri, num_samples=6, max_concurrent=1)
+    text = path.read_text().replace("epochs: 2", "epochs: 4")
+    path.write_text(text)
+    proc = subprocess.Popen([*AUGTUNE, "sweep", str(path), "--no-progress"], cwd=tmp_path, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    client = MlflowClient(tracking_uri=uri)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        exp = client.get_experiment_by_name("resume-sweep") if (tmp_path / "mlflow.db").exists() else None
+        finished = [r for r in client.search_runs([exp.experiment_id], "tags.`augtune.stage` = 'trial'")
+                    if r.info.status == "FINISHED"] if exp else []
+        if len(finished) >= 2:
+            break
+        time.sleep(1)
+    assert proc.poll() is None, "the sweep ended before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: Tune saves its state and stops
+    proc.communicate(timeout=120)
+    done = subprocess.run([*AUGTUNE, "sweep", str(path), "--resume", "--no-progress"], cwd=tmp_path, env=_env(),
+                          capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    runs = runs_by_stage(uri, "resume-sweep")
+    assert len(runs["sweep"]) == 1 and len(runs["proxy"]) == 8
+    trial_ids = Counter(r.data.tags["augtune.trial_id"] for r in runs["trial"])
+    assert len(trial_ids) == 6 and set(trial_ids.values()) == {1}
+    for run in runs["trial"]:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "test_loss")]
+        assert len(steps) == len(set(steps)), f"a step was logged twice in {run.info.run_name}"
+        assert run.info.status == "FINISHED"
+    assert runs["sweep"][0].info.status == "FINISHED"

@@ -1,0 +1,111 @@
+"""T.stddev against an independent computation over the very probability vectors the teacher
+produced, plus the identity property and the interval/early-stop behaviour."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from search.proxy import bootstrap_interval, score_candidates, t_stddev
+from spaces.candidates import parse_candidate
+from trainables.config import DataConfig
+from trainables.data import load_data
+from trainables.models import build_model
+
+
+class RecordingTeacher(torch.nn.Module):
+    """A real network that keeps every batch it sees and the softmax it produced."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+        self.inputs, self.probs = [], []
+
+    def forward(self, x):
+        out = self.net(x)
+        self.inputs.append(x.detach().clone())
+        self.probs.append(torch.softmax(out.float(), 1).detach().clone())
+        return out
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_data(DataConfig(name="digits", samples_per_class=20))
+
+
+def _groups_from(prob_batches, group_batches):
+    groups, acc, n, seen = [], None, 0, 0
+    for probs in prob_batches:
+        for row in probs.double().tolist():
+            acc = list(row) if acc is None else [a + b for a, b in zip(acc, row)]
+            n += 1
+        seen += 1
+        if seen == group_batches:
+            groups.append([a / n for a in acc])
+            acc, n, seen = None, 0, 0
+    return groups
+
+
+def _std_mean(groups):
+    k, c = len(groups), len(groups[0])
+    total = 0.0
+    for j in range(c):
+        column = [g[j] for g in groups]
+        mu = sum(column) / k
+        total += math.sqrt(sum((v - mu) ** 2 for v in column) / (k - 1))
+    return total / c
+
+
+def test_t_stddev_matches_independent_loops(data):
+    torch.manual_seed(0)
+    teacher = RecordingTeacher(build_model("resnet8", 10, in_channels=1)).eval()
+    scores = score_candidates(teacher, [parse_candidate("cutout")], data, torch.device("cpu"), passes=3,
+                              group_batches=2, batch_size=16, bootstrap=0, progress=False)
+    groups = _groups_from(teacher.probs, 2)
+    assert scores[0].groups == len(groups) == (3 * (200 // 16)) // 2
+    assert scores[0].t_stddev == pytest.approx(_std_mean(groups), abs=1e-6)
+    # each forward saw 16 original + 16 augmented images: 640 = 320 + 320 in the official setting
+    assert all(len(p) == 32 for p in teacher.probs)
+
+
+def test_identity_augmented_half_equals_original(data):
+    teacher = RecordingTeacher(build_model("resnet8", 10, in_channels=1)).eval()
+    score_candidates(teacher, [parse_candidate("identity")], data, torch.device("cpu"), passes=1,
+                     group_batches=2, batch_size=16, bootstrap=0, progress=False)
+    for batch in teacher.inputs:
+        original, augmented = batch.chunk(2)
+        assert torch.equal(original, augmented)
+
+
+def test_candidates_share_data_order_and_results_are_reproducible(data):
+    torch.manual_seed(0)
+    net = build_model("resnet8", 10, in_channels=1).eval()
+    cands = [parse_candidate(c) for c in ("identity", "flip", "cutmix")]
+
+    def run(order):
+        out = score_candidates(net, order, data, torch.device("cpu"), passes=2, group_batches=2, batch_size=16,
+                               bootstrap=50, progress=False)
+        return {s.candidate: s for s in out}
+
+    a, again, reordered = run(cands), run(cands), run(cands[::-1])
+    assert {k: v.t_stddev for k, v in a.items()} == {k: v.t_stddev for k, v in again.items()}
+    # identity draws nothing: its score depends only on the shared data order of each pass
+    assert reordered["identity"].t_stddev == a["identity"].t_stddev
+    assert sorted(s.rank for s in a.values()) == [1, 2, 3]
+    assert all(s.low < s.high for s in a.values())
+
+
+def test_bootstrap_interval_brackets_spread():
+    rng = np.random.default_rng(0)
+    means = rng.dirichlet(np.ones(5), size=40)
+    low, high = bootstrap_interval(means, 2000, 0.9)
+    assert low < t_stddev(means) * 1.2 and high > t_stddev(means) * 0.8 and low < high
+
+
+def test_early_stop_when_ranking_stable(data):
+    torch.manual_seed(0)
+    net = build_model("resnet8", 10, in_channels=1).eval()
+    cands = [parse_candidate(c) for c in ("identity", "mixup")]
+    scores = score_candidates(net, cands, data, torch.device("cpu"), passes=10, group_batches=2, batch_size=16,
+                              bootstrap=0, stop_when_stable=True, min_passes=2, stable_passes=2, progress=False)
+    assert 3 <= scores[0].passes < 10

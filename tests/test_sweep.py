@@ -1,0 +1,76 @@
+"""End-to-end sweeps on Ray with MLflow: pruning, logging, the best-augmentation query."""
+import json
+
+import pytest
+from mlflow import MlflowClient
+
+from search.best import best_augmentation
+from search.cli import main
+from search.config import load_config
+from search.sweep import run_sweep
+from sweep_helpers import EIGHT_CANDIDATES, runs_by_stage, write_sweep_config
+
+
+@pytest.fixture(scope="module")
+def pruned_sweep(tmp_path_factory, ray_session):
+    tmp = tmp_path_factory.mktemp("sweep")
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    cfg = load_config(write_sweep_config(tmp, "pruned", uri))
+    outcome = run_sweep(cfg, progress=False)
+    return cfg, uri, outcome
+
+
+def test_only_top_k_by_proxy_are_trained(pruned_sweep):
+    cfg, uri, outcome = pruned_sweep
+    assert len(outcome.scores) == len(EIGHT_CANDIDATES) == 8
+    best_three = [s.candidate for s in sorted(outcome.scores, key=lambda s: s.t_stddev)[:3]]
+    assert outcome.survivors == best_three
+    assert {t["augmentation"] for t in outcome.trials} <= set(best_three)
+    assert len(outcome.trials) == 3 and all(t["error"] is None for t in outcome.trials)
+
+
+def test_mlflow_holds_parent_proxy_children_and_trial_curves(pruned_sweep):
+    cfg, uri, outcome = pruned_sweep
+    runs = runs_by_stage(uri, cfg.experiment_name)
+    (parent,) = runs["sweep"]
+    assert parent.info.run_id == outcome.parent_run_id and parent.info.status == "FINISHED"
+    assert len(runs["proxy"]) == 8 and len(runs["trial"]) == 3
+    for run in runs["proxy"] + runs["trial"]:
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    proxy_ids = {r.data.tags["augtune.candidate"]: r.data.metrics["t_stddev"] for r in runs["proxy"]}
+    for s in outcome.scores:
+        assert proxy_ids[s.candidate] == pytest.approx(s.t_stddev)
+    client = MlflowClient(tracking_uri=uri)
+    for trial in runs["trial"]:
+        history = client.get_metric_history(trial.info.run_id, "test_loss")
+        assert [m.step for m in sorted(history, key=lambda m: m.step)] == [1, 2]
+        assert trial.data.metrics["t_stddev"] == pytest.approx(proxy_ids[trial.data.tags["augtune.candidate"]])
+        assert "lr" in trial.data.params
+    metrics = parent.data.metrics
+    assert metrics["pruned_candidates"] == 5 and metrics["trained_candidates"] == 3
+    assert metrics["estimated_exhaustive_seconds"] > metrics["trial_seconds"]
+    assert "estimated_seconds_saved" in metrics and "proxy_seconds" in metrics
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"proxy.csv", "proxy.json", "pruned.json", "trials.json", "config.json"} <= artifacts
+    pruned = json.loads(open(client.download_artifacts(parent.info.run_id, "pruned.json")).read())
+    assert pruned["kept"] == outcome.survivors and len(pruned["pruned"]) == 5
+
+
+def test_best_from_mlflow_agrees_with_sweep(pruned_sweep, capsys):
+    cfg, uri, outcome = pruned_sweep
+    assert best_augmentation(uri, cfg.experiment_name).candidate == outcome.best["augmentation"]
+    assert main(["best", "--experiment", cfg.experiment_name, "--tracking-uri", uri]) == 0
+    out = capsys.readouterr().out
+    assert f"best augmentation: {outcome.best['augmentation']}" in out
+
+
+def test_best_on_unknown_experiment_exits_2(tmp_path, capsys):
+    assert main(["best", "--experiment", "nope", "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == 2
+    assert "no MLflow experiment" in capsys.readouterr().err
+
+
+def test_resume_without_state_exits_2_and_writes_nothing(tmp_path, capsys):
+    path = write_sweep_config(tmp_path, "never", f"sqlite:///{tmp_path}/m.db")
+    assert main(["sweep", str(path), "--resume", "--no-progress"]) == 2
+    assert "no sweep to resume" in capsys.readouterr().err
+    assert not (tmp_path / "m.db").exists() and not (tmp_path / "runs").exists()
