@@ -71,6 +71,25 @@ def _best(args) -> int:
     return 0
 
 
+def _report(args) -> int:
+    from search.report import ReportError, write_report
+
+    output = Path(args.output) if args.output else Path("reports") / args.experiment
+    try:
+        files = write_report(args.tracking_uri, args.experiment, output, args.sweep_run)
+    except ReportError as exc:
+        print(f"augtune: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    for report in files["reports"]:
+        print(f"{report.pair}  (sweep run {report.sweep_run_id}, {len(report.points)} candidates)")
+        print(f"  {'target':<10} {'Pearson':>8} {'p':>9} {'Spearman':>9} {'p':>9} {'Kendall':>8} {'p':>9}")
+        for c in report.correlations:
+            print(f"  {c.target:<10} {c.pearson:>8.3f} {c.pearson_p:>9.3g} {c.spearman:>9.3f} {c.spearman_p:>9.3g} "
+                  f"{c.kendall:>8.3f} {c.kendall_p:>9.3g}")
+    print(f"\nwrote {files['markdown']}, {files['html']}, {files['png']} (also logged to the sweep run)")
+    return 0
+
+
 def _overrides(args) -> dict:
     out = {}
     for item in getattr(args, "set", None) or []:
@@ -114,6 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     best.add_argument("--metric", default="test_loss", choices=["test_loss", "test_acc", "val_loss", "val_acc"])
     best.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
     best.set_defaults(handler=_best)
+
+    report = sub.add_parser("report", help="T.stddev vs student correlations from MLflow: Markdown, HTML, plot")
+    report.add_argument("--experiment", required=True, help="MLflow experiment name")
+    report.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
+    report.add_argument("--sweep-run", help="one sweep's parent run id (default: the latest sweep of each pair)")
+    report.add_argument("--output", help="folder for the files (default reports/EXPERIMENT)")
+    report.set_defaults(handler=_report)
     return parser
 
 

@@ -63,7 +63,7 @@ class SchedulerConfig(Section):
 
 
 class SearchConfig(Section):
-    method: Literal["kd"] = "kd"
+    method: Literal["kd", "sla"] = Field("kd", description="kd: proxy-pruned KD; sla: SLA (no teacher, no proxy)")
     algorithm: Literal["optuna", "random"] = "optuna"
     num_samples: int = Field(6, ge=1, description="trials in total")
     max_concurrent: int = Field(2, ge=1)
@@ -114,6 +114,15 @@ class SweepConfig(DistillConfig):
     proxy: ProxyConfig = Field(default_factory=ProxyConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="after")
+    def _method_space(self) -> "SweepConfig":
+        if self.search.method == "sla":
+            bad = [c.id for c in self.space.resolved() if c.mixes or c.scorer]
+            if bad:
+                raise ValueError(f"space.candidates: {bad[0]} mixes images or needs a scoring network; "
+                                 "search.method sla needs one label per image")
+        return self
 
     @model_validator(mode="after")
     def _student_scorer(self) -> "SweepConfig":

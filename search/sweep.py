@@ -117,18 +117,22 @@ def _storage(cfg: SweepConfig) -> str:
     return str((job_dir(cfg) / "ray").resolve())
 
 
-def kd_trainable(cfg: SweepConfig, teacher_path: Path):
+def method_trainable(cfg: SweepConfig, teacher_path: Optional[Path]):
+    """The method's trainable with its fixed inputs and per-trial resources."""
     from ray import tune
 
-    from trainables.tune import KDTrainable
+    from trainables.tune import KDTrainable, SLATrainable
 
     resources = {"cpu": cfg.search.resources.get("cpu", 1.0), "gpu": cfg.search.resources.get("gpu", 0.0)}
-    with_fixed = tune.with_parameters(KDTrainable, experiment=cfg.distill_dict(),
-                                      teacher_checkpoint=str(Path(teacher_path).resolve()))
+    if cfg.search.method == "kd":
+        with_fixed = tune.with_parameters(KDTrainable, experiment=cfg.distill_dict(),
+                                          teacher_checkpoint=str(Path(teacher_path).resolve()))
+    else:
+        with_fixed = tune.with_parameters(SLATrainable, experiment=cfg.distill_dict())
     return tune.with_resources(with_fixed, resources)
 
 
-def build_tuner(cfg: SweepConfig, survivors: list[str], teacher_path: Path, callback, experiment_name: str,
+def build_tuner(cfg: SweepConfig, survivors: list[str], teacher_path: Optional[Path], callback, experiment_name: str,
                 validate: bool):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -137,7 +141,7 @@ def build_tuner(cfg: SweepConfig, survivors: list[str], teacher_path: Path, call
 
     s = cfg.search
     metric, mode = s.metric, ("min" if s.metric.endswith("loss") else "max")
-    trainable = kd_trainable(cfg, teacher_path)
+    trainable = method_trainable(cfg, teacher_path)
     epochs = cfg.student.train.epochs
     if validate:
         # exhaustive grid: every candidate x seed, trained to the end (no early stopping)
@@ -212,11 +216,12 @@ def compute_summary(trials: list[dict[str, Any]], scores: list[ProxyScore], surv
     trial_seconds = sum(t["seconds"] or 0.0 for t in trials)
     proxy_seconds = sum(s.seconds for s in scores)
     per_candidate = trial_seconds / max(len(survivors), 1)
-    exhaustive = per_candidate * len(scores)  # the same trial budget for every candidate
+    candidates = len(scores) or len(survivors)
+    exhaustive = per_candidate * candidates  # the same trial budget for every candidate
     spent = trial_seconds + proxy_seconds
     return {"trial_seconds": trial_seconds, "proxy_seconds": proxy_seconds, "trials": len(trials),
-            "candidates": len(scores), "trained_candidates": len(survivors),
-            "pruned_candidates": len(scores) - len(survivors),
+            "candidates": candidates, "trained_candidates": len(survivors),
+            "pruned_candidates": candidates - len(survivors),
             "estimated_exhaustive_seconds": exhaustive,
             "estimated_seconds_saved": exhaustive - spent,
             "compute_saved_fraction": (exhaustive - spent) / exhaustive if exhaustive > 0 else 0.0}
@@ -253,16 +258,20 @@ def run_sweep(cfg: SweepConfig, resume: bool = False, progress: bool = True) -> 
                                                                      "augtune.validate_proxy": str(validate)})
         tracker.log(parent, params={"config": yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)})
         tracker.log_json(parent, "config.json", cfg.model_dump(mode="json"))
-        try:
-            proxy = run_proxy(cfg, data, tracker, parent, progress)
-        except BaseException:
-            tracker.end_run(parent, "FAILED")
-            raise
-        print(format_table(proxy.scores))
-        scores, teacher_path = proxy.scores, proxy.teacher_path
-        survivors = prune(scores, "none" if validate else cfg.search.prune.mode, cfg.search.prune.top_k)
+        if cfg.search.method == "kd":
+            try:
+                proxy = run_proxy(cfg, data, tracker, parent, progress)
+            except BaseException:
+                tracker.end_run(parent, "FAILED")
+                raise
+            print(format_table(proxy.scores))
+            scores, teacher_path = proxy.scores, proxy.teacher_path
+            survivors = prune(scores, "none" if validate else cfg.search.prune.mode, cfg.search.prune.top_k)
+        else:  # SLA has no teacher to score with: every candidate goes to the trials
+            scores, teacher_path = [], None
+            survivors = [c.id for c in cfg.space.resolved()]
         state = {"parent_run_id": parent, "ray_experiment": f"sweep-{time.strftime('%Y%m%d-%H%M%S')}",
-                 "teacher_path": str(teacher_path), "scores": [s.as_row() for s in scores],
+                 "teacher_path": str(teacher_path) if teacher_path else None, "scores": [s.as_row() for s in scores],
                  "survivors": survivors, "validate_proxy": validate}
         _save_state(cfg, state)
         tracker.log_json(parent, "pruned.json", {"kept": survivors,
@@ -273,15 +282,18 @@ def run_sweep(cfg: SweepConfig, resume: bool = False, progress: bool = True) -> 
         parent = state["parent_run_id"]
         tracker.client.update_run(parent, status="RUNNING")
         scores = [ProxyScore(**{k: v for k, v in row.items()}) for row in state["scores"]]
-        survivors, teacher_path, validate = state["survivors"], Path(state["teacher_path"]), state["validate_proxy"]
-    print(f"\nstudent trials for {len(survivors)} of {len(scores)} candidates: {', '.join(survivors)}")
+        survivors, validate = state["survivors"], state["validate_proxy"]
+        teacher_path = Path(state["teacher_path"]) if state["teacher_path"] else None
+    print(f"\n{cfg.search.method} trials for {len(survivors)} of {len(scores) or len(survivors)} candidates: "
+          f"{', '.join(survivors)}")
 
     score_of = {s.candidate: s.t_stddev for s in scores}
     callback = TrialLogger(cfg.tracking.uri, cfg.experiment_name, parent, pair, score_of)
     init_ray(cfg)
     experiment_path = f"{_storage(cfg).rstrip('/')}/{state['ray_experiment']}"
     if resume and tune.Tuner.can_restore(experiment_path):
-        tuner = tune.Tuner.restore(experiment_path, trainable=kd_trainable(cfg, teacher_path), resume_errored=True)
+        tuner = tune.Tuner.restore(experiment_path, trainable=method_trainable(cfg, teacher_path),
+                                   resume_errored=True)
     else:
         tuner = build_tuner(cfg, survivors, teacher_path, callback, state["ray_experiment"], validate)
     try:

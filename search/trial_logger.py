@@ -1,7 +1,8 @@
 """A driver-side Ray Tune callback that logs each trial as an MLflow child run of the sweep.
 
 Logs only what users query: the trial's sampled values as params (and numeric ones as metrics,
-so they can be filtered), the per-epoch curves with step = epoch, the candidate's T.stddev.
+so they can be filtered), the per-epoch curves (train_*, test_*, val_*, lr, images/s) with
+step = epoch, the final test/val metrics, the candidate's T.stddev.
 Ray's own MLflowLoggerCallback logs every auto-filled field and does not nest runs.
 
 Resuming a sweep calls on_trial_start again for restored trials: the existing run (found by its
@@ -15,17 +16,16 @@ from ray.tune import Callback
 
 from search.tracking import CANDIDATE_TAG, PAIR_TAG, TRIAL_TAG, Tracker
 
-CURVE_KEYS = ("train_loss", "test_loss", "test_acc", "val_loss", "val_acc", "images_per_second", "lr",
-              "epoch_seconds")
+CURVE_PREFIXES = ("train_", "test_", "val_", "stage")
+CURVE_KEYS = ("images_per_second", "lr", "epoch_seconds")
 
 
 class TrialLogger(Callback):
     def __init__(self, tracking_uri: str, experiment: str, parent_run_id: str, pair: str,
-                 proxy_scores: Mapping[str, float], extra_curve_keys: tuple[str, ...] = ()):
+                 proxy_scores: Mapping[str, float]):
         self.tracking_uri, self.experiment = tracking_uri, experiment
         self.parent_run_id, self.pair = parent_run_id, pair
         self.proxy_scores = dict(proxy_scores)
-        self.curve_keys = CURVE_KEYS + tuple(extra_curve_keys)
         self._tracker: Optional[Tracker] = None
         self.run_ids: dict[str, str] = {}
         self.logged_steps: dict[str, int] = {}
@@ -73,7 +73,8 @@ class TrialLogger(Callback):
         step = int(result.get("epoch", result.get("training_iteration", 0)))
         if run_id is None or step <= self.logged_steps.get(trial.trial_id, 0):
             return
-        self.tracker.log(run_id, metrics={k: result[k] for k in self.curve_keys if k in result}, step=step)
+        curves = {k: v for k, v in result.items() if k in CURVE_KEYS or k.startswith(CURVE_PREFIXES)}
+        self.tracker.log(run_id, metrics=curves, step=step)
         self.logged_steps[trial.trial_id] = step
 
     def _finish(self, trial, status: str) -> None:
@@ -81,7 +82,7 @@ class TrialLogger(Callback):
         if run_id is None:
             return
         last = trial.last_result or {}
-        final = {f"final_{k}": last[k] for k in ("test_loss", "test_acc", "val_loss", "val_acc") if k in last}
+        final = {f"final_{k}": v for k, v in last.items() if k.startswith(("test_", "val_"))}
         final["epochs_trained"] = last.get("epoch", 0)
         final["trial_seconds"] = last.get("time_total_s", 0.0)
         self.tracker.log(run_id, metrics=final, step=int(final["epochs_trained"]))

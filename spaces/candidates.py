@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import torch
 
-from spaces import autoaugment, ops
+from spaces import autoaugment, moco, ops
 
 
 @dataclass(frozen=True)
@@ -122,6 +122,8 @@ register(Kind("randaugment", (Param("num_ops", int, 2, 1, 5), Param("magnitude",
               "RandAugment, ops and signs per sample"))
 register(Kind("trivialaugment", (), lambda x, ctx: autoaugment.trivial_augment(x, ctx.generator),
               "TrivialAugmentWide, one op and magnitude per sample"))
+register(Kind("moco_v2", (), lambda x, ctx: moco.moco_v2(x, ctx.generator),
+              "MoCo-v2 view: resized crop, colour jitter, grayscale, blur, flip; per sample"))
 register(Kind("mixup", (Param("alpha", float, 1.0, 0.01, 10.0),),
               lambda x, ctx, alpha: ops.mixup(x, ctx.generator, alpha).images,
               "mixup with a per-sample lambda ~ Beta(alpha, alpha)", mixes=True))

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 KNOWN_HYPERPARAMETERS = {
     "lr", "weight_decay", "momentum", "batch_size", "epochs",
     "kd.temperature", "kd.ce_weight", "kd.kd_weight",
+    "sla.transforms", "sla.temperature", "sla.beta", "sla.large_loss", "sla.self_distillation",
 }
 
 

@@ -73,3 +73,14 @@ def test_missing_config_file_and_bad_yaml(tmp_path, capsys):
     bad.write_text("data: [unclosed\n")
     assert main(["train", "teacher", str(bad)]) == 2
     assert "not valid YAML" in capsys.readouterr().err
+
+
+def test_shipped_configs_validate():
+    from pathlib import Path
+
+    from search.config import load_config
+
+    for path in sorted(Path("configs").glob("*.yaml")):
+        if path.name == "cluster.yaml":
+            continue  # a Ray cluster file, not an experiment
+        load_config(path)

@@ -124,8 +124,61 @@ class KDConfig(Section):
     augmented_kd: bool = Field(True, description="add the KL term on the augmented view x'")
 
 
+class SLAConfig(Section):
+    """Self-supervised label augmentation (methods.md section 1); the network is `student`."""
+
+    transforms: Literal["rotation", "colour", "rotation_colour"] = "rotation"
+    large_loss: bool = Field(False, description="multiply the joint loss by M (ImageNet/iNat advice)")
+    self_distillation: bool = Field(True, description="train the single head u on the aggregated output")
+    temperature: float = Field(1.0, gt=0.0)
+    beta: float = Field(1.0, ge=0.0)
+    augmentation: str = Field("identity", description="base augmentation from the space, before the transforms")
+
+
+def _lws_defaults() -> "TrainConfig":
+    # official stage II: 5 epochs, lr 0.2, batch 512, cosine, wd 5e-4, class-balanced sampling
+    return TrainConfig(epochs=5, lr=0.2, batch_size=512, schedule="cosine", weight_decay=5e-4,
+                       sampler="class_balanced")
+
+
+class SSDConfig(Section):
+    """Self supervision to distillation (methods.md section 3). Stages I-II train `teacher.model`
+    with `teacher.train`; stage III trains `student.model` with `student.train`."""
+
+    tasks: list[Literal["rotation", "moco"]] = Field(default_factory=lambda: ["rotation", "moco"],
+                                                     description="stage I self-supervised tasks")
+    rotation_weight: float = Field(1.0, ge=0.0)
+    moco_weight: float = Field(1.0, ge=0.0)
+    moco_momentum: float = Field(0.999, gt=0.0, lt=1.0)
+    moco_temperature: float = Field(0.2, gt=0.0)
+    moco_dim: int = Field(128, ge=8)
+    queue_size: Optional[int] = Field(None, ge=1, description="default: the training set size, at most 65536")
+    lws: TrainConfig = Field(default_factory=_lws_defaults)
+    temperature: float = Field(2.0, gt=0.0, description="stage III KD temperature")
+    kd_weight: float = Field(1.0, ge=0.0, description="stage III: CE + kd_weight * KD (1:1 in the paper)")
+    stage4: bool = Field(False, description="LWS on the stage-III hard head")
+    start_stage: Literal[1, 3] = Field(3, description="3: trials load the sweep's stage-II teacher; 1: run all")
+    augmentation: str = Field("identity", description="stage III view x' (the sweep sets it per trial)")
+
+    @field_validator("tasks")
+    @classmethod
+    def _unique(cls, value):
+        if len(set(value)) != len(value):
+            raise ValueError("list each task once")
+        return value
+
+
 class DistillConfig(ExperimentConfig):
-    """Adds what distillation needs: the student and the loss weights."""
+    """Adds what the methods need: the student (the trained network) and each method's settings."""
 
     student: ModelConfig = Field(default_factory=lambda: ModelConfig(model="resnet8"))
     kd: KDConfig = Field(default_factory=KDConfig)
+    sla: SLAConfig = Field(default_factory=SLAConfig)
+    ssd: SSDConfig = Field(default_factory=SSDConfig)
+
+    @model_validator(mode="after")
+    def _sla_colour_needs_rgb(self) -> "DistillConfig":
+        if self.sla.transforms != "rotation" and self.data.name == "digits":
+            raise ValueError("sla.transforms: colour permutations need RGB images; digits are greyscale, "
+                             "use rotation")
+        return self

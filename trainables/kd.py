@@ -74,15 +74,20 @@ class KDRunner(EpochRunner):
         return metrics
 
 
+TRAIN_KEYS = ("lr", "weight_decay", "momentum", "batch_size", "epochs")
+METHOD_SECTIONS = ("kd", "sla", "ssd")
+
+
 def apply_trial_values(experiment: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
     """Write sampled hyperparameters into the experiment dict: lr/weight_decay/momentum/
-    batch_size/epochs go to student.train, kd.* to kd."""
+    batch_size/epochs go to student.train, `kd.x`/`sla.x`/`ssd.x` to that section."""
     import copy
 
     out = copy.deepcopy(experiment)
     for key, value in config.items():
-        if key.startswith("kd."):
-            out.setdefault("kd", {})[key[3:]] = value
-        elif key in ("lr", "weight_decay", "momentum", "batch_size", "epochs"):
+        section, _, name = key.partition(".")
+        if section in METHOD_SECTIONS and name:
+            out.setdefault(section, {})[name] = value
+        elif key in TRAIN_KEYS:
             out.setdefault("student", {}).setdefault("train", {})[key] = value
     return out

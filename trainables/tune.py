@@ -63,3 +63,18 @@ def _kd_runner(config: dict[str, Any], experiment: dict[str, Any], teacher_check
 
 
 KDTrainable = as_trainable(_kd_runner, "KDTrainable")
+
+
+def _sla_runner(config: dict[str, Any], experiment: dict[str, Any]) -> EpochRunner:
+    from trainables.config import DistillConfig
+    from trainables.kd import apply_trial_values
+    from trainables.sla import SLARunner
+
+    values = dict(config)
+    if "augmentation" in values:
+        values["sla.augmentation"] = values.pop("augmentation")
+    cfg = DistillConfig.model_validate(apply_trial_values(experiment, values))
+    return SLARunner(cfg, seed=config.get("seed"))
+
+
+SLATrainable = as_trainable(_sla_runner, "SLATrainable")
