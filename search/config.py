@@ -63,7 +63,8 @@ class SchedulerConfig(Section):
 
 
 class SearchConfig(Section):
-    method: Literal["kd", "sla"] = Field("kd", description="kd: proxy-pruned KD; sla: SLA (no teacher, no proxy)")
+    method: Literal["kd", "sla", "ssd"] = Field(
+        "kd", description="kd: proxy-pruned KD; sla: SLA (no teacher, no proxy); ssd: SSD stages, proxy on stage II")
     algorithm: Literal["optuna", "random"] = "optuna"
     num_samples: int = Field(6, ge=1, description="trials in total")
     max_concurrent: int = Field(2, ge=1)

@@ -65,7 +65,11 @@ def write_scores(scores: list[ProxyScore], folder: Path) -> tuple[Path, Path]:
 def run_proxy(cfg: SweepConfig, data: DataBundle, tracker: Tracker, parent_id: str,
               progress: bool = True) -> ProxyOutcome:
     device = resolve_device(cfg.device)
-    teacher, teacher_path, trained = obtain_teacher(cfg, data, device, progress=progress)
+    if cfg.search.method == "ssd":
+        from search.teacher import obtain_ssd_teacher
+        teacher, teacher_path, trained = obtain_ssd_teacher(cfg, data, device, tracker, parent_id, progress)
+    else:
+        teacher, teacher_path, trained = obtain_teacher(cfg, data, device, progress=progress)
     if trained:
         print(f"trained teacher -> {teacher_path}")
     from trainables.data import BatchFeeder

@@ -121,11 +121,12 @@ def method_trainable(cfg: SweepConfig, teacher_path: Optional[Path]):
     """The method's trainable with its fixed inputs and per-trial resources."""
     from ray import tune
 
-    from trainables.tune import KDTrainable, SLATrainable
+    from trainables.tune import KDTrainable, SLATrainable, SSDTrainable
 
     resources = {"cpu": cfg.search.resources.get("cpu", 1.0), "gpu": cfg.search.resources.get("gpu", 0.0)}
-    if cfg.search.method == "kd":
-        with_fixed = tune.with_parameters(KDTrainable, experiment=cfg.distill_dict(),
+    if cfg.search.method in ("kd", "ssd"):
+        trainable = KDTrainable if cfg.search.method == "kd" else SSDTrainable
+        with_fixed = tune.with_parameters(trainable, experiment=cfg.distill_dict(),
                                           teacher_checkpoint=str(Path(teacher_path).resolve()))
     else:
         with_fixed = tune.with_parameters(SLATrainable, experiment=cfg.distill_dict())
@@ -258,7 +259,7 @@ def run_sweep(cfg: SweepConfig, resume: bool = False, progress: bool = True) -> 
                                                                      "augtune.validate_proxy": str(validate)})
         tracker.log(parent, params={"config": yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)})
         tracker.log_json(parent, "config.json", cfg.model_dump(mode="json"))
-        if cfg.search.method == "kd":
+        if cfg.search.method in ("kd", "ssd"):
             try:
                 proxy = run_proxy(cfg, data, tracker, parent, progress)
             except BaseException:
@@ -288,6 +289,8 @@ def run_sweep(cfg: SweepConfig, resume: bool = False, progress: bool = True) -> 
           f"{', '.join(survivors)}")
 
     score_of = {s.candidate: s.t_stddev for s in scores}
+    if cfg.search.method == "ssd" and cfg.search.scheduler.kind == "asha":
+        print("note: SSD trials are multi-stage; ASHA compares the current stage's headline metric")
     callback = TrialLogger(cfg.tracking.uri, cfg.experiment_name, parent, pair, score_of)
     init_ray(cfg)
     experiment_path = f"{_storage(cfg).rstrip('/')}/{state['ray_experiment']}"

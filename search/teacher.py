@@ -9,7 +9,7 @@ import torch
 
 from search.config import SweepConfig
 from trainables.data import DataBundle
-from trainables.engine import CheckpointError, load_checkpoint
+from trainables.engine import CheckpointError, load_checkpoint, save_checkpoint
 from trainables.models import Network
 from trainables.runner import run_to_completion
 from trainables.supervised import SupervisedRunner
@@ -45,3 +45,44 @@ def obtain_teacher(cfg: SweepConfig, data: DataBundle, device: torch.device,
     path, _ = train_teacher(cfg, data, progress=progress, path=path)
     model, _ = load_checkpoint(path, data, device)
     return model.eval(), path, True
+
+
+def obtain_ssd_teacher(cfg: SweepConfig, data: DataBundle, device: torch.device, tracker=None,
+                       parent_id: Optional[str] = None, progress: bool = True) -> tuple[Network, Path, bool]:
+    """SSD stages I (CE + self-supervision) and II (LWS) in the driver; the stage-II network,
+    its scales folded into the classifier, is the teacher of stage III and of the proxy.
+    Every epoch of both stages is logged to a child run (stage=ssd-stages) when a tracker is given."""
+    from trainables.ssd import LWSRunner, SSLStageRunner
+
+    folder = cfg.output_dir / cfg.name
+    stage2_path = folder / "ssd_stage2.pt"
+    if cfg.teacher.checkpoint is not None:
+        model, _ = load_checkpoint(cfg.teacher.checkpoint, data, device)
+        return model.eval(), cfg.teacher.checkpoint, False
+    if stage2_path.is_file():
+        try:
+            model, _ = load_checkpoint(stage2_path, data, device)
+            return model.eval(), stage2_path, False
+        except CheckpointError:
+            pass  # from another data setting: run the stages again
+    run_id = tracker.start_run("ssd:stages-I-II", "ssd-stages", parent_id) if tracker else None
+    step = 0
+
+    def log(metrics: dict) -> None:
+        nonlocal step
+        step += 1
+        if tracker:
+            tracker.log(run_id, metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
+
+    stage1 = SSLStageRunner(cfg, data)
+    history = run_to_completion(stage1, on_epoch=lambda m: log({**m, "stage": 1}), progress=progress)
+    save_checkpoint(folder / "ssd_stage1.pt", stage1.model, cfg.teacher.model, data,
+                    extra={k: float(v) for k, v in history[-1].items() if isinstance(v, (int, float))})
+    stage2 = LWSRunner(cfg, stage1.model, "main", "stage2", data)
+    history = run_to_completion(stage2, on_epoch=lambda m: log({**m, "stage": 2}), progress=progress)
+    save_checkpoint(stage2_path, stage2.folded_network(), cfg.teacher.model, data,
+                    extra={k: float(v) for k, v in history[-1].items() if isinstance(v, (int, float))})
+    if tracker:
+        tracker.end_run(run_id)
+    model, _ = load_checkpoint(stage2_path, data, device)
+    return model.eval(), stage2_path, True

@@ -16,6 +16,7 @@ KNOWN_HYPERPARAMETERS = {
     "lr", "weight_decay", "momentum", "batch_size", "epochs",
     "kd.temperature", "kd.ce_weight", "kd.kd_weight",
     "sla.transforms", "sla.temperature", "sla.beta", "sla.large_loss", "sla.self_distillation",
+    "ssd.temperature", "ssd.kd_weight",
 }
 
 

@@ -74,3 +74,35 @@ def test_resume_without_state_exits_2_and_writes_nothing(tmp_path, capsys):
     assert main(["sweep", str(path), "--resume", "--no-progress"]) == 2
     assert "no sweep to resume" in capsys.readouterr().err
     assert not (tmp_path / "m.db").exists() and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("method", ["sla", "ssd"])
+def test_method_sweeps_log_their_heads(tmp_path, ray_session, method):
+    import yaml
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    path = write_sweep_config(tmp_path, f"{method}-sweep", uri, method=method, num_samples=2,
+                              hyperparameters={})
+    raw = yaml.safe_load(path.read_text())
+    raw["space"]["candidates"] = ["identity", "flip", "cutout"]
+    if method == "ssd":
+        raw["data"].update(samples_per_class=30, imbalance_factor=5, many_shot_threshold=15, few_shot_threshold=8)
+        raw["ssd"] = {"lws": {"epochs": 1, "batch_size": 32}, "stage4": True}
+        raw["search"]["prune"] = {"mode": "top_k", "top_k": 2}
+    path.write_text(yaml.safe_dump(raw))
+    outcome = run_sweep(load_config(path), progress=False)
+    assert outcome.best is not None
+    runs = runs_by_stage(uri, f"{method}-sweep")
+    assert len(runs["trial"]) == 2
+    metrics = runs["trial"][0].data.metrics
+    if method == "sla":
+        assert "proxy" not in runs  # SLA has no teacher to score with
+        for key in ("final_test_si_acc", "final_test_agg_acc", "final_test_sd_acc"):
+            assert 0 <= metrics[key] <= 1
+    else:
+        assert len(runs["proxy"]) == 3 and len(runs["ssd-stages"]) == 1
+        stages = runs["ssd-stages"][0].data.metrics
+        assert {"test_stage1_classifier_acc", "test_stage2_lws_acc", "test_stage2_lws_few_acc"} <= set(stages)
+        for key in ("final_test_stage3_hard_acc", "final_test_stage3_soft_acc", "final_test_stage4_lws_acc",
+                    "final_test_stage3_soft_many_acc"):
+            assert key in metrics

@@ -309,6 +309,7 @@ class SSDChainRunner:
         if cfg.ssd.start_stage == 3 and teacher_checkpoint is None:
             raise ValueError("ssd.start_stage 3 needs the stage-II teacher checkpoint")
         self.index, self.epoch = 0, 0
+        self.completed: dict[str, float] = {}  # the last metrics of finished stages, carried forward
         self.current = self._build(self.stages[0])
         self.device = self.current.device
 
@@ -340,6 +341,9 @@ class SSDChainRunner:
         stage = self.stage
         headline = {1: "stage1_classifier", 2: "stage2_lws", 3: "stage3_soft", 4: "stage4_lws"}[stage]
         metrics.update(_headline(metrics, headline), stage=stage, epoch=self.epoch)
+        if self.current.finished:
+            self.completed.update({k: v for k, v in metrics.items() if f"_stage{stage}_" in k})
+        metrics = {**self.completed, **metrics}
         if self.current.finished and self.index < len(self.stages) - 1:
             self._save_stage_output()
             previous = self.current
@@ -357,7 +361,8 @@ class SSDChainRunner:
         save_checkpoint(self.work_dir / f"ssd_stage{stage}.pt", network, model_name, self.data)
 
     def state_dict(self) -> dict[str, Any]:
-        state = {"index": self.index, "epoch": self.epoch, "current": self.current.state_dict()}
+        state = {"index": self.index, "epoch": self.epoch, "current": self.current.state_dict(),
+                 "completed": dict(self.completed)}
         if self.stage in (2, 4):  # the network LWS scales sit on
             state["lws_network"] = self.current.network.state_dict()
         if self.stage == 3:
@@ -383,3 +388,4 @@ class SSDChainRunner:
                 self.current = SelfDistillRunner(self.cfg, teacher, self.data, self.seed)
         self.current.load_state_dict(state["current"])
         self.epoch = state["epoch"]
+        self.completed = dict(state["completed"])

@@ -78,3 +78,24 @@ def _sla_runner(config: dict[str, Any], experiment: dict[str, Any]) -> EpochRunn
 
 
 SLATrainable = as_trainable(_sla_runner, "SLATrainable")
+
+
+def _ssd_runner(config: dict[str, Any], experiment: dict[str, Any], teacher_checkpoint: str):
+    from pathlib import Path
+
+    from ray import tune as ray_tune
+
+    from trainables.config import DistillConfig
+    from trainables.kd import apply_trial_values
+    from trainables.ssd import SSDChainRunner
+
+    values = dict(config)
+    if "augmentation" in values:
+        values["ssd.augmentation"] = values.pop("augmentation")
+    cfg = DistillConfig.model_validate(apply_trial_values(experiment, values))
+    trial = ray_tune.get_context().get_trial_name() or "trial"
+    work_dir = Path(cfg.output_dir) / cfg.name / "ssd-trials" / trial
+    return SSDChainRunner(cfg, teacher_checkpoint, seed=config.get("seed"), work_dir=work_dir)
+
+
+SSDTrainable = as_trainable(_ssd_runner, "SSDTrainable")
