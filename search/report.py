@@ -211,7 +211,11 @@ def _pruning_lines(report: PairReport) -> list[str]:
         smallest = next(row["k"] for row in pr["top_k"] if row["keeps_winner"])
         lines.append(f"A top-k pruned sweep keeps the winner for every k >= {smallest} "
                      f"(training {smallest / pr['candidates']:.0%} of the candidates).")
-    if "compute_saved_fraction" in pr:
+    if report.validate_proxy:
+        if "proxy_seconds" in pr and "trial_seconds" in pr:
+            lines.append(f"Validation sweep: every candidate trained. The proxy took {pr['proxy_seconds']:.0f} s "
+                         f"against {pr['trial_seconds']:.0f} trial-seconds of student training.")
+    elif "compute_saved_fraction" in pr:
         lines.append(f"Compute saved by this sweep's pruning: {pr['compute_saved_fraction']:.0%} "
                      f"(about {pr.get('estimated_seconds_saved', 0):.0f} s).")
     return lines
