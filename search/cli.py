@@ -13,8 +13,8 @@ EXIT_BAD_INPUT = 2
 def _train_teacher(args) -> int:
     from search.config import load_config
     from search.teacher import default_teacher_path, train_teacher
-    from trainables.engine import load_checkpoint, resolve_device, evaluate, InputPipeline
-    from trainables.data import BatchFeeder, load_data
+    from trainables.data import load_data
+    from trainables.engine import evaluate_split, load_checkpoint, resolve_device
 
     cfg = load_config(args.config, _overrides(args))
     data = load_data(cfg.data)
@@ -24,7 +24,7 @@ def _train_teacher(args) -> int:
     path, final = train_teacher(cfg, data, progress=not args.no_progress, path=out)
     device = resolve_device(cfg.device)
     model, _ = load_checkpoint(path, data, device)
-    reloaded = evaluate(model, BatchFeeder(data.test, 512, device, shuffle=False), InputPipeline(data, device), device)
+    reloaded = evaluate_split(model, data, device)
     summary = {"checkpoint": str(path), "test_acc": final["test_acc"], "test_loss": final["test_loss"],
                "reloaded_test_acc": reloaded["acc"]}
     print(json.dumps(summary, indent=2))
@@ -91,13 +91,15 @@ def _report(args) -> int:
 
 
 def _overrides(args) -> dict:
+    """--set key.path=value pairs; values are read as YAML (numbers, lists, booleans)."""
+    import yaml
+
     out = {}
     for item in getattr(args, "set", None) or []:
-        if "=" not in item:
-            raise SystemExit(f"--set takes key=value, got {item!r}")
-        import yaml
-
-        key, value = item.split("=", 1)
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            from search.config import ConfigError
+            raise ConfigError(f"--set takes key.path=value, got {item!r}")
         out[key] = yaml.safe_load(value)
     return out
 

@@ -186,6 +186,8 @@ def load_config(path: Union[str, Path], overrides: Optional[dict[str, Any]] = No
         *parents, leaf = dotted.split(".")
         for part in parents:
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {dotted}: {part} is not a section")
         node[leaf] = value
     try:
         return SweepConfig.model_validate(raw)

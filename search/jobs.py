@@ -15,7 +15,7 @@ from search.proxy import ProxyScore, format_table, score_candidates
 from search.teacher import obtain_teacher
 from search.tracking import Tracker, log_proxy_scores
 from trainables.data import DataBundle
-from trainables.engine import autocast, load_checkpoint, resolve_device, InputPipeline
+from trainables.engine import InputPipeline, autocast, evaluate_split, load_checkpoint, resolve_device
 
 
 @dataclass
@@ -72,10 +72,7 @@ def run_proxy(cfg: SweepConfig, data: DataBundle, tracker: Tracker, parent_id: s
         teacher, teacher_path, trained = obtain_teacher(cfg, data, device, progress=progress)
     if trained:
         print(f"trained teacher -> {teacher_path}")
-    from trainables.data import BatchFeeder
-    from trainables.engine import evaluate
-    teacher_test = evaluate(teacher, BatchFeeder(data.test, 512, device, shuffle=False), InputPipeline(data, device),
-                            device)
+    teacher_test = evaluate_split(teacher, data, device)
     print(f"teacher {cfg.teacher.model}: test accuracy {teacher_test['acc']:.4f}, test loss {teacher_test['loss']:.4f}")
     tracker.log(parent_id, metrics={"teacher_test_acc": teacher_test["acc"], "teacher_test_loss": teacher_test["loss"]})
     extra = {}

@@ -84,3 +84,12 @@ def test_shipped_configs_validate():
         if path.name == "cluster.yaml":
             continue  # a Ray cluster file, not an experiment
         load_config(path)
+
+
+def test_bad_set_override_exits_2(tmp_path, capsys):
+    path, out = _write(tmp_path, "seed: 1")
+    assert main(["train", "teacher", str(path), "--set", "seed"]) == 2
+    assert "key.path=value" in capsys.readouterr().err
+    assert main(["train", "teacher", str(path), "--set", "seed.x=1"]) == 2
+    assert "not a section" in capsys.readouterr().err
+    assert not out.exists()

@@ -62,3 +62,13 @@ def test_kd_runner_trains_student_against_frozen_teacher(tmp_path):
     assert {"train_loss", "test_acc", "test_loss", "images_per_second"} <= set(metrics)
     for k, v in runner.teacher.state_dict().items():
         assert torch.equal(v, before[k]), f"teacher changed: {k}"
+
+
+def test_trial_values_reach_their_sections():
+    from trainables.tune import _method_config
+
+    experiment = {"data": {"name": "digits"}, "student": {"model": "resnet8", "train": {"epochs": 3}}}
+    cfg = _method_config({"lr": 0.02, "kd.temperature": 2.0, "sla.beta": 0.5, "augmentation": "cutout",
+                          "seed": 4}, experiment, "sla")
+    assert cfg.student.train.lr == 0.02 and cfg.student.train.epochs == 3
+    assert cfg.kd.temperature == 2.0 and cfg.sla.beta == 0.5 and cfg.sla.augmentation == "cutout"

@@ -132,6 +132,15 @@ def evaluate(model: torch.nn.Module, feeder, pipeline: InputPipeline, device: to
     return accuracy_and_loss(logits, labels)
 
 
+def evaluate_split(model: torch.nn.Module, data: DataBundle, device: torch.device, split: str = "test",
+                   batch_size: int = 512) -> dict[str, float]:
+    """Accuracy and CE loss of a network on one split, outside any runner."""
+    from trainables.data import BatchFeeder
+
+    feeder = BatchFeeder(getattr(data, split), batch_size, device, shuffle=False)
+    return evaluate(model, feeder, InputPipeline(data, device), device)
+
+
 # ------------------------------------------------------------------ checkpoints
 
 def save_checkpoint(path: Path, model: Network, model_name: str, data: DataBundle,

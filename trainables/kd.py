@@ -2,7 +2,7 @@
 x (crop+flip) and on x' = candidate(x). The teacher is loaded once per run, frozen, eval mode."""
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 
@@ -58,10 +58,7 @@ class KDRunner(EpochRunner):
                                    student_logits[n:] if kd.augmented_kd else None,
                                    teacher_logits[n:] if kd.augmented_kd else None,
                                    temperature=kd.temperature, ce_weight=kd.ce_weight, kd_weight=kd.kd_weight)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            self.scheduler.step()
+            self.optimise(loss)
             total += loss.detach() * n
             count += n
         metrics = {"train_loss": (total / count).item()}
@@ -72,22 +69,3 @@ class KDRunner(EpochRunner):
             metrics.update({f"val_{k}": v for k, v in evaluate(self.model, self.val_feeder, self.pipeline,
                                                                 self.device, bf16=bf16).items()})
         return metrics
-
-
-TRAIN_KEYS = ("lr", "weight_decay", "momentum", "batch_size", "epochs")
-METHOD_SECTIONS = ("kd", "sla", "ssd")
-
-
-def apply_trial_values(experiment: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
-    """Write sampled hyperparameters into the experiment dict: lr/weight_decay/momentum/
-    batch_size/epochs go to student.train, `kd.x`/`sla.x`/`ssd.x` to that section."""
-    import copy
-
-    out = copy.deepcopy(experiment)
-    for key, value in config.items():
-        section, _, name = key.partition(".")
-        if section in METHOD_SECTIONS and name:
-            out.setdefault(section, {})[name] = value
-        elif key in TRAIN_KEYS:
-            out.setdefault("student", {}).setdefault("train", {})[key] = value
-    return out

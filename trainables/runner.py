@@ -55,6 +55,13 @@ class EpochRunner:
         self.optimizer = build_optimizer(parameters, self.train_cfg)
         self.scheduler = build_scheduler(self.optimizer, self.train_cfg, len(self.train_feeder))
 
+    def optimise(self, loss: torch.Tensor) -> None:
+        """One SGD step on `loss`, then the per-step learning-rate schedule."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+
     def batches(self, description: str):
         """The epoch's training batches, with a progress bar on the no-Ray path."""
         if not self.show_progress:

@@ -53,10 +53,7 @@ class SLARunner(EpochRunner):
             if self.sla.self_distillation:
                 loss = loss + self_distillation_loss(single, aggregate_logits(joint.float(), self.m), labels,
                                                      self.sla.temperature, self.sla.beta)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            self.scheduler.step()
+            self.optimise(loss)
             total += loss.detach() * len(labels)
             count += len(labels)
         metrics = {"train_loss": (total / count).item()}

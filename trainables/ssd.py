@@ -152,10 +152,7 @@ class SSLStageRunner(EpochRunner):
                                                           self.ssd.moco_temperature)
                     loss = loss + self.ssd.moco_weight * contrastive
                     parts["train_moco"] = contrastive
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            self.scheduler.step()
+            self.optimise(loss)
             if self.moco is not None:
                 self.moco.enqueue(keys, labels)
             n = len(labels)
@@ -210,10 +207,7 @@ class LWSRunner(EpochRunner):
             with torch.no_grad(), autocast(self.device, self.train_cfg.bf16):
                 features = self.network.features(x)
             loss = F.cross_entropy(self.scaled(features.float()), labels)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            self.scheduler.step()
+            self.optimise(loss)
             total += loss.item() * len(labels)
             count += len(labels)
         metrics = {"train_loss": total / count}
@@ -265,10 +259,7 @@ class SelfDistillRunner(EpochRunner):
             ce = F.cross_entropy(hard.float(), labels)
             kd = kl_at_temperature(soft, teacher_logits, self.ssd.temperature)  # over x and x'
             loss = ce + self.ssd.kd_weight * kd
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            self.scheduler.step()
+            self.optimise(loss)
             total += loss.item() * n
             count += n
         metrics = {"train_loss": total / count}

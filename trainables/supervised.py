@@ -31,10 +31,7 @@ class SupervisedRunner(EpochRunner):
             x = self.pipeline.normalise(self.pipeline.train_batch(images, self.generator))
             with autocast(self.device, self.train_cfg.bf16):
                 loss = F.cross_entropy(self.model(x), labels)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            self.scheduler.step()
+            self.optimise(loss)
             total += loss.detach() * len(labels)
             count += len(labels)
         metrics = {"train_loss": (total / count).item()}

@@ -7,6 +7,7 @@ actor in `setup`; one `step` is one epoch.
 """
 from __future__ import annotations
 
+import copy
 import os
 from typing import Any, Callable
 
@@ -16,6 +17,34 @@ from ray import tune
 from trainables.runner import EpochRunner
 
 STATE_FILE = "runner.pt"
+
+
+TRAIN_KEYS = ("lr", "weight_decay", "momentum", "batch_size", "epochs")
+METHOD_SECTIONS = ("kd", "sla", "ssd")
+
+
+def apply_trial_values(experiment: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """Write sampled hyperparameters into the experiment dict: lr/weight_decay/momentum/
+    batch_size/epochs go to student.train, `kd.x`/`sla.x`/`ssd.x` to that section."""
+    out = copy.deepcopy(experiment)
+    for key, value in config.items():
+        section, _, name = key.partition(".")
+        if section in METHOD_SECTIONS and name:
+            out.setdefault(section, {})[name] = value
+        elif key in TRAIN_KEYS:
+            out.setdefault("student", {}).setdefault("train", {})[key] = value
+    return out
+
+
+def _method_config(config: dict[str, Any], experiment: dict[str, Any], section: str):
+    """The trial's DistillConfig: the fixed experiment plus the sampled values; the trial's
+    candidate ("augmentation") goes to the method's own augmentation field."""
+    from trainables.config import DistillConfig
+
+    values = dict(config)
+    if section != "kd" and "augmentation" in values:
+        values[f"{section}.augmentation"] = values.pop("augmentation")
+    return DistillConfig.model_validate(apply_trial_values(experiment, values))
 
 
 def as_trainable(build_runner: Callable[..., EpochRunner], name: str) -> type[tune.Trainable]:
@@ -55,10 +84,9 @@ TeacherTrainable = as_trainable(_teacher_runner, "TeacherTrainable")
 
 
 def _kd_runner(config: dict[str, Any], experiment: dict[str, Any], teacher_checkpoint: str) -> EpochRunner:
-    from trainables.config import DistillConfig
-    from trainables.kd import KDRunner, apply_trial_values
+    from trainables.kd import KDRunner
 
-    cfg = DistillConfig.model_validate(apply_trial_values(experiment, config))
+    cfg = _method_config(config, experiment, "kd")
     return KDRunner(cfg, config["augmentation"], teacher_checkpoint, seed=config.get("seed"))
 
 
@@ -66,15 +94,9 @@ KDTrainable = as_trainable(_kd_runner, "KDTrainable")
 
 
 def _sla_runner(config: dict[str, Any], experiment: dict[str, Any]) -> EpochRunner:
-    from trainables.config import DistillConfig
-    from trainables.kd import apply_trial_values
     from trainables.sla import SLARunner
 
-    values = dict(config)
-    if "augmentation" in values:
-        values["sla.augmentation"] = values.pop("augmentation")
-    cfg = DistillConfig.model_validate(apply_trial_values(experiment, values))
-    return SLARunner(cfg, seed=config.get("seed"))
+    return SLARunner(_method_config(config, experiment, "sla"), seed=config.get("seed"))
 
 
 SLATrainable = as_trainable(_sla_runner, "SLATrainable")
@@ -85,14 +107,9 @@ def _ssd_runner(config: dict[str, Any], experiment: dict[str, Any], teacher_chec
 
     from ray import tune as ray_tune
 
-    from trainables.config import DistillConfig
-    from trainables.kd import apply_trial_values
     from trainables.ssd import SSDChainRunner
 
-    values = dict(config)
-    if "augmentation" in values:
-        values["ssd.augmentation"] = values.pop("augmentation")
-    cfg = DistillConfig.model_validate(apply_trial_values(experiment, values))
+    cfg = _method_config(config, experiment, "ssd")
     trial = ray_tune.get_context().get_trial_name() or "trial"
     work_dir = Path(cfg.output_dir) / cfg.name / "ssd-trials" / trial
     return SSDChainRunner(cfg, teacher_checkpoint, seed=config.get("seed"), work_dir=work_dir)
