@@ -106,3 +106,22 @@ def test_method_sweeps_log_their_heads(tmp_path, ray_session, method):
         for key in ("final_test_stage3_hard_acc", "final_test_stage3_soft_acc", "final_test_stage4_lws_acc",
                     "final_test_stage3_soft_many_acc"):
             assert key in metrics
+
+
+def test_teacher_trainable_runs_under_tune(tmp_path, ray_session):
+    from ray import tune
+
+    from trainables.config import ExperimentConfig
+    from trainables.tune import TeacherTrainable
+
+    experiment = ExperimentConfig.model_validate({
+        "data": {"name": "digits", "samples_per_class": 10},
+        "teacher": {"model": "resnet8", "train": {"epochs": 2, "batch_size": 32}}}).model_dump(mode="json")
+    tuner = tune.Tuner(tune.with_parameters(TeacherTrainable, experiment=experiment),
+                       param_space={"lr": tune.grid_search([0.02, 0.05])},
+                       run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0))
+    results = tuner.fit()
+    assert len(results) == 2 and not results.errors
+    for result in results:
+        assert result.metrics["epoch"] == 2 and 0 <= result.metrics["test_acc"] <= 1
+        assert result.metrics["lr"] < result.config["lr"]  # cosine schedule ran down from the sampled lr
