@@ -14,6 +14,8 @@ class CandidateSummary:
     best: float
     mean: float
     runs: list[dict]
+    epochs: float  # the training length its best/mean compare at
+    complete: bool  # trained as long as the longest run of the experiment
 
 
 def summarise_trials(uri: str, experiment: str, metric: str = "test_loss",
@@ -37,16 +39,18 @@ def summarise_trials(uri: str, experiment: str, metric: str = "test_loss",
             "epochs": run.data.metrics.get("epochs_trained"), "t_stddev": run.data.metrics.get("t_stddev"),
             "parent": run.data.tags.get("mlflow.parentRunId")})
     lower_is_better = metric.endswith("loss")
+    longest = max((r["epochs"] or 0 for runs in by_candidate.values() for r in runs), default=0)
     summaries = []
     for candidate, runs in by_candidate.items():
-        # compare only runs trained to the most epochs seen (ASHA-stopped ones are cut short)
-        full = max(r["epochs"] or 0 for r in runs)
-        complete = [r for r in runs if (r["epochs"] or 0) == full]
-        values = [r[metric] for r in complete]
+        # compare runs at equal length: ASHA-stopped runs are cut short and rank after full ones
+        length = max(r["epochs"] or 0 for r in runs)
+        values = [r[metric] for r in runs if (r["epochs"] or 0) == length]
         best = min(values) if lower_is_better else max(values)
         summaries.append(CandidateSummary(candidate, best, mean(values),
-                                          sorted(runs, key=lambda r: r[metric], reverse=not lower_is_better)))
-    summaries.sort(key=lambda s: s.best if lower_is_better else -s.best)
+                                          sorted(runs, key=lambda r: (-(r["epochs"] or 0), r[metric] if lower_is_better
+                                                                      else -r[metric])),
+                                          length, length == longest))
+    summaries.sort(key=lambda s: (not s.complete, s.best if lower_is_better else -s.best))
     return summaries
 
 
@@ -59,7 +63,8 @@ def best_augmentation(uri: str, experiment: str, metric: str = "test_loss") -> C
 
 def format_summary(summaries: list[CandidateSummary], metric: str) -> str:
     width = max([len(s.candidate) for s in summaries] + [12])
-    lines = [f"{'rank':>4}  {'augmentation':<{width}}  {'best ' + metric:>15}  {'mean':>8}  runs"]
+    lines = [f"{'rank':>4}  {'augmentation':<{width}}  {'best ' + metric:>15}  {'mean':>8}  {'at epoch':>8}  runs"]
     for rank, s in enumerate(summaries, 1):
-        lines.append(f"{rank:>4}  {s.candidate:<{width}}  {s.best:>15.4f}  {s.mean:>8.4f}  {len(s.runs)}")
+        lines.append(f"{rank:>4}  {s.candidate:<{width}}  {s.best:>15.4f}  {s.mean:>8.4f}  {s.epochs:>8.0f}  "
+                     f"{len(s.runs)}{'' if s.complete else '  (stopped early only)'}")
     return "\n".join(lines)

@@ -94,3 +94,20 @@ def test_fewer_than_three_candidates_exits_2_without_files(tmp_path, capsys):
     assert main(["report", "--experiment", "small", "--tracking-uri", uri, "--output", str(out)]) == 2
     assert "at least 3" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_best_ranks_full_length_runs_before_early_stopped_ones(tmp_path):
+    from search.best import summarise_trials
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    parent = _log_fixture_sweep(uri, "best")
+    tracker = Tracker(uri, "best")
+    # a candidate stopped early by ASHA with a lower loss must not win over full-length runs
+    r = tracker.start_run("trial:flip-early", "trial", parent, {CANDIDATE_TAG: "autoaugment"})
+    tracker.log(r, metrics={"final_test_loss": 0.01, "final_test_acc": 0.99, "epochs_trained": 10})
+    tracker.end_run(r)
+    summaries = summarise_trials(uri, "best")
+    assert summaries[0].candidate == "cutmix(alpha=1.0)" and summaries[0].best == pytest.approx(0.47)
+    assert summaries[-1].candidate == "autoaugment" and not summaries[-1].complete
+    identity = next(s for s in summaries if s.candidate == "identity")
+    assert identity.mean == pytest.approx(0.63)  # the 4-epoch run (loss 9.0) is left out
