@@ -36,6 +36,7 @@ class ProxyConfig(Section):
     passes: int = Field(10, ge=1, description="passes over the training set (official: 10)")
     group_batches: int = Field(5, ge=2, description="batches per group mean (official: 5)")
     batch_size: int = Field(64, ge=2, description="batch size of the proxy's passes (official: 64)")
+    forward_batches: Optional[int] = Field(None, ge=1, description="batches per teacher forward (default: a group)")
     min_passes: int = Field(2, ge=1, description="early stop: never before this many passes")
     stop_when_stable: bool = Field(False, description="stop adding passes once the ranking is stable")
     stable_passes: int = Field(2, ge=1, description="ranking unchanged for this many passes -> stop")

@@ -85,6 +85,18 @@ class ProxyScore:
                 "seconds": self.seconds}
 
 
+def _forward_pending(pending: list[torch.Tensor], teacher_logits: Callable, stream: _Stream,
+                     group_batches: int) -> None:
+    """One teacher forward over several batches; probabilities are then added batch by batch,
+    so the grouping is exactly that of one forward per batch."""
+    if not pending:
+        return
+    probs = torch.softmax(teacher_logits(torch.cat(pending)), dim=1)
+    for chunk in probs.split([len(p) for p in pending]):
+        stream.add(chunk, group_batches)
+    pending.clear()
+
+
 def _ranking(streams: Sequence[_Stream]) -> tuple[str, ...]:
     scores = [(t_stddev(np.asarray(s.group_means)), s.candidate.id) for s in streams]
     return tuple(cid for _, cid in sorted(scores))
@@ -95,8 +107,11 @@ def score_candidates(teacher: torch.nn.Module, candidates: Sequence[Candidate], 
                      bootstrap: int = 1000, confidence: float = 0.95, stop_when_stable: bool = False,
                      min_passes: int = 2, stable_passes: int = 2, seed: int = 0,
                      extra_scorers: Optional[Mapping[str, Callable]] = None, progress: bool = True,
-                     bf16: bool = True, on_pass: Optional[Callable[[int], None]] = None) -> list[ProxyScore]:
-    """Score every candidate; returns them ranked by T.stddev (lowest first)."""
+                     bf16: bool = True, on_pass: Optional[Callable[[int], None]] = None,
+                     forward_batches: Optional[int] = None) -> list[ProxyScore]:
+    """Score every candidate; returns them ranked by T.stddev (lowest first). The teacher sees
+    `forward_batches` batches (default: one group) per forward, x and x' together."""
+    forward_batches = forward_batches or group_batches
     pipeline = InputPipeline(data, device)
     teacher = teacher.eval()
 
@@ -121,12 +136,14 @@ def score_candidates(teacher: torch.nn.Module, candidates: Sequence[Candidate], 
                 feeder.generator.manual_seed(seed * 7919 + pass_index)
                 base_generator.manual_seed(seed * 7919 + pass_index)
                 context = Context(stream.generator, scorers, pipeline.padding)
+                pending: list[torch.Tensor] = []  # [x; x'] of batches waiting for one large forward
                 for images, _ in feeder:
                     x = pipeline.base_augment(pipeline.to_unit(images), base_generator)
-                    x_aug = stream.candidate.apply(x, context)
-                    logits = teacher_logits(torch.cat([x, x_aug]))
-                    stream.add(torch.softmax(logits, dim=1), group_batches)
+                    pending.append(torch.cat([x, stream.candidate.apply(x, context)]))
+                    if len(pending) == forward_batches:
+                        _forward_pending(pending, teacher_logits, stream, group_batches)
                     bar.update(1)
+                _forward_pending(pending, teacher_logits, stream, group_batches)
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 stream.seconds += time.perf_counter() - start
