@@ -49,6 +49,8 @@ def _sweep(args) -> int:
         overrides["search.validate_proxy"] = True
     cfg = load_config(args.config, overrides)
     outcome = run_sweep(cfg, resume=args.resume, progress=not args.no_progress)
+    if outcome.interrupted:
+        return 130  # the shell's code for Ctrl-C
     return 0 if outcome.best is not None else 1
 
 

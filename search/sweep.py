@@ -38,6 +38,7 @@ class SweepOutcome:
     trials: list[dict[str, Any]]
     best: Optional[dict[str, Any]]
     compute: dict[str, float]
+    interrupted: bool = False
 
 
 # ---------------------------------------------------------------- pruning
@@ -230,6 +231,37 @@ def compute_summary(trials: list[dict[str, Any]], scores: list[ProxyScore], surv
 
 # ---------------------------------------------------------------- driver
 
+def _start_sweep(cfg: SweepConfig, data, tracker: Tracker, progress: bool) -> dict[str, Any]:
+    """Parent run, teacher and proxy (kd, ssd), pruning; returns the state a resume needs."""
+    validate = cfg.search.validate_proxy
+    parent = tracker.start_run(f"sweep:{cfg.name}", "sweep", tags={"augtune.pair": pair_name(cfg),
+                                                                 "augtune.validate_proxy": str(validate)})
+    tracker.log(parent, params={"config": yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)})
+    tracker.log_json(parent, "config.json", cfg.model_dump(mode="json"))
+    if cfg.search.method in ("kd", "ssd"):
+        try:
+            proxy = run_proxy(cfg, data, tracker, parent, progress)
+        except BaseException:
+            tracker.end_run(parent, "FAILED")
+            raise
+        print(format_table(proxy.scores))
+        scores, teacher_path = proxy.scores, proxy.teacher_path
+        mode = "none" if validate else cfg.search.prune.mode
+        survivors = prune(scores, mode, cfg.search.prune.top_k)
+    else:  # SLA has no teacher to score with: every candidate goes to the trials
+        scores, teacher_path, mode = [], None, "none"
+        survivors = [c.id for c in cfg.space.resolved()]
+    state = {"parent_run_id": parent, "ray_experiment": f"sweep-{time.strftime('%Y%m%d-%H%M%S')}",
+             "teacher_path": str(teacher_path) if teacher_path else None, "scores": [s.as_row() for s in scores],
+             "survivors": survivors, "validate_proxy": validate}
+    _save_state(cfg, state)
+    tracker.log_json(parent, "pruned.json", {"kept": survivors,
+                                             "pruned": [s.candidate for s in scores if s.candidate not in survivors]})
+    tracker.log(parent, params={"prune.mode": mode, "prune.top_k": cfg.search.prune.top_k,
+                                "survivors": ",".join(survivors)})
+    return state
+
+
 def _load_state(cfg: SweepConfig) -> dict[str, Any]:
     path = job_dir(cfg) / STATE_FILE
     if not path.is_file():
@@ -249,49 +281,23 @@ def run_sweep(cfg: SweepConfig, resume: bool = False, progress: bool = True) -> 
     from search.trial_logger import TrialLogger
     from trainables.data import load_data
 
-    validate = cfg.search.validate_proxy
     state = _load_state(cfg) if resume else None  # raises before anything is written
     data = load_data(cfg.data)
     tracker = Tracker(cfg.tracking.uri, cfg.experiment_name)
-    pair = pair_name(cfg)
     if state is None:
-        parent = tracker.start_run(f"sweep:{cfg.name}", "sweep", tags={"augtune.pair": pair,
-                                                                     "augtune.validate_proxy": str(validate)})
-        tracker.log(parent, params={"config": yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)})
-        tracker.log_json(parent, "config.json", cfg.model_dump(mode="json"))
-        if cfg.search.method in ("kd", "ssd"):
-            try:
-                proxy = run_proxy(cfg, data, tracker, parent, progress)
-            except BaseException:
-                tracker.end_run(parent, "FAILED")
-                raise
-            print(format_table(proxy.scores))
-            scores, teacher_path = proxy.scores, proxy.teacher_path
-            survivors = prune(scores, "none" if validate else cfg.search.prune.mode, cfg.search.prune.top_k)
-        else:  # SLA has no teacher to score with: every candidate goes to the trials
-            scores, teacher_path = [], None
-            survivors = [c.id for c in cfg.space.resolved()]
-        state = {"parent_run_id": parent, "ray_experiment": f"sweep-{time.strftime('%Y%m%d-%H%M%S')}",
-                 "teacher_path": str(teacher_path) if teacher_path else None, "scores": [s.as_row() for s in scores],
-                 "survivors": survivors, "validate_proxy": validate}
-        _save_state(cfg, state)
-        tracker.log_json(parent, "pruned.json", {"kept": survivors,
-                                                 "pruned": [s.candidate for s in scores if s.candidate not in survivors]})
-        tracker.log(parent, params={"prune.mode": "none" if validate else cfg.search.prune.mode,
-                                    "prune.top_k": cfg.search.prune.top_k, "survivors": ",".join(survivors)})
+        state = _start_sweep(cfg, data, tracker, progress)
     else:
-        parent = state["parent_run_id"]
-        tracker.client.update_run(parent, status="RUNNING")
-        scores = [ProxyScore(**{k: v for k, v in row.items()}) for row in state["scores"]]
-        survivors, validate = state["survivors"], state["validate_proxy"]
-        teacher_path = Path(state["teacher_path"]) if state["teacher_path"] else None
+        tracker.client.update_run(state["parent_run_id"], status="RUNNING")
+    parent, survivors, validate = state["parent_run_id"], state["survivors"], state["validate_proxy"]
+    scores = [ProxyScore(**row) for row in state["scores"]]
+    teacher_path = Path(state["teacher_path"]) if state["teacher_path"] else None
     print(f"\n{cfg.search.method} trials for {len(survivors)} of {len(scores) or len(survivors)} candidates: "
           f"{', '.join(survivors)}")
 
     score_of = {s.candidate: s.t_stddev for s in scores}
     if cfg.search.method == "ssd" and cfg.search.scheduler.kind == "asha":
         print("note: SSD trials are multi-stage; ASHA compares the current stage's headline metric")
-    callback = TrialLogger(cfg.tracking.uri, cfg.experiment_name, parent, pair, score_of)
+    callback = TrialLogger(cfg.tracking.uri, cfg.experiment_name, parent, pair_name(cfg), score_of)
     init_ray(cfg)
     experiment_path = f"{_storage(cfg).rstrip('/')}/{state['ray_experiment']}"
     if resume and tune.Tuner.can_restore(experiment_path):
@@ -305,6 +311,13 @@ def run_sweep(cfg: SweepConfig, resume: bool = False, progress: bool = True) -> 
         tracker.end_run(parent, "KILLED")
         raise
     trials = collect_trials(grid)
+    expected = len(survivors) * cfg.search.seeds if validate else cfg.search.num_samples
+    if len(grid) < expected or grid.num_terminated + grid.num_errors < len(grid):
+        # Ctrl-C: Tune saved its state and returned early
+        tracker.end_run(parent, "KILLED")
+        print(f"\nsweep interrupted after {grid.num_terminated} of {expected} trials; continue with "
+              f"`augtune sweep CONFIG --resume`")
+        return SweepOutcome(parent, scores, survivors, trials, None, {}, interrupted=True)
     best = pick_best(trials, cfg.search.metric, cfg.student.train.epochs)
     compute = compute_summary(trials, scores, survivors)
     tracker.log(parent, metrics=compute)

@@ -133,7 +133,9 @@ def test_resume_after_interruption_logs_no_trial_twice(tmp_path):
         time.sleep(1)
     assert proc.poll() is None, "the sweep ended before it could be interrupted"
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: Tune saves its state and stops
-    proc.communicate(timeout=120)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "--resume" in out, out[-3000:]
+    assert runs_by_stage(uri, "resume-sweep")["sweep"][0].info.status == "KILLED"
     done = subprocess.run([*AUGTUNE, "sweep", str(path), "--resume", "--no-progress"], cwd=tmp_path, env=_env(),
                           capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
