@@ -32,7 +32,7 @@ def _fmt(values: list[float]) -> str:
 def sla_study(seeds: int) -> None:
     variants = {"few-shot (30/class)": {},
                 "long-tailed (n_max 60, IF 10)": {"data.samples_per_class": 60, "data.imbalance_factor": 10}}
-    print("SLA on digits (resnet8, rotation M=4, 30 epochs); test accuracy %, mean ± std over seeds")
+    print("SLA on digits (resnet8, rotation M=4, 100 epochs for every column); test accuracy %, mean ± std over seeds")
     print(f"{'data':<30} {'baseline CE':>13} {'SLA+SI':>13} {'SLA+AG':>13} {'SLA+SD':>13}")
     for label, overrides in variants.items():
         rows = {"baseline": [], "si": [], "agg": [], "sd": []}
