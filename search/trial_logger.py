@@ -10,7 +10,7 @@ trial-id tag) is reused and epochs already logged are skipped, so nothing is log
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Mapping, Optional
 
 from ray.tune import Callback
 

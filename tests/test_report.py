@@ -1,13 +1,12 @@
 """Correlation reports: numbers equal scipy's, files exist and agree, too little data exits 2."""
 import json
-import re
 
 import numpy as np
 import pytest
 from scipy import stats
 
 from search.cli import main
-from search.report import correlate, write_report
+from search.report import correlate
 from search.tracking import CANDIDATE_TAG, PAIR_TAG, Tracker
 
 FIXTURE = {  # candidate: (t_stddev, final test losses per seed, final test acc per seed)

@@ -6,7 +6,6 @@ import contextlib
 import math
 import os
 import random
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
