@@ -1,0 +1,52 @@
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+from search.proxy import ProxyScore
+from search.sweep import AugmentationSpace, prune
+
+
+def _score(name, value, low, high):
+    return ProxyScore(name, value, low, high, groups=10, passes=2, seconds=1.0)
+
+
+SCORES = [_score("a", 0.010, 0.008, 0.012), _score("b", 0.011, 0.0115, 0.013),
+          _score("c", 0.0115, 0.0119, 0.014), _score("d", 0.020, 0.018, 0.022),
+          _score("e", math.nan, math.nan, math.nan)]
+
+
+def test_prune_modes():
+    assert prune(SCORES, "top_k", 2) == ["a", "b"]
+    # overlap: every interval whose lower end reaches the best one's upper end (0.012)
+    assert prune(SCORES, "overlap", 1) == ["a", "b", "c"]
+    assert prune(SCORES, "none", 1) == ["a", "b", "c", "d"]  # unscored (NaN) never trains
+
+
+def test_space_is_conditional_and_seeds_every_survivor():
+    import optuna
+
+    space = AugmentationSpace(["cutmix_pick(entropy=teacher,pool=2,keep=0.3)",
+                               "cutmix_pick(entropy=teacher,pool=2,keep=0.5)", "cutout"],
+                              {"lr": {"loguniform": [0.01, 0.1]}})
+    points = space.first_points()
+    assert len(points) == 3 and {"augmentation_kind": "cutout"} in points
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(20):
+        trial = study.ask()
+        chosen = space(trial)["augmentation"]
+        names = set(trial.params)
+        if trial.params["augmentation_kind"] == "cutout":
+            assert chosen == "cutout" and names == {"augmentation_kind", "lr"}
+        else:
+            assert names == {"augmentation_kind", "cutmix_pick.variant", "lr"}
+            assert chosen == trial.params["cutmix_pick.variant"]
+        study.tell(trial, 0.0)
+
+
+def test_sweep_script_runs_as_a_script():
+    # `ray submit cluster.yaml search/sweep.py -- CONFIG` runs the file directly
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(repo / "search" / "sweep.py"), "--help"], capture_output=True,
+                          text=True, timeout=120, cwd="/")
+    assert done.returncode == 0 and "--resume" in done.stdout, done.stderr
