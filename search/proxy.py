@@ -107,8 +107,7 @@ def score_candidates(teacher: torch.nn.Module, candidates: Sequence[Candidate], 
                      bootstrap: int = 1000, confidence: float = 0.95, stop_when_stable: bool = False,
                      min_passes: int = 2, stable_passes: int = 2, seed: int = 0,
                      extra_scorers: Optional[Mapping[str, Callable]] = None, progress: bool = True,
-                     bf16: bool = True, on_pass: Optional[Callable[[int], None]] = None,
-                     forward_batches: Optional[int] = None) -> list[ProxyScore]:
+                     bf16: bool = True, forward_batches: Optional[int] = None) -> list[ProxyScore]:
     """Score every candidate; returns them ranked by T.stddev (lowest first). The teacher sees
     `forward_batches` batches (default: one group) per forward, x and x' together."""
     forward_batches = forward_batches or group_batches
@@ -148,8 +147,6 @@ def score_candidates(teacher: torch.nn.Module, candidates: Sequence[Candidate], 
                     torch.cuda.synchronize()
                 stream.seconds += time.perf_counter() - start
             done_passes = pass_index + 1
-            if on_pass:
-                on_pass(done_passes)
             history.append(_ranking(streams))
             if (stop_when_stable and done_passes >= max(min_passes, stable_passes + 1)
                     and len(set(history[-(stable_passes + 1):])) == 1):

@@ -138,7 +138,7 @@ def build_tuner(cfg: SweepConfig, survivors: list[str], teacher_path: Optional[P
                 validate: bool):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
     s = cfg.search
@@ -152,16 +152,22 @@ def build_tuner(cfg: SweepConfig, survivors: list[str], teacher_path: Optional[P
         tune_config = tune.TuneConfig(metric=metric, mode=mode, num_samples=1, scheduler=FIFOScheduler(),
                                       max_concurrent_trials=s.max_concurrent)
     else:
-        space = AugmentationSpace(survivors, s.hyperparameters)
-        searcher = OptunaSearch(space=space, metric=metric, mode=mode, points_to_evaluate=space.first_points()[:s.num_samples],
-                                seed=s.seed)
         scheduler = (ASHAScheduler(time_attr="training_iteration", metric=metric, mode=mode, max_t=epochs,
                                    grace_period=min(s.scheduler.grace_period, epochs),
                                    reduction_factor=s.scheduler.reduction_factor)
                      if s.scheduler.kind == "asha" else FIFOScheduler())
-        param_space = {}
-        tune_config = tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent),
-                                      scheduler=scheduler, num_samples=s.num_samples)
+        if s.algorithm == "optuna":
+            space = AugmentationSpace(survivors, s.hyperparameters)
+            searcher = OptunaSearch(space=space, metric=metric, mode=mode,
+                                    points_to_evaluate=space.first_points()[:s.num_samples], seed=s.seed)
+            param_space = {}
+            tune_config = tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent),
+                                          scheduler=scheduler, num_samples=s.num_samples)
+        else:  # random search: independent draws of the candidate and every hyperparameter
+            param_space = {"augmentation": tune.choice(survivors),
+                           **{h.name: h.tune_domain() for h in parse_hyperparameters(s.hyperparameters)}}
+            sampler = BasicVariantGenerator(random_state=s.seed, max_concurrent=s.max_concurrent)
+            tune_config = tune.TuneConfig(search_alg=sampler, scheduler=scheduler, num_samples=s.num_samples)
     run_config = tune.RunConfig(
         name=experiment_name, storage_path=_storage(cfg), callbacks=[callback], verbose=1,
         checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=1, num_to_keep=2, checkpoint_at_end=True),

@@ -7,7 +7,6 @@ Tags used everywhere: `augtune.stage` = sweep | proxy | trial | report, `augtune
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -75,20 +74,6 @@ class Tracker:
             query += f" and tags.`{STAGE_TAG}` = '{stage}'"
         return self.runs(query)
 
-    def metric_history(self, run_id: str, key: str) -> list[float]:
-        return [m.value for m in sorted(self.client.get_metric_history(run_id, key), key=lambda m: m.step)]
-
-
-def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for key, value in mapping.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(flatten(value, f"{name}."))
-        else:
-            out[name] = value
-    return out
-
 
 def log_proxy_scores(tracker: Tracker, parent_id: str, scores: Iterable, pair: str,
                      settings: Mapping[str, Any]) -> dict[str, str]:
@@ -105,8 +90,3 @@ def log_proxy_scores(tracker: Tracker, parent_id: str, scores: Iterable, pair: s
         tracker.end_run(run_id)
         run_ids[score.candidate] = run_id
     return run_ids
-
-
-def default_tracking_env() -> None:
-    # MLflow's artifact progress bars interleave with ours
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

@@ -125,3 +125,13 @@ def test_teacher_trainable_runs_under_tune(tmp_path, ray_session):
     for result in results:
         assert result.metrics["epoch"] == 2 and 0 <= result.metrics["test_acc"] <= 1
         assert result.metrics["lr"] < result.config["lr"]  # cosine schedule ran down from the sampled lr
+
+
+def test_random_search_samples_survivors_and_hyperparameters(tmp_path, ray_session):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    path = write_sweep_config(tmp_path, "random-sweep", uri, algorithm="random", num_samples=3,
+                              scheduler={"kind": "asha", "grace_period": 1, "reduction_factor": 2})
+    outcome = run_sweep(load_config(path), progress=False)
+    assert len(outcome.trials) == 3
+    assert {t["augmentation"] for t in outcome.trials} <= set(outcome.survivors)
+    assert all(0.02 <= t["hyperparameters"]["lr"] <= 0.1 for t in outcome.trials)
