@@ -32,7 +32,9 @@ class DataConfig(Section):
     imbalance_factor: float = Field(1.0, ge=1.0, description="long tail: n_i = n_max*IF^(-i/(C-1))")
     test_fraction: float = Field(0.25, gt=0.0, lt=1.0, description="digits: stratified test split")
     split_seed: int = Field(0, description="seed of the fixed digits split and subsampling")
-    in_memory: Literal["auto", "device", "loader"] = "auto"
+    in_memory: Literal["auto", "device", "loader"] = Field(
+        "auto", description="imagefolder: decode once onto the device, or stream through a DataLoader; "
+                            "digits and CIFAR always live on the device")
     num_workers: int = Field(2, ge=0)
     many_shot_threshold: int = Field(100, ge=1, description="classes with more images are 'many'")
     few_shot_threshold: int = Field(20, ge=1, description="classes with fewer images are 'few'")
