@@ -102,11 +102,18 @@ def test_candidates_share_data_order_and_results_are_reproducible(data):
     assert all(s.low < s.high for s in a.values())
 
 
-def test_bootstrap_interval_brackets_spread():
+def test_bootstrap_interval_covers_the_true_value():
+    """Simulated group means with a known per-class std: the 90% BCa interval should hold the
+    true T.stddev in roughly 90% of repetitions, and always its own point estimate."""
     rng = np.random.default_rng(0)
-    means = rng.dirichlet(np.ones(5), size=40)
-    low, high = bootstrap_interval(means, 2000, 0.9)
-    assert low < t_stddev(means) * 1.2 and high > t_stddev(means) * 0.8 and low < high
+    true_std = np.array([0.01, 0.02, 0.03, 0.015])
+    hits, runs = 0, 200
+    for _ in range(runs):
+        means = 0.25 + rng.normal(size=(40, 4)) * true_std
+        low, high = bootstrap_interval(means, 500, 0.9, seed=int(rng.integers(1 << 30)))
+        assert low <= t_stddev(means) <= high
+        hits += low <= true_std.mean() <= high
+    assert 0.8 <= hits / runs <= 0.97
 
 
 def test_early_stop_when_ranking_stable(data):
