@@ -15,7 +15,7 @@ from search.proxy import ProxyScore, format_table, score_candidates
 from search.teacher import obtain_teacher
 from search.tracking import Tracker, log_proxy_scores
 from trainables.data import DataBundle
-from trainables.engine import InputPipeline, autocast, evaluate_split, load_checkpoint, resolve_device
+from trainables.engine import InputPipeline, evaluate_split, load_checkpoint, resolve_device
 
 
 @dataclass
@@ -40,14 +40,7 @@ def student_scorer(cfg: SweepConfig, data: DataBundle, device: torch.device) -> 
     if path is None:
         return None
     student, _ = load_checkpoint(path, data, device)
-    student.eval()
-    pipeline = InputPipeline(data, device)
-
-    def logits(unit_images: torch.Tensor) -> torch.Tensor:
-        with autocast(device):
-            return student(pipeline.normalise(unit_images)).float()
-
-    return logits
+    return InputPipeline(data, device).scorer(student, cfg.student.train.bf16)
 
 
 def write_scores(scores: list[ProxyScore], folder: Path) -> tuple[Path, Path]:

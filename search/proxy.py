@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from spaces.candidates import Candidate, Context
 from trainables.data import BatchFeeder, DataBundle
-from trainables.engine import InputPipeline, autocast
+from trainables.engine import InputPipeline
 
 
 def t_stddev(group_means: np.ndarray) -> float:
@@ -125,12 +125,7 @@ def score_candidates(teacher: torch.nn.Module, candidates: Sequence[Candidate], 
     `forward_batches` batches (default: one group) per forward, x and x' together."""
     forward_batches = forward_batches or group_batches
     pipeline = InputPipeline(data, device)
-    teacher = teacher.eval()
-
-    def teacher_logits(unit_images: torch.Tensor) -> torch.Tensor:
-        with autocast(device, bf16):
-            return teacher(pipeline.normalise(unit_images)).float()
-
+    teacher_logits = pipeline.scorer(teacher, bf16)
     scorers = {"teacher": teacher_logits, **(extra_scorers or {})}
     feeder = BatchFeeder(data.train, batch_size, device, drop_last=len(data.train) > batch_size, seed=seed)
     streams = [_Stream(c, torch.Generator(device=device).manual_seed(seed * 100_003 + i))

@@ -70,6 +70,22 @@ class InputPipeline:
         x = (x - self.mean) / self.std
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
+    def scorer(self, network: torch.nn.Module, bf16: bool = True) -> Callable[[torch.Tensor], torch.Tensor]:
+        """A no-grad, eval-mode forward of `network` on unit images, returning float logits:
+        what entropy picks and the proxy score images with. A network that is training is put
+        back in training mode afterwards."""
+        device = self.mean.device
+
+        def logits(unit_images: torch.Tensor) -> torch.Tensor:
+            was_training = network.training
+            network.eval()
+            with torch.no_grad(), autocast(device, bf16):
+                out = network(self.normalise(unit_images)).float()
+            network.train(was_training)
+            return out
+
+        return logits
+
     def train_batch(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Loader view x of the Good-DA recipe: crop+flip, still in [0, 1] (not normalised)."""
         return self.base_augment(self.to_unit(images), generator)

@@ -8,7 +8,7 @@ import torch
 
 from spaces.candidates import Context, parse_candidate
 from trainables.data import DataBundle
-from trainables.engine import autocast, evaluate, load_checkpoint
+from trainables.engine import autocast, load_checkpoint
 from trainables.losses.kd import good_da_kd_loss
 from trainables.models import build_model
 from trainables.runner import EpochRunner
@@ -28,18 +28,10 @@ class KDRunner(EpochRunner):
             self.model = self.model.to(memory_format=torch.channels_last)
             self.teacher = self.teacher.to(memory_format=torch.channels_last)
         self._setup_optimisation(self.model.parameters())
-        self.context = Context(self.generator, {"teacher": self._score_with(self.teacher),
-                                                "student": self._score_with(self.model)}, self.pipeline.padding)
-
-    def _score_with(self, network: torch.nn.Module):
-        def logits(unit_images: torch.Tensor) -> torch.Tensor:
-            was_training = network.training
-            network.eval()
-            with torch.no_grad(), autocast(self.device, self.train_cfg.bf16):
-                out = network(self.pipeline.normalise(unit_images)).float()
-            network.train(was_training)
-            return out
-        return logits
+        bf16 = self.train_cfg.bf16
+        self.context = Context(self.generator, {"teacher": self.pipeline.scorer(self.teacher, bf16),
+                                                "student": self.pipeline.scorer(self.model, bf16)},
+                               self.pipeline.padding)
 
     def train_epoch(self) -> dict[str, float]:
         self.model.train()
@@ -61,11 +53,4 @@ class KDRunner(EpochRunner):
             self.optimise(loss)
             total += loss.detach() * n
             count += n
-        metrics = {"train_loss": (total / count).item()}
-        bf16 = self.train_cfg.bf16
-        metrics.update({f"test_{k}": v for k, v in evaluate(self.model, self.test_feeder, self.pipeline,
-                                                             self.device, bf16=bf16).items()})
-        if self.val_feeder is not None:
-            metrics.update({f"val_{k}": v for k, v in evaluate(self.model, self.val_feeder, self.pipeline,
-                                                                self.device, bf16=bf16).items()})
-        return metrics
+        return {"train_loss": (total / count).item(), **self.evaluate_all()}

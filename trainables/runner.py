@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from trainables.config import ExperimentConfig, TrainConfig
 from trainables.data import BatchFeeder, DataBundle, load_data
-from trainables.engine import (InputPipeline, build_optimizer, build_scheduler, resolve_device,
+from trainables.engine import (InputPipeline, build_optimizer, build_scheduler, evaluate, resolve_device,
                                seed_everything)
 
 
@@ -54,6 +54,15 @@ class EpochRunner:
     def _setup_optimisation(self, parameters) -> None:
         self.optimizer = build_optimizer(parameters, self.train_cfg)
         self.scheduler = build_scheduler(self.optimizer, self.train_cfg, len(self.train_feeder))
+
+    def evaluate_all(self, head: str = "main") -> dict[str, float]:
+        """test_acc/test_loss (and val_* when there is a validation split) of `self.model`."""
+        out = {}
+        for split, feeder in (("test", self.test_feeder), ("val", self.val_feeder)):
+            if feeder is not None:
+                scores = evaluate(self.model, feeder, self.pipeline, self.device, head, self.train_cfg.bf16)
+                out.update({f"{split}_{k}": v for k, v in scores.items()})
+        return out
 
     def optimise(self, loss: torch.Tensor) -> None:
         """One SGD step on `loss`, then the per-step learning-rate schedule."""

@@ -236,11 +236,8 @@ class SelfDistillRunner(EpochRunner):
         self.model.add_head("soft", self.data.num_classes)
         self.candidate = parse_candidate(self.ssd.augmentation)
         self._setup_optimisation(self.model.parameters())
-        self.context = Context(self.generator, {"teacher": self._teacher_logits}, self.pipeline.padding)
-
-    def _teacher_logits(self, unit_images: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad(), autocast(self.device, self.train_cfg.bf16):
-            return self.teacher(self.pipeline.normalise(unit_images)).float()
+        self.context = Context(self.generator, {"teacher": self.pipeline.scorer(self.teacher, self.train_cfg.bf16)},
+                               self.pipeline.padding)
 
     def train_epoch(self) -> dict[str, float]:
         self.model.train()

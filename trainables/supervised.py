@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from trainables.config import ExperimentConfig, ModelConfig
 from trainables.data import DataBundle
-from trainables.engine import autocast, evaluate, save_checkpoint
+from trainables.engine import autocast, save_checkpoint
 from trainables.models import build_model
 from trainables.runner import EpochRunner
 
@@ -37,14 +37,6 @@ class SupervisedRunner(EpochRunner):
         metrics = {"train_loss": (total / count).item()}
         metrics.update(self.evaluate_all())
         return metrics
-
-    def evaluate_all(self) -> dict[str, float]:
-        out = {f"test_{k}": v for k, v in evaluate(self.model, self.test_feeder, self.pipeline, self.device,
-                                                    bf16=self.train_cfg.bf16).items()}
-        if self.val_feeder is not None:
-            out.update({f"val_{k}": v for k, v in evaluate(self.model, self.val_feeder, self.pipeline,
-                                                            self.device, bf16=self.train_cfg.bf16).items()})
-        return out
 
     def save(self, path: Path, metrics: dict[str, Any]) -> Path:
         return save_checkpoint(path, self.model, self.model_cfg.model, self.data,
