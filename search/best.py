@@ -18,7 +18,7 @@ class CandidateSummary:
     complete: bool  # trained as long as the longest run of the experiment
 
 
-def summarise_trials(uri: str, experiment: str, metric: str = "test_loss",
+def summarise_trials(uri: str, experiment: str, metric: str = "val_loss",
                      parent_run_id: Optional[str] = None) -> list[CandidateSummary]:
     """Candidates ranked by their best trial's final metric (loss: lower is better)."""
     from mlflow import MlflowClient
@@ -36,6 +36,8 @@ def summarise_trials(uri: str, experiment: str, metric: str = "test_loss",
             continue
         by_candidate.setdefault(run.data.tags.get(CANDIDATE_TAG, "?"), []).append({
             "run_id": run.info.run_id, "run_name": run.info.run_name, metric: value,
+            # the held-out test figures of the same run, reported beside the selection metric
+            "test_loss": run.data.metrics.get("final_test_loss"), "test_acc": run.data.metrics.get("final_test_acc"),
             "epochs": run.data.metrics.get("epochs_trained"), "t_stddev": run.data.metrics.get("t_stddev"),
             "parent": run.data.tags.get("mlflow.parentRunId")})
     lower_is_better = metric.endswith("loss")
@@ -54,17 +56,28 @@ def summarise_trials(uri: str, experiment: str, metric: str = "test_loss",
     return summaries
 
 
-def best_augmentation(uri: str, experiment: str, metric: str = "test_loss") -> CandidateSummary:
+def best_augmentation(uri: str, experiment: str, metric: str = "val_loss") -> CandidateSummary:
     summaries = summarise_trials(uri, experiment, metric)
     if not summaries:
         raise LookupError(f"experiment {experiment!r} at {uri} has no finished trial runs with final_{metric}")
     return summaries[0]
 
 
+def _test_of_best(summary: CandidateSummary, metric: str) -> str:
+    """Test loss of the run the candidate's best value comes from (blank when selecting on test)."""
+    if metric.startswith("test_"):
+        return "-"
+    run = next((r for r in summary.runs if r[metric] == summary.best), None)
+    value = run.get("test_loss") if run else None
+    return f"{value:.4f}" if value is not None else "-"
+
+
 def format_summary(summaries: list[CandidateSummary], metric: str) -> str:
     width = max([len(s.candidate) for s in summaries] + [12])
-    lines = [f"{'rank':>4}  {'augmentation':<{width}}  {'best ' + metric:>15}  {'mean':>8}  {'at epoch':>8}  runs"]
+    lines = [f"{'rank':>4}  {'augmentation':<{width}}  {'best ' + metric:>15}  {'mean':>8}  "
+             f"{'its test_loss':>13}  {'at epoch':>8}  runs"]
     for rank, s in enumerate(summaries, 1):
-        lines.append(f"{rank:>4}  {s.candidate:<{width}}  {s.best:>15.4f}  {s.mean:>8.4f}  {s.epochs:>8.0f}  "
+        lines.append(f"{rank:>4}  {s.candidate:<{width}}  {s.best:>15.4f}  {s.mean:>8.4f}  "
+                     f"{_test_of_best(s, metric):>13}  {s.epochs:>8.0f}  "
                      f"{len(s.runs)}{'' if s.complete else '  (stopped early only)'}")
     return "\n".join(lines)

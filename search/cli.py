@@ -56,20 +56,34 @@ def _sweep(args) -> int:
 
 def _best(args) -> int:
     from search.best import format_summary, summarise_trials
+    from search.sweep import TEST_SELECTION_WARNING
 
+    if args.metric.startswith("test_") and not args.select_on_test:
+        print(f"augtune: error: --metric {args.metric} picks the best augmentation on the test set, which biases "
+              "its reported score; use --metric val_loss (the default) or add --select-on-test to accept that",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
     try:
         summaries = summarise_trials(args.tracking_uri, args.experiment, args.metric)
     except LookupError as exc:
         print(f"augtune: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if not summaries:
-        print(f"augtune: error: experiment {args.experiment!r} has no finished trial runs", file=sys.stderr)
+        hint = (" (sweeps before validation splits logged only test metrics: --metric test_loss --select-on-test)"
+                if args.metric.startswith("val_") else "")
+        print(f"augtune: error: experiment {args.experiment!r} has no finished trial runs with final_{args.metric}"
+              f"{hint}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(format_summary(summaries, args.metric))
     best = summaries[0]
     print(f"\nbest augmentation: {best.candidate}  (best {args.metric} = {best.best:.4f})")
     for run in best.runs:
-        print(f"  run {run['run_id']}  {run['run_name']}  {args.metric}={run[args.metric]:.4f}  epochs={run['epochs']:.0f}")
+        test = "" if args.metric.startswith("test_") or run.get("test_loss") is None else \
+            f"  test_loss={run['test_loss']:.4f}  test_acc={run['test_acc']:.4f}"
+        print(f"  run {run['run_id']}  {run['run_name']}  {args.metric}={run[args.metric]:.4f}{test}  "
+              f"epochs={run['epochs']:.0f}")
+    if args.metric.startswith("test_"):
+        print(TEST_SELECTION_WARNING)
     return 0
 
 
@@ -134,7 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     best = sub.add_parser("best", help="the best augmentation of an experiment, from MLflow")
     best.add_argument("--experiment", required=True, help="MLflow experiment name")
-    best.add_argument("--metric", default="test_loss", choices=["test_loss", "test_acc", "val_loss", "val_acc"])
+    best.add_argument("--metric", default="val_loss", choices=["val_loss", "val_acc", "test_loss", "test_acc"],
+                      help="selection metric (default val_loss; test_* needs --select-on-test)")
+    best.add_argument("--select-on-test", action="store_true",
+                      help="allow a test_* metric, accepting that the reported score is biased")
     best.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
     best.set_defaults(handler=_best)
 

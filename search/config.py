@@ -55,6 +55,12 @@ class ProxyConfig(Section):
 class PruneConfig(Section):
     mode: Literal["top_k", "overlap", "none"] = "top_k"
     top_k: int = Field(3, ge=1)
+    audit: int = Field(0, ge=0, description="sentinels: pruned candidates trained anyway to check the proxy")
+    audit_seeds: int = Field(2, ge=2, description="seeds per audited candidate (>= 2: seed noise is measured)")
+    on_disagreement: Literal["report", "expand"] = Field(
+        "report", description="when a sentinel beats the kept best beyond seed noise: report it, or also train "
+                              "further pruned candidates in proxy order (within max_extra)")
+    max_extra: int = Field(3, ge=0, description="expand: at most this many further candidates")
 
 
 class SchedulerConfig(Section):
@@ -69,7 +75,11 @@ class SearchConfig(Section):
     algorithm: Literal["optuna", "random"] = "optuna"
     num_samples: int = Field(6, ge=1, description="trials in total")
     max_concurrent: int = Field(2, ge=1)
-    metric: Literal["test_loss", "test_acc", "val_loss", "val_acc"] = "test_loss"
+    metric: Literal["val_loss", "val_acc", "test_loss", "test_acc"] = Field(
+        "val_loss", description="what Optuna, ASHA and the best pick select by: a val_* metric (held-out "
+                                "validation split); test_* needs select_on_test: true")
+    select_on_test: bool = Field(False, description="allow a test_* metric: the reported best score is then "
+                                                    "biased (chosen on the data it is reported on)")
     seeds: int = Field(1, ge=1, description="validation sweeps: seeds per candidate")
     validate_proxy: bool = Field(False, description="train every candidate (no pruning, no Optuna)")
     prune: PruneConfig = Field(default_factory=PruneConfig)
@@ -125,6 +135,38 @@ class SweepConfig(DistillConfig):
                 raise ValueError(f"space.candidates: {bad[0]} mixes images or needs a scoring network; "
                                  "search.method sla needs one label per image")
         return self
+
+    @model_validator(mode="after")
+    def _prune_sizes(self) -> "SweepConfig":
+        count = len(self.space.resolved())
+        prune = self.search.prune
+        explicit_k = "top_k" in prune.model_fields_set  # the default of 3 may exceed a short list: keep all then
+        if self.search.method != "sla" and prune.mode == "top_k" and explicit_k and prune.top_k > count:
+            raise ValueError(f"search.prune.top_k: {prune.top_k} exceeds the {count} candidates in space.candidates; "
+                             f"use at most {count} (or prune.mode: none)")
+        if prune.audit and self.search.method == "sla":
+            raise ValueError("search.prune.audit: SLA sweeps have no proxy and prune nothing; set audit: 0")
+        pruned = max(count - prune.top_k, 0)
+        if prune.audit and prune.mode == "top_k" and prune.audit > pruned:
+            raise ValueError(f"search.prune.audit: {prune.audit} sentinels, but only {pruned} candidates "
+                             f"are pruned; use at most {pruned}")
+        return self
+
+    @model_validator(mode="after")
+    def _selection_split(self) -> "SweepConfig":
+        metric = self.search.metric
+        if metric.startswith("test_") and not self.search.select_on_test:
+            raise ValueError(f"search.metric: {metric} would choose the best trial on the test set and report a "
+                             "biased score; use val_loss or val_acc (with data.val_per_class or data.val_list), "
+                             "or set search.select_on_test: true to accept that")
+        return self
+
+    def check_selection_split(self) -> None:
+        """Sweeps select on val_* by default: they need a validation split (other commands do not)."""
+        metric = self.search.metric
+        if metric.startswith("val_") and not self.data.val_per_class and self.data.val_list is None:
+            raise ConfigError(f"search.metric: {metric} needs a validation split; set data.val_per_class "
+                              "(e.g. 20) or data.val_list")
 
     @model_validator(mode="after")
     def _student_scorer(self) -> "SweepConfig":

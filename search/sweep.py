@@ -16,10 +16,11 @@ import math  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any, Optional  # noqa: E402
+from typing import Any, Optional, Sequence  # noqa: E402
 
 import yaml  # noqa: E402
 
+from search.audit import AuditOutcome, run_audit  # noqa: E402
 from search.config import ConfigError, SweepConfig  # noqa: E402
 from search.jobs import job_dir, pair_name, run_proxy  # noqa: E402
 from search.proxy import ProxyScore, format_table  # noqa: E402
@@ -39,6 +40,7 @@ class SweepOutcome:
     best: Optional[dict[str, Any]]
     compute: dict[str, float]
     interrupted: bool = False
+    audit: Optional[dict[str, Any]] = None  # AuditOutcome.as_dict() when the pruning was audited
 
 
 # ---------------------------------------------------------------- pruning
@@ -134,6 +136,32 @@ def method_trainable(cfg: SweepConfig, teacher_path: Optional[Path]):
     return tune.with_resources(with_fixed, resources)
 
 
+def _run_config(cfg: SweepConfig, experiment_name: str, callback):
+    from ray import tune
+
+    return tune.RunConfig(
+        name=experiment_name, storage_path=_storage(cfg), callbacks=[callback], verbose=1,
+        checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=1, num_to_keep=2, checkpoint_at_end=True),
+        failure_config=tune.FailureConfig(max_failures=1))
+
+
+def build_grid_tuner(cfg: SweepConfig, candidates: list[str], seeds: int, teacher_path: Optional[Path], callback,
+                     experiment_name: str):
+    """Every candidate x seed at the config's own hyperparameters, trained to the end (no early
+    stopping): the same budget for each. Validation sweeps and sentinel audits use it."""
+    from ray import tune
+    from ray.tune.schedulers import FIFOScheduler
+
+    s = cfg.search
+    mode = "min" if s.metric.endswith("loss") else "max"
+    param_space = {"augmentation": tune.grid_search(candidates),
+                   "seed": tune.grid_search([cfg.seed + i for i in range(seeds)])}
+    tune_config = tune.TuneConfig(metric=s.metric, mode=mode, num_samples=1, scheduler=FIFOScheduler(),
+                                  max_concurrent_trials=s.max_concurrent)
+    return tune.Tuner(method_trainable(cfg, teacher_path), param_space=param_space, tune_config=tune_config,
+                      run_config=_run_config(cfg, experiment_name, callback))
+
+
 def build_tuner(cfg: SweepConfig, survivors: list[str], teacher_path: Optional[Path], callback, experiment_name: str,
                 validate: bool):
     from ray import tune
@@ -146,11 +174,7 @@ def build_tuner(cfg: SweepConfig, survivors: list[str], teacher_path: Optional[P
     trainable = method_trainable(cfg, teacher_path)
     epochs = cfg.student.train.epochs
     if validate:
-        # exhaustive grid: every candidate x seed, trained to the end (no early stopping)
-        param_space = {"augmentation": tune.grid_search(survivors),
-                       "seed": tune.grid_search([cfg.seed + i for i in range(s.seeds)])}
-        tune_config = tune.TuneConfig(metric=metric, mode=mode, num_samples=1, scheduler=FIFOScheduler(),
-                                      max_concurrent_trials=s.max_concurrent)
+        return build_grid_tuner(cfg, survivors, s.seeds, teacher_path, callback, experiment_name)
     else:
         scheduler = (ASHAScheduler(time_attr="training_iteration", metric=metric, mode=mode, max_t=epochs,
                                    grace_period=min(s.scheduler.grace_period, epochs),
@@ -168,11 +192,8 @@ def build_tuner(cfg: SweepConfig, survivors: list[str], teacher_path: Optional[P
                            **{h.name: h.tune_domain() for h in parse_hyperparameters(s.hyperparameters)}}
             sampler = BasicVariantGenerator(random_state=s.seed, max_concurrent=s.max_concurrent)
             tune_config = tune.TuneConfig(search_alg=sampler, scheduler=scheduler, num_samples=s.num_samples)
-    run_config = tune.RunConfig(
-        name=experiment_name, storage_path=_storage(cfg), callbacks=[callback], verbose=1,
-        checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=1, num_to_keep=2, checkpoint_at_end=True),
-        failure_config=tune.FailureConfig(max_failures=1))
-    return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
+    return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,
+                      run_config=_run_config(cfg, experiment_name, callback))
 
 
 # ---------------------------------------------------------------- results
@@ -208,31 +229,143 @@ def pick_best(trials: list[dict[str, Any]], metric: str, epochs: int) -> Optiona
     return min(pool, key=lambda t: sign * t[metric])
 
 
-def format_trials(trials: list[dict[str, Any]], scores: dict[str, float]) -> str:
+def _cell(value: Optional[float]) -> str:
+    return f"{value:.4f}" if value is not None else "-"
+
+
+def format_trials(trials: list[dict[str, Any]], scores: dict[str, float], metric: str = "val_loss") -> str:
+    """The trial table, best first by the selection metric; test columns shown beside it."""
     width = max([len(t["augmentation"] or "") for t in trials] + [12])
-    lines = [f"{'augmentation':<{width}}  {'T.stddev':>9}  {'epochs':>6}  {'test_loss':>9}  {'test_acc':>8}  hyperparameters"]
-    for t in sorted(trials, key=lambda t: (t["test_loss"] is None, t["test_loss"] or 0)):
+    lines = [f"{'augmentation':<{width}}  {'T.stddev':>9}  {'epochs':>6}  {'val_loss':>8}  {'val_acc':>7}  "
+             f"{'test_loss':>9}  {'test_acc':>8}  hyperparameters"]
+    sign = 1 if metric.endswith("loss") else -1
+    for t in sorted(trials, key=lambda t: (t.get(metric) is None, sign * (t.get(metric) or 0))):
         hyper = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t["hyperparameters"].items())
-        loss = f"{t['test_loss']:.4f}" if t["test_loss"] is not None else "-"
-        acc = f"{t['test_acc']:.4f}" if t["test_acc"] is not None else "-"
         lines.append(f"{t['augmentation']:<{width}}  {scores.get(t['augmentation'], float('nan')):>9.6f}  "
-                     f"{t['epochs']:>6}  {loss:>9}  {acc:>8}  {hyper or '-'}")
+                     f"{t['epochs']:>6}  {_cell(t.get('val_loss')):>8}  {_cell(t.get('val_acc')):>7}  "
+                     f"{_cell(t.get('test_loss')):>9}  {_cell(t.get('test_acc')):>8}  {hyper or '-'}")
     return "\n".join(lines)
 
 
-def compute_summary(trials: list[dict[str, Any]], scores: list[ProxyScore], survivors: list[str]) -> dict[str, float]:
+def describe_best(best: dict[str, Any], metric: str) -> str:
+    line = f"best augmentation: {best['augmentation']}  (chosen by {metric} = {best[metric]:.4f}"
+    if metric.startswith("val_"):
+        tests = [f"{k} = {best[k]:.4f}" for k in ("test_loss", "test_acc") if best.get(k) is not None]
+        return line + (f"; held-out test: {', '.join(tests)})" if tests else ")")
+    return line + ")\n" + TEST_SELECTION_WARNING
+
+
+TEST_SELECTION_WARNING = ("warning: trials were chosen by a test metric (search.select_on_test); the reported best "
+                          "score is optimistically biased. Choose by val_loss for an unbiased test figure.")
+
+
+def compute_summary(trials: list[dict[str, Any]], scores: list[ProxyScore], survivors: list[str],
+                    audit_phases: Sequence[dict[str, Any]] = ()) -> dict[str, float]:
+    """What the sweep spent (proxy, audit and search trials) against an exhaustive search that
+    gives every candidate the search's per-candidate budget."""
     trial_seconds = sum(t["seconds"] or 0.0 for t in trials)
+    audit_seconds = sum(p.get("seconds", 0.0) for p in audit_phases)
+    audited = {c for p in audit_phases for c in p.get("values") or {}}
     proxy_seconds = sum(s.seconds for s in scores)
     per_candidate = trial_seconds / max(len(survivors), 1)
     candidates = len(scores) or len(survivors)
     exhaustive = per_candidate * candidates  # the same trial budget for every candidate
-    spent = trial_seconds + proxy_seconds
-    return {"trial_seconds": trial_seconds, "proxy_seconds": proxy_seconds, "trials": len(trials),
-            "candidates": candidates, "trained_candidates": len(survivors),
-            "pruned_candidates": candidates - len(survivors),
+    spent = trial_seconds + proxy_seconds + audit_seconds
+    trained = set(survivors) | audited
+    return {"trial_seconds": trial_seconds, "proxy_seconds": proxy_seconds, "audit_seconds": audit_seconds,
+            "trials": len(trials), "audit_trials": sum(p.get("trials", 0) for p in audit_phases),
+            "candidates": candidates, "trained_candidates": len(trained),
+            "pruned_candidates": candidates - len(trained),
             "estimated_exhaustive_seconds": exhaustive,
             "estimated_seconds_saved": exhaustive - spent,
             "compute_saved_fraction": (exhaustive - spent) / exhaustive if exhaustive > 0 else 0.0}
+
+
+# ---------------------------------------------------------------- sentinel audit
+
+class SweepInterrupted(Exception):
+    """Ctrl-C during a Tune phase: Tune saved its state; `--resume` continues."""
+
+
+def _fit(tuner, expected: int):
+    grid = tuner.fit()
+    if len(grid) < expected or grid.num_terminated + grid.num_errors < len(grid):
+        raise SweepInterrupted(f"{grid.num_terminated} of {expected} trials finished")
+    return grid
+
+
+class AuditTrainer:
+    """The audit's `train(candidates)` on Ray: one grid phase per call (candidates x audit seeds at
+    the config's hyperparameters), each a Tune experiment of its own. Finished phases are kept in
+    the sweep state, so a resumed audit replays them instead of training again."""
+
+    def __init__(self, cfg: SweepConfig, state: dict[str, Any], teacher_path: Optional[Path], callback):
+        self.cfg, self.state, self.teacher_path, self.callback = cfg, state, teacher_path, callback
+        self.phases: list[dict[str, Any]] = state.setdefault("audit_phases", [])
+        self.calls = 0
+
+    def __call__(self, candidates: list[str]) -> dict[str, list[float]]:
+        from ray import tune
+
+        index, self.calls = self.calls, self.calls + 1
+        if index < len(self.phases) and self.phases[index]["candidates"] == candidates \
+                and self.phases[index].get("values") is not None:
+            return self.phases[index]["values"]
+        name = f"{self.state['ray_experiment']}-audit-{index}"
+        if index == len(self.phases):
+            self.phases.append({"candidates": candidates, "name": name, "values": None})
+            _save_state(self.cfg, self.state)
+        seeds = self.cfg.search.prune.audit_seeds
+        path = f"{_storage(self.cfg).rstrip('/')}/{name}"
+        if tune.Tuner.can_restore(path):
+            tuner = tune.Tuner.restore(path, trainable=method_trainable(self.cfg, self.teacher_path),
+                                       resume_errored=True)
+        else:
+            tuner = build_grid_tuner(self.cfg, candidates, seeds, self.teacher_path, self.callback, name)
+        print(f"\naudit: training {', '.join(candidates)} ({seeds} seeds each, the config's hyperparameters)")
+        grid = _fit(tuner, len(candidates) * seeds)
+        trials = collect_trials(grid)
+        metric = self.cfg.search.metric
+        values: dict[str, list[float]] = {}
+        for t in trials:
+            if t["error"] is None and t.get(metric) is not None and math.isfinite(t[metric]):
+                values.setdefault(t["augmentation"], []).append(float(t[metric]))
+        self.phases[index].update(values=values, seconds=sum(t["seconds"] or 0.0 for t in trials),
+                                  trials=len(trials))
+        _save_state(self.cfg, self.state)
+        return values
+
+
+def run_audit_phase(cfg: SweepConfig, state: dict[str, Any], tracker: Tracker, teacher_path: Optional[Path],
+                    callback) -> AuditOutcome:
+    """Sentinels from the pruned candidates, trained beside the kept ones; the verdict; the
+    survivors for the search (the top_k audited candidates by the selection metric)."""
+    p = cfg.search.prune
+    ranked = [row["candidate"] for row in sorted(state["scores"], key=lambda r: r["rank"])
+              if not math.isnan(row["t_stddev"])]
+    outcome = run_audit(ranked, state["kept"], p.audit, AuditTrainer(cfg, state, teacher_path, callback),
+                        metric=cfg.search.metric, seed=cfg.search.seed, expand=p.on_disagreement == "expand",
+                        max_extra=p.max_extra, batch=cfg.search.max_concurrent, keep=len(state["kept"]))
+    parent = state["parent_run_id"]
+    tracker.log_json(parent, "audit.json", outcome.as_dict())
+    tracker.log(parent, params={"audit.sentinels": ",".join(outcome.sentinels) or "-",
+                                "audit.expanded": ",".join(outcome.expanded) or "-",
+                                "audit.beaten_by": ",".join(outcome.beaten_by) or "-"},
+                metrics={"audit_disagreement": float(outcome.disagrees), "audit_noise_sd": outcome.noise_sd,
+                         "audit_rank_kendall": outcome.rank_kendall, "audit_candidates": len(outcome.values)},
+                tags={"augtune.audit_verdict": outcome.verdict()})
+    return outcome
+
+
+def format_audit(outcome: AuditOutcome) -> str:
+    width = max([len(c) for c in outcome.values] + [9])
+    sign = 1 if outcome.metric.endswith("loss") else -1
+    lines = [f"{'candidate':<{width}}  {'role':<8}  {'proxy rank':>10}  {'mean ' + outcome.metric:>13}  seeds"]
+    for c in sorted(outcome.values, key=lambda c: sign * outcome.mean(c)):
+        role = "kept" if c in outcome.kept else ("sentinel" if c in outcome.sentinels else "expanded")
+        values = ", ".join(f"{v:.4f}" for v in outcome.values[c])
+        lines.append(f"{c:<{width}}  {role:<8}  {outcome.proxy_rank[c]:>10}  {outcome.mean(c):>13.4f}  {values}")
+    return "\n".join(lines + ["", outcome.verdict()])
 
 
 # ---------------------------------------------------------------- driver
@@ -259,7 +392,8 @@ def _start_sweep(cfg: SweepConfig, data, tracker: Tracker, progress: bool) -> di
         survivors = [c.id for c in cfg.space.resolved()]
     state = {"parent_run_id": parent, "ray_experiment": f"sweep-{time.strftime('%Y%m%d-%H%M%S')}",
              "teacher_path": str(teacher_path) if teacher_path else None, "scores": [s.as_row() for s in scores],
-             "survivors": survivors, "validate_proxy": validate}
+             "kept": survivors, "survivors": survivors, "validate_proxy": validate,
+             "audit_done": not (cfg.search.prune.audit and survivors != [s.candidate for s in scores])}
     _save_state(cfg, state)
     tracker.log_json(parent, "pruned.json", {"kept": survivors,
                                              "pruned": [s.candidate for s in scores if s.candidate not in survivors]})
@@ -287,6 +421,7 @@ def run_sweep(cfg: SweepConfig, resume: bool = False, progress: bool = True) -> 
     from search.trial_logger import TrialLogger
     from trainables.data import load_data
 
+    cfg.check_selection_split()
     state = _load_state(cfg) if resume else None  # raises before anything is written
     data = load_data(cfg.data)
     tracker = Tracker(cfg.tracking.uri, cfg.experiment_name)
@@ -294,55 +429,70 @@ def run_sweep(cfg: SweepConfig, resume: bool = False, progress: bool = True) -> 
         state = _start_sweep(cfg, data, tracker, progress)
     else:
         tracker.client.update_run(state["parent_run_id"], status="RUNNING")
-    parent, survivors, validate = state["parent_run_id"], state["survivors"], state["validate_proxy"]
+    parent, validate = state["parent_run_id"], state["validate_proxy"]
     scores = [ProxyScore(**row) for row in state["scores"]]
     teacher_path = Path(state["teacher_path"]) if state["teacher_path"] else None
-    print(f"\n{cfg.search.method} trials for {len(survivors)} of {len(scores) or len(survivors)} candidates: "
-          f"{', '.join(survivors)}")
-
+    if cfg.search.metric.startswith("test_"):
+        print(TEST_SELECTION_WARNING)
     score_of = {s.candidate: s.t_stddev for s in scores}
     if cfg.search.method == "ssd" and cfg.search.scheduler.kind == "asha":
         print("note: SSD trials are multi-stage; ASHA compares the current stage's headline metric")
-    callback = TrialLogger(cfg.tracking.uri, cfg.experiment_name, parent, pair_name(cfg), score_of)
     init_ray(cfg)
-    experiment_path = f"{_storage(cfg).rstrip('/')}/{state['ray_experiment']}"
-    if resume and tune.Tuner.can_restore(experiment_path):
-        tuner = tune.Tuner.restore(experiment_path, trainable=method_trainable(cfg, teacher_path),
-                                   resume_errored=True)
-    else:
-        tuner = build_tuner(cfg, survivors, teacher_path, callback, state["ray_experiment"], validate)
+    audit: Optional[AuditOutcome] = None
     try:
-        grid = tuner.fit()
+        if not state.get("audit_done", True):
+            audit_logger = TrialLogger(cfg.tracking.uri, cfg.experiment_name, parent, pair_name(cfg), score_of,
+                                       phase="audit")
+            audit = run_audit_phase(cfg, state, tracker, teacher_path, audit_logger)
+            print("\n" + format_audit(audit))
+            state.update(survivors=audit.survivors, audit_done=True, audit=audit.as_dict())
+            _save_state(cfg, state)
+        survivors = state["survivors"]
+        print(f"\n{cfg.search.method} trials for {len(survivors)} of {len(scores) or len(survivors)} candidates: "
+              f"{', '.join(survivors)}")
+        callback = TrialLogger(cfg.tracking.uri, cfg.experiment_name, parent, pair_name(cfg), score_of)
+        experiment_path = f"{_storage(cfg).rstrip('/')}/{state['ray_experiment']}"
+        if resume and tune.Tuner.can_restore(experiment_path):
+            tuner = tune.Tuner.restore(experiment_path, trainable=method_trainable(cfg, teacher_path),
+                                       resume_errored=True)
+        else:
+            tuner = build_tuner(cfg, survivors, teacher_path, callback, state["ray_experiment"], validate)
+        expected = len(survivors) * cfg.search.seeds if validate else cfg.search.num_samples
+        grid = _fit(tuner, expected)
+    except SweepInterrupted as stopped:
+        # Ctrl-C: Tune saved its state and returned early
+        tracker.end_run(parent, "KILLED")
+        print(f"\nsweep interrupted ({stopped}); continue with `augtune sweep CONFIG --resume`")
+        return SweepOutcome(parent, scores, state["survivors"], [], None, {}, interrupted=True)
     except BaseException:
         tracker.end_run(parent, "KILLED")
         raise
     trials = collect_trials(grid)
-    expected = len(survivors) * cfg.search.seeds if validate else cfg.search.num_samples
-    if len(grid) < expected or grid.num_terminated + grid.num_errors < len(grid):
-        # Ctrl-C: Tune saved its state and returned early
-        tracker.end_run(parent, "KILLED")
-        print(f"\nsweep interrupted after {grid.num_terminated} of {expected} trials; continue with "
-              f"`augtune sweep CONFIG --resume`")
-        return SweepOutcome(parent, scores, survivors, trials, None, {}, interrupted=True)
     best = pick_best(trials, cfg.search.metric, cfg.student.train.epochs)
-    compute = compute_summary(trials, scores, survivors)
+    compute = compute_summary(trials, scores, survivors, state.get("audit_phases", []))
     tracker.log(parent, metrics=compute)
     tracker.log_json(parent, "trials.json", trials)
     if best is not None:
-        tracker.log(parent, metrics={f"best_{cfg.search.metric}": best[cfg.search.metric]},
-                    tags={"augtune.best_augmentation": best["augmentation"]})
+        # the chosen trial's test metrics are reported beside the score it was chosen by
+        tracker.log(parent, metrics={f"best_{cfg.search.metric}": best[cfg.search.metric],
+                                     **{f"best_trial_{k}": best[k] for k in ("test_loss", "test_acc")
+                                        if best.get(k) is not None}},
+                    tags={"augtune.best_augmentation": best["augmentation"],
+                          "augtune.selected_on": "test" if cfg.search.metric.startswith("test_") else "val"})
     tracker.end_run(parent)
 
-    print("\n" + format_trials(trials, score_of))
-    print(f"\ncompute: {compute['trial_seconds']:.0f} trial-seconds + {compute['proxy_seconds']:.0f} s proxy; "
+    print("\n" + format_trials(trials, score_of, cfg.search.metric))
+    audit_part = (f" + {compute['audit_seconds']:.0f} audit trial-seconds ({compute['audit_trials']:.0f} trials)"
+                  if compute["audit_trials"] else "")
+    print(f"\ncompute: {compute['trial_seconds']:.0f} trial-seconds + {compute['proxy_seconds']:.0f} s proxy{audit_part}; "
           f"{compute['pruned_candidates']} candidates pruned, an estimated {compute['estimated_seconds_saved']:.0f} s "
           f"({100 * compute['compute_saved_fraction']:.0f}%) saved against training every candidate")
     if best is not None:
-        print(f"\nbest augmentation: {best['augmentation']}  ({cfg.search.metric} = {best[cfg.search.metric]:.4f})")
+        print("\n" + describe_best(best, cfg.search.metric))
     print(f"MLflow: experiment {cfg.experiment_name!r}, parent run {parent}\n"
           f"  mlflow ui --backend-store-uri {cfg.tracking.uri}\n"
           f"  augtune best --experiment {cfg.experiment_name} --tracking-uri {cfg.tracking.uri}")
-    return SweepOutcome(parent, scores, survivors, trials, best, compute)
+    return SweepOutcome(parent, scores, survivors, trials, best, compute, audit=state.get("audit"))
 
 
 def main(argv: Optional[list[str]] = None) -> int:

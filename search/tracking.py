@@ -20,7 +20,17 @@ STAGE_TAG = "augtune.stage"
 CANDIDATE_TAG = "augtune.candidate"
 PAIR_TAG = "augtune.pair"
 TRIAL_TAG = "augtune.trial_id"
+PHASE_TAG = "augtune.phase"  # search | audit
 MAX_PARAM_LENGTH = 6000
+
+
+def artifact_location(uri: str, experiment: str) -> Optional[str]:
+    """Artifacts next to a sqlite store (DB_DIR/mlartifacts/EXPERIMENT), never in whatever
+    directory the command runs in (MLflow's default ./mlruns). Servers choose their own."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    database = Path(uri.removeprefix("sqlite:///")).resolve()
+    return (database.parent / "mlartifacts" / experiment).as_uri()
 
 
 class Tracker:
@@ -28,7 +38,8 @@ class Tracker:
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
         found = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+        self.experiment_id = found.experiment_id if found else self.client.create_experiment(
+            experiment, artifact_location=artifact_location(uri, experiment))
         self.experiment = experiment
 
     # ---- runs

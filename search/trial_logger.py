@@ -14,7 +14,7 @@ from typing import Mapping, Optional
 
 from ray.tune import Callback
 
-from search.tracking import CANDIDATE_TAG, PAIR_TAG, TRIAL_TAG, Tracker
+from search.tracking import CANDIDATE_TAG, PAIR_TAG, PHASE_TAG, TRIAL_TAG, Tracker
 
 CURVE_PREFIXES = ("train_", "test_", "val_", "stage")
 CURVE_KEYS = ("images_per_second", "lr", "epoch_seconds")
@@ -22,10 +22,11 @@ CURVE_KEYS = ("images_per_second", "lr", "epoch_seconds")
 
 class TrialLogger(Callback):
     def __init__(self, tracking_uri: str, experiment: str, parent_run_id: str, pair: str,
-                 proxy_scores: Mapping[str, float]):
+                 proxy_scores: Mapping[str, float], phase: str = "search"):
         self.tracking_uri, self.experiment = tracking_uri, experiment
         self.parent_run_id, self.pair = parent_run_id, pair
         self.proxy_scores = dict(proxy_scores)
+        self.phase = phase  # "search", or "audit" for sentinel-audit trials
         self._tracker: Optional[Tracker] = None
         self.run_ids: dict[str, str] = {}
         self.logged_steps: dict[str, int] = {}
@@ -60,7 +61,8 @@ class TrialLogger(Callback):
         config = dict(trial.config)
         candidate = config.get("augmentation", "")
         run_id = self.tracker.start_run(f"trial:{candidate}:{trial_id}", "trial", self.parent_run_id,
-                                        {CANDIDATE_TAG: candidate, TRIAL_TAG: trial_id, PAIR_TAG: self.pair})
+                                        {CANDIDATE_TAG: candidate, TRIAL_TAG: trial_id, PAIR_TAG: self.pair,
+                                         PHASE_TAG: self.phase})
         numeric = {f"param.{k}": v for k, v in config.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         if candidate in self.proxy_scores:
             numeric["t_stddev"] = self.proxy_scores[candidate]

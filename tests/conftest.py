@@ -20,3 +20,33 @@ def ray_session():
              object_store_memory=200 * 1024**2)
     yield ray
     ray.shutdown()
+
+
+# ---- the suite leaves the checkout as it found it (no mlruns/, runs/, mlflow.db, reports/)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_NOISE = ("__pycache__", ".pytest_cache", ".egg-info")
+
+
+def _checkout_state() -> set:
+    import subprocess
+
+    done = subprocess.run(["git", "status", "--porcelain", "--ignored", "--untracked-files=all"], cwd=REPO,
+                          capture_output=True, text=True)
+    if done.returncode != 0:  # not a git checkout (an sdist, say): nothing to compare
+        return set()
+    return {line for line in done.stdout.splitlines()
+            if not any(part in line for part in _NOISE) and not line[3:].startswith(".venv/")}
+
+
+def pytest_sessionstart(session):
+    session.config._checkout_before = _checkout_state()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    before = getattr(session.config, "_checkout_before", None)
+    if before is None:
+        return
+    added = sorted(_checkout_state() - before)
+    if added:
+        session.exitstatus = 1
+        print(f"\nthe test suite changed the checkout (tests must write to temporary folders): {added[:20]}")

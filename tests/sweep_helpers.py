@@ -12,7 +12,7 @@ EIGHT_CANDIDATES = ["identity", "flip", "crop_flip", "cutout", "mixup", "cutmix"
 def write_sweep_config(tmp_path: Path, name: str, tracking_uri: str, **search) -> Path:
     cfg = {
         "name": name, "seed": 0, "output_dir": str(tmp_path / "runs"),
-        "data": {"name": "digits", "samples_per_class": 12, "image_size": 12},
+        "data": {"name": "digits", "samples_per_class": 12, "val_per_class": 5, "image_size": 12},
         "teacher": {"model": "resnet8", "train": {"epochs": 3, "batch_size": 32}},
         "student": {"model": "resnet8", "train": {"epochs": 2, "batch_size": 32}},
         "space": {"candidates": EIGHT_CANDIDATES},

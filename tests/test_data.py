@@ -34,9 +34,10 @@ def test_cifar_lt_counts_follow_formula():
 def test_cifar10_fixture_through_torchvision(tmp_path, monkeypatch):
     folder = write_cifar(tmp_path, 10, per_class_train=6, per_class_test=2)
     trust_cifar_fixture(monkeypatch, folder)
-    data = load_data(DataConfig(name="cifar10", root=tmp_path, val_size=10))
+    data = load_data(DataConfig(name="cifar10", root=tmp_path, val_per_class=1))
     assert data.num_classes == 10 and data.channels == 3 and data.image_size == 32
     assert len(data.train) == 50 and len(data.val) == 10 and len(data.test) == 20
+    assert torch.bincount(data.val.labels, minlength=10).tolist() == [1] * 10
     # pixel order: the pickle's channel-major rows become C x H x W
     import pickle
     raw = pickle.load(open(folder / "test_batch", "rb"), encoding="latin1")
@@ -91,3 +92,59 @@ def test_device_feeder_covers_epoch_once():
     seen = torch.cat([y for _, y in feeder])
     assert len(seen) == len(data.train)
     assert torch.equal(torch.bincount(seen, minlength=10), torch.bincount(data.train.labels, minlength=10))
+
+
+def _rows(images: torch.Tensor) -> set:
+    return {bytes(row) for row in images.flatten(1).numpy()}
+
+
+@pytest.mark.parametrize("extra", [{}, {"samples_per_class": 30}, {"samples_per_class": 100, "imbalance_factor": 20}])
+def test_digits_val_split_balanced_disjoint_and_fixed(extra):
+    cfg = DataConfig(name="digits", val_per_class=20, **extra)
+    a, b = load_data(cfg), load_data(cfg)
+    assert torch.equal(a.val.images, b.val.images) and torch.equal(a.val.labels, b.val.labels)
+    assert torch.bincount(a.val.labels, minlength=10).tolist() == [20] * 10  # balanced even for a long tail
+    # disjoint from train and test, compared on pixels (ignoring the few images digits holds twice)
+    from sklearn.datasets import load_digits
+    raw = torch.from_numpy((load_digits().images * (255.0 / 16.0)).round().astype("uint8"))[:, None]
+    from collections import Counter
+    once = {row for row, n in Counter(bytes(r) for r in raw.flatten(1).numpy()).items() if n == 1}
+    val_rows = _rows(a.val.images) & once
+    assert len(val_rows) >= 190
+    assert not (val_rows & _rows(a.train.images)) and not (val_rows & _rows(a.test.images))
+    if "imbalance_factor" in extra:
+        assert a.class_counts == [int(100 * 20 ** (-i / 9)) for i in range(10)]
+
+
+def test_val_split_does_not_change_with_training_subset():
+    small = load_data(DataConfig(name="digits", val_per_class=10, samples_per_class=20))
+    large = load_data(DataConfig(name="digits", val_per_class=10, samples_per_class=60))
+    assert torch.equal(small.val.images, large.val.images)  # one validation set for every regime
+    assert torch.equal(small.test.images, large.test.images)
+
+
+def test_val_per_class_larger_than_a_class_is_refused():
+    with pytest.raises(ValueError, match="val_per_class"):
+        load_data(DataConfig(name="digits", val_per_class=500))
+
+
+def test_cifar_lt_val_is_balanced_and_lt_rule_applies_to_the_rest(tmp_path, monkeypatch):
+    folder = write_cifar(tmp_path, 100, per_class_train=12, per_class_test=1)
+    trust_cifar_fixture(monkeypatch, folder)
+    data = load_data(DataConfig(name="cifar100", root=tmp_path, imbalance_factor=10, val_per_class=2))
+    assert torch.bincount(data.val.labels, minlength=100).tolist() == [2] * 100
+    assert data.class_counts == long_tail_counts(10, 100, 10)
+    assert not (_rows(data.val.images) & _rows(data.train.images))
+
+
+def test_image_folder_val_per_class(tmp_path):
+    train_list, test_list = write_image_folder(tmp_path, classes=3, per_class=5)
+    data = load_data(DataConfig(name="imagefolder", root=tmp_path, train_list=train_list, test_list=test_list,
+                                image_size=16, val_per_class=1, in_memory="device"))
+    assert len(data.train) == 9 and torch.bincount(data.val.labels).tolist() == [1, 1, 1]
+    assert not (_rows(data.val.images) & _rows(data.train.images))
+
+
+def test_val_size_points_to_its_replacement():
+    with pytest.raises(ValueError, match="val_per_class"):
+        DataConfig(name="digits", val_size=10)

@@ -105,7 +105,7 @@ def test_best_ranks_full_length_runs_before_early_stopped_ones(tmp_path):
     r = tracker.start_run("trial:flip-early", "trial", parent, {CANDIDATE_TAG: "autoaugment"})
     tracker.log(r, metrics={"final_test_loss": 0.01, "final_test_acc": 0.99, "epochs_trained": 10})
     tracker.end_run(r)
-    summaries = summarise_trials(uri, "best")
+    summaries = summarise_trials(uri, "best", "test_loss")
     assert summaries[0].candidate == "cutmix(alpha=1.0)" and summaries[0].best == pytest.approx(0.47)
     assert summaries[-1].candidate == "autoaugment" and not summaries[-1].complete
     identity = next(s for s in summaries if s.candidate == "identity")

@@ -1,6 +1,7 @@
 """End-to-end sweeps on Ray with MLflow: pruning, logging, the best-augmentation query."""
 import json
 
+import numpy as np
 import pytest
 from mlflow import MlflowClient
 
@@ -62,6 +63,90 @@ def test_best_from_mlflow_agrees_with_sweep(pruned_sweep, capsys):
     assert main(["best", "--experiment", cfg.experiment_name, "--tracking-uri", uri]) == 0
     out = capsys.readouterr().out
     assert f"best augmentation: {outcome.best['augmentation']}" in out
+
+
+def test_sweep_selects_on_val_and_reports_test_beside(pruned_sweep, capsys):
+    cfg, uri, outcome = pruned_sweep
+    assert cfg.search.metric == "val_loss"
+    finished = [t for t in outcome.trials if t["epochs"] == cfg.student.train.epochs]
+    assert outcome.best == min(finished, key=lambda t: t["val_loss"])
+    parent = MlflowClient(tracking_uri=uri).get_run(outcome.parent_run_id)
+    assert parent.data.metrics["best_val_loss"] == pytest.approx(outcome.best["val_loss"])
+    assert parent.data.metrics["best_trial_test_loss"] == pytest.approx(outcome.best["test_loss"])
+    assert parent.data.tags["augtune.selected_on"] == "val"
+    summary = best_augmentation(uri, cfg.experiment_name)  # val_loss by default
+    best_run = next(r for r in summary.runs if r["val_loss"] == summary.best)
+    assert best_run["test_loss"] == pytest.approx(outcome.best["test_loss"])
+
+
+def test_best_on_test_needs_opt_in_and_warns(pruned_sweep, capsys):
+    cfg, uri, _ = pruned_sweep
+    assert main(["best", "--experiment", cfg.experiment_name, "--tracking-uri", uri, "--metric", "test_loss"]) == 2
+    assert "--select-on-test" in capsys.readouterr().err
+    assert main(["best", "--experiment", cfg.experiment_name, "--tracking-uri", uri, "--metric", "test_loss",
+                 "--select-on-test"]) == 0
+    assert "biased" in capsys.readouterr().out
+
+
+def test_test_metric_in_config_needs_opt_in(tmp_path, capsys):
+    path = write_sweep_config(tmp_path, "on-test", f"sqlite:///{tmp_path}/m.db", metric="test_loss")
+    assert main(["sweep", str(path), "--no-progress"]) == 2
+    assert "search.metric" in capsys.readouterr().err
+    assert not (tmp_path / "m.db").exists() and not (tmp_path / "runs").exists()
+    cfg = load_config(path, {"search.select_on_test": True})
+    assert cfg.search.metric == "test_loss"
+
+
+def test_val_metric_without_val_split_exits_2_before_writing(tmp_path, capsys):
+    path = write_sweep_config(tmp_path, "noval", f"sqlite:///{tmp_path}/m.db")
+    assert main(["sweep", str(path), "--no-progress", "--set", "data.val_per_class=0"]) == 2
+    assert "data.val_per_class" in capsys.readouterr().err
+    assert not (tmp_path / "m.db").exists() and not (tmp_path / "runs").exists()
+
+
+@pytest.fixture(scope="module")
+def audited_sweep(tmp_path_factory, ray_session):
+    tmp = tmp_path_factory.mktemp("audit")
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    path = write_sweep_config(tmp, "audited", uri, prune={"mode": "top_k", "top_k": 3, "audit": 2,
+                                                          "audit_seeds": 2, "on_disagreement": "report"})
+    outcome = run_sweep(load_config(path), progress=False)
+    return uri, outcome
+
+
+def test_audit_trains_sentinels_and_logs_a_verdict_that_matches_the_numbers(audited_sweep, capsys):
+    from scipy import stats
+
+    from search.audit import beats, pooled_sd
+
+    uri, outcome = audited_sweep
+    audit = outcome.audit
+    kept = [s.candidate for s in outcome.scores][:3]
+    assert audit["kept"] == kept and len(audit["sentinels"]) == 2
+    assert not set(audit["sentinels"]) & set(kept)
+    runs = runs_by_stage(uri, "audited")
+    audit_runs = [r for r in runs["trial"] if r.data.tags.get("augtune.phase") == "audit"]
+    assert len(audit_runs) == 5 * 2  # 3 kept + 2 sentinels, 2 seeds each
+    values: dict[str, list[float]] = {}
+    for run in audit_runs:
+        values.setdefault(run.data.tags["augtune.candidate"], []).append(run.data.metrics["final_val_loss"])
+    assert {c: sorted(v) for c, v in values.items()} == {c: sorted(v) for c, v in audit["values"].items()}
+    sd, dof = pooled_sd(values)
+    kept_best = min(kept, key=lambda c: (np.mean(values[c]), c))
+    beaten = [c for c in audit["sentinels"] if beats(values[c], values[kept_best], sd, dof, True)]
+    assert audit["kept_best"] == kept_best and audit["beaten_by"] == beaten
+    parent = MlflowClient(tracking_uri=uri).get_run(outcome.parent_run_id)
+    assert parent.data.metrics["audit_disagreement"] == float(bool(beaten))
+    assert parent.data.metrics["audit_noise_sd"] == pytest.approx(sd)
+    tau = stats.kendalltau([audit["proxy_rank"][c] for c in values], [np.mean(values[c]) for c in values]).statistic
+    assert parent.data.metrics["audit_rank_kendall"] == pytest.approx(tau)
+    assert parent.data.tags["augtune.audit_verdict"] == audit["verdict"]
+    assert parent.data.params["audit.sentinels"] == ",".join(audit["sentinels"])
+    # the search ran over the audit's survivors; the compute summary counts the audit's trials
+    assert outcome.survivors == audit["survivors"]
+    assert {t["augmentation"] for t in outcome.trials} <= set(outcome.survivors)
+    assert parent.data.metrics["audit_trials"] == 10 and parent.data.metrics["trained_candidates"] == 5
+    assert parent.data.metrics["audit_seconds"] > 0
 
 
 def test_best_on_unknown_experiment_exits_2(tmp_path, capsys):

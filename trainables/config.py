@@ -27,7 +27,9 @@ class DataConfig(Section):
     val_list: Optional[Path] = None
     num_classes: Optional[int] = Field(None, gt=1, description="imagefolder: default max label + 1")
     image_size: Optional[int] = Field(None, ge=8, le=512, description="resize images to this side")
-    val_size: int = Field(0, ge=0, description="hold out this many training images for validation")
+    val_per_class: int = Field(0, ge=0, description="hold out this many training images of every class for "
+                                                    "validation (balanced even for long tails), before any "
+                                                    "few-shot or long-tail subsampling; fixed by split_seed")
     samples_per_class: Optional[int] = Field(None, ge=1, description="few-shot: cap each class")
     imbalance_factor: float = Field(1.0, ge=1.0, description="long tail: n_i = n_max*IF^(-i/(C-1))")
     test_fraction: float = Field(0.25, gt=0.0, lt=1.0, description="digits: stratified test split")
@@ -38,6 +40,14 @@ class DataConfig(Section):
     num_workers: int = Field(2, ge=0)
     many_shot_threshold: int = Field(100, ge=1, description="classes with more images are 'many'")
     few_shot_threshold: int = Field(20, ge=1, description="classes with fewer images are 'few'")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, raw):
+        if isinstance(raw, dict) and "val_size" in raw:
+            raise ValueError("data.val_size was replaced by data.val_per_class (a balanced validation split: "
+                             "images held out per class); e.g. val_size 5000 on CIFAR-100 is val_per_class 50")
+        return raw
 
     @model_validator(mode="after")
     def _paths_exist(self) -> "DataConfig":
@@ -56,6 +66,8 @@ class DataConfig(Section):
                 value = getattr(self, field)
                 if value is not None and not value.exists():
                     raise ValueError(f"data.{field} {value} does not exist")
+        if self.val_per_class and self.val_list is not None:
+            raise ValueError("data.val_per_class and data.val_list both define the validation split; keep one")
         if self.few_shot_threshold > self.many_shot_threshold:
             raise ValueError("data.few_shot_threshold must not exceed data.many_shot_threshold")
         return self

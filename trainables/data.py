@@ -84,13 +84,23 @@ def _apply_class_limits(labels: np.ndarray, num_classes: int, cfg: DataConfig,
     return subsample_per_class(labels, counts, rng)
 
 
-def stratified_holdout(labels: np.ndarray, holdout: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Split indices into (kept, held_out) with held_out stratified by class."""
-    from sklearn.model_selection import train_test_split
-
-    idx = np.arange(len(labels))
-    kept, held = train_test_split(idx, test_size=holdout, stratify=labels, random_state=seed)
-    return np.sort(kept), np.sort(held)
+def balanced_holdout(labels: np.ndarray, per_class: int, num_classes: int,
+                     seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split indices into (kept, held_out): `per_class` seeded random images of every class are
+    held out, so the validation split is balanced whatever the training distribution."""
+    if per_class == 0:
+        return np.arange(len(labels)), np.zeros(0, dtype=np.int64)
+    rng = np.random.default_rng(seed + 7_777)  # its own stream: independent of the subsampling draws
+    held = []
+    for cls in range(num_classes):
+        idx = np.flatnonzero(labels == cls)
+        if len(idx) <= per_class:
+            raise ValueError(f"data.val_per_class {per_class}: class {cls} has only {len(idx)} training images; "
+                             f"hold out fewer")
+        held.append(rng.choice(idx, size=per_class, replace=False))
+    held_idx = np.sort(np.concatenate(held))
+    kept = np.setdiff1d(np.arange(len(labels)), held_idx, assume_unique=True)
+    return kept, held_idx
 
 
 # ---------------------------------------------------------------- loaders
@@ -103,12 +113,19 @@ def _resize_uint8(images: torch.Tensor, side: Optional[int]) -> torch.Tensor:
     return resized.round().clamp_(0, 255).to(torch.uint8)
 
 
-def _split_train_val(images: torch.Tensor, labels: np.ndarray, cfg: DataConfig):
-    if cfg.val_size == 0:
-        return ImageSet(torch.from_numpy(labels).long(), images), None
-    kept, held = stratified_holdout(labels, cfg.val_size, cfg.split_seed)
-    return (ImageSet(torch.from_numpy(labels[kept]).long(), images[kept]),
-            ImageSet(torch.from_numpy(labels[held]).long(), images[held]))
+def _train_val_indices(labels: np.ndarray, num_classes: int, cfg: DataConfig,
+                       rng: Optional[np.random.Generator]) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """The validation images come out of the training pool first (balanced, fixed seed); the
+    few-shot / long-tail rule then picks the training images from what is left."""
+    pool, val = balanced_holdout(labels, cfg.val_per_class, num_classes, cfg.split_seed)
+    train = pool[_apply_class_limits(labels[pool], num_classes, cfg, rng)]
+    return train, (val if cfg.val_per_class else None)
+
+
+def _image_set(images: torch.Tensor, labels: np.ndarray, idx: Optional[np.ndarray]) -> Optional[ImageSet]:
+    if idx is None:
+        return None
+    return ImageSet(torch.from_numpy(labels[idx]).long(), images[idx])
 
 
 def load_digits_data(cfg: DataConfig) -> DataBundle:
@@ -121,13 +138,14 @@ def load_digits_data(cfg: DataConfig) -> DataBundle:
     labels = digits.target.astype(np.int64)
     train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=cfg.test_fraction,
                                            stratify=labels, random_state=cfg.split_seed)
-    train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
+    pool_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
     rng = np.random.default_rng(cfg.split_seed)
-    train_idx = train_idx[_apply_class_limits(labels[train_idx], 10, cfg, rng)]
+    train_idx, val_idx = _train_val_indices(labels[pool_idx], 10, cfg, rng)
     side = cfg.image_size or 8
     all_images = _resize_uint8(torch.from_numpy(images), side)
-    train, val = _split_train_val(all_images[train_idx], labels[train_idx], cfg)
-    test = ImageSet(torch.from_numpy(labels[test_idx]).long(), all_images[test_idx])
+    train = _image_set(all_images, labels, pool_idx[train_idx])
+    val = _image_set(all_images, labels, None if val_idx is None else pool_idx[val_idx])
+    test = _image_set(all_images, labels, test_idx)
     return _bundle(train, test, val, 10, 1, side)
 
 
@@ -143,10 +161,12 @@ def load_cifar_data(cfg: DataConfig) -> DataBundle:
         splits[train] = (torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(),
                          np.asarray(ds.targets, dtype=np.int64))
     images, labels = splits[True]
-    # CIFAR-LT keeps the first n_i images of each class (the LDAM/SSD convention)
-    keep = _apply_class_limits(labels, num_classes, cfg, rng=None)
+    # CIFAR-LT keeps the first n_i images of each class (the LDAM/SSD convention), here of the
+    # images left after the balanced validation hold-out
+    train_idx, val_idx = _train_val_indices(labels, num_classes, cfg, rng=None)
     side = cfg.image_size or 32
-    train, val = _split_train_val(_resize_uint8(images[keep], side), labels[keep], cfg)
+    images = _resize_uint8(images, side)
+    train, val = _image_set(images, labels, train_idx), _image_set(images, labels, val_idx)
     test = ImageSet(torch.from_numpy(splits[False][1]).long(), _resize_uint8(splits[False][0], side))
     return _bundle(train, test, val, num_classes, 3, side)
 
@@ -203,7 +223,9 @@ def load_imagefolder_data(cfg: DataConfig) -> DataBundle:
             sets[split] = (paths, labels)
     num_classes = cfg.num_classes or int(max(l.max() for _, l in sets.values())) + 1
     train_paths, train_labels = sets["train"]
-    keep = _apply_class_limits(train_labels, num_classes, cfg, np.random.default_rng(cfg.split_seed))
+    keep, val_idx = _train_val_indices(train_labels, num_classes, cfg, np.random.default_rng(cfg.split_seed))
+    if val_idx is not None:
+        sets["val"] = ([train_paths[i] for i in val_idx], train_labels[val_idx])
     sets["train"] = ([train_paths[i] for i in keep], train_labels[keep])
     est_bytes = len(keep) * 3 * side * side
     in_memory = cfg.in_memory == "device" or (cfg.in_memory == "auto" and est_bytes < IN_MEMORY_LIMIT_BYTES)

@@ -176,6 +176,8 @@ def _cifar_resnet(depth: int, widths=(16, 16, 32, 64)) -> Callable[[int], nn.Mod
 MODEL_REGISTRY: dict[str, Callable[[int], nn.Module]] = {
     **{f"resnet{d}": _cifar_resnet(d) for d in (8, 14, 20, 32, 44, 56, 110)},
     "resnet8x4": _cifar_resnet(8, (32, 64, 128, 256)),
+    # half the width of resnet8 (about a quarter of its parameters): a student well below its teacher
+    "resnet8x0.5": _cifar_resnet(8, (8, 8, 16, 32)),
     "resnet32x4": _cifar_resnet(32, (32, 64, 128, 256)),
     "wrn_16_2": lambda c: WideResNet(16, 2, c),
     "wrn_40_2": lambda c: WideResNet(40, 2, c),
