@@ -102,6 +102,12 @@ def _report(args) -> int:
         for c in report.correlations:
             print(f"  {c.target:<10} {c.pearson:>8.3f} {c.pearson_p:>9.3g} {c.spearman:>9.3f} {c.spearman_p:>9.3g} "
                   f"{c.kendall:>8.3f} {c.kendall_p:>9.3g}")
+        trust = report.trust.get("test_loss")
+        if trust:
+            low, high = trust["intervals"]["spearman"]
+            print(f"  seed-bootstrap 95% Spearman (test loss) [{low:.2f}, {high:.2f}]; noise ceiling "
+                  f"{trust['noise_ceiling']:.2f}; ANOVA p {trust['anova_p']:.2g}")
+            print(f"  verdict: {trust['verdict']}")
     print(f"\nwrote {files['markdown']}, {files['html']}, {files['png']} (also logged to the sweep run)")
     return 0
 

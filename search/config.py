@@ -75,6 +75,8 @@ class SearchConfig(Section):
     algorithm: Literal["optuna", "random"] = "optuna"
     num_samples: int = Field(6, ge=1, description="trials in total")
     max_concurrent: int = Field(2, ge=1)
+    reuse_actors: bool = Field(True, description="run later trials on warm trial actors (no process start, "
+                                                 "imports or data loading per trial)")
     metric: Literal["val_loss", "val_acc", "test_loss", "test_acc"] = Field(
         "val_loss", description="what Optuna, ASHA and the best pick select by: a val_* metric (held-out "
                                 "validation split); test_* needs select_on_test: true")

@@ -8,7 +8,8 @@ group means. Lower predicts a lower student test loss.
 
 Beyond the paper: a bootstrap interval over groups, and an early stop once the ranking of all
 candidates has not changed for a few passes. Candidates are scored in lock-step pass by pass on
-the same data order (common random numbers), each with its own augmentation generator.
+the same data order (common random numbers), each with its own augmentation generator; the
+teacher's output on the shared original view is computed once per batch, not once per candidate.
 """
 from __future__ import annotations
 
@@ -98,16 +99,10 @@ class ProxyScore:
                 "seconds": self.seconds}
 
 
-def _forward_pending(pending: list[torch.Tensor], teacher_logits: Callable, stream: _Stream,
-                     group_batches: int) -> None:
-    """One teacher forward over several batches; probabilities are then added batch by batch,
-    so the grouping is exactly that of one forward per batch."""
-    if not pending:
-        return
-    probs = torch.softmax(teacher_logits(torch.cat(pending)), dim=1)
-    for chunk in probs.split([len(p) for p in pending]):
-        stream.add(chunk, group_batches)
-    pending.clear()
+def _probabilities(teacher_logits: Callable, batches: list[torch.Tensor]) -> list[torch.Tensor]:
+    """One teacher forward over several batches, split back into per-batch softmax vectors."""
+    probs = torch.softmax(teacher_logits(torch.cat(batches)), dim=1)
+    return list(probs.split([len(b) for b in batches]))
 
 
 def _ranking(streams: Sequence[_Stream]) -> tuple[str, ...]:
@@ -122,7 +117,8 @@ def score_candidates(teacher: torch.nn.Module, candidates: Sequence[Candidate], 
                      extra_scorers: Optional[Mapping[str, Callable]] = None, progress: bool = True,
                      bf16: bool = True, forward_batches: Optional[int] = None) -> list[ProxyScore]:
     """Score every candidate; returns them ranked by T.stddev (lowest first). The teacher sees
-    `forward_batches` batches (default: one group) per forward, x and x' together."""
+    `forward_batches` batches (default: one group) per forward: the original view x once for all
+    candidates, then each candidate's x'."""
     forward_batches = forward_batches or group_batches
     pipeline = InputPipeline(data, device)
     teacher_logits = pipeline.scorer(teacher, bf16)
@@ -130,30 +126,55 @@ def score_candidates(teacher: torch.nn.Module, candidates: Sequence[Candidate], 
     feeder = BatchFeeder(data.train, batch_size, device, drop_last=len(data.train) > batch_size, seed=seed)
     streams = [_Stream(c, torch.Generator(device=device).manual_seed(seed * 100_003 + i))
                for i, c in enumerate(candidates)]
+    contexts = [Context(stream.generator, scorers, pipeline.padding) for stream in streams]
     base_generator = torch.Generator(device=device)
     bar = tqdm(total=passes * len(candidates) * len(feeder), desc="T.stddev", unit="batch",
                disable=not progress, dynamic_ncols=True)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def flush(originals: list[torch.Tensor], augmented: list[list[torch.Tensor]]) -> None:
+        """Forward the original view once for all candidates, each candidate's x' apart; the
+        original view's cost is shared equally between the candidates."""
+        if not originals:
+            return
+        start = time.perf_counter()
+        original_probs = _probabilities(teacher_logits, originals)
+        sync()
+        shared = (time.perf_counter() - start) / len(streams)
+        for stream, views in zip(streams, augmented):
+            start = time.perf_counter()
+            for p_x, p_aug in zip(original_probs, _probabilities(teacher_logits, views)):
+                stream.add(torch.cat([p_x, p_aug]), group_batches)
+            sync()
+            stream.seconds += time.perf_counter() - start + shared
+            views.clear()
+        originals.clear()
+
     history: list[tuple[str, ...]] = []
     done_passes = 0
     with torch.no_grad():
         for pass_index in range(passes):
-            for stream in streams:
+            # the same shuffled crop+flip batches for every candidate in this pass (common random numbers)
+            feeder.generator.manual_seed(seed * 7919 + pass_index)
+            base_generator.manual_seed(seed * 7919 + pass_index)
+            originals: list[torch.Tensor] = []
+            augmented: list[list[torch.Tensor]] = [[] for _ in streams]
+            for images, _ in feeder:
                 start = time.perf_counter()
-                # the same shuffled crop+flip batches for every candidate in this pass
-                feeder.generator.manual_seed(seed * 7919 + pass_index)
-                base_generator.manual_seed(seed * 7919 + pass_index)
-                context = Context(stream.generator, scorers, pipeline.padding)
-                pending: list[torch.Tensor] = []  # [x; x'] of batches waiting for one large forward
-                for images, _ in feeder:
-                    x = pipeline.base_augment(pipeline.to_unit(images), base_generator)
-                    pending.append(torch.cat([x, stream.candidate.apply(x, context)]))
-                    if len(pending) == forward_batches:
-                        _forward_pending(pending, teacher_logits, stream, group_batches)
+                x = pipeline.base_augment(pipeline.to_unit(images), base_generator)
+                originals.append(x)
+                shared = (time.perf_counter() - start) / len(streams)
+                for stream, context, views in zip(streams, contexts, augmented):
+                    start = time.perf_counter()
+                    views.append(stream.candidate.apply(x, context))
+                    stream.seconds += time.perf_counter() - start + shared
                     bar.update(1)
-                _forward_pending(pending, teacher_logits, stream, group_batches)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                stream.seconds += time.perf_counter() - start
+                if len(originals) == forward_batches:
+                    flush(originals, augmented)
+            flush(originals, augmented)
             done_passes = pass_index + 1
             history.append(_ranking(streams))
             if (stop_when_stable and done_passes >= max(min_passes, stable_passes + 1)

@@ -37,6 +37,9 @@ class CandidatePoint:
     test_acc: float
     seeds: int
     test_loss_std: float = 0.0
+    test_losses: list = field(default_factory=list)  # one per seed
+    val_loss: float = float("nan")
+    val_losses: list = field(default_factory=list)
 
 
 @dataclass
@@ -59,6 +62,7 @@ class PairReport:
     points: list[CandidatePoint]
     correlations: list[Correlation]
     pruning: dict = field(default_factory=dict)
+    trust: dict = field(default_factory=dict)  # seed-bootstrap intervals, noise ceiling, regret, verdict
 
 
 def correlate(x: list[float], y: list[float], target: str) -> Correlation:
@@ -96,11 +100,14 @@ def collect_points(tracker: Tracker, sweep_run_id: str) -> list[CandidatePoint]:
         if not complete or candidate not in proxy:
             continue
         losses = [m["final_test_loss"] for m in complete]
+        val_losses = [m["final_val_loss"] for m in complete if "final_val_loss" in m]
         p = proxy[candidate]
         points.append(CandidatePoint(candidate, p["t_stddev"], p.get("t_stddev_low", math.nan),
                                      p.get("t_stddev_high", math.nan), mean(losses),
                                      mean(m["final_test_acc"] for m in complete), len(complete),
-                                     float(np.std(losses, ddof=1)) if len(losses) > 1 else 0.0))
+                                     float(np.std(losses, ddof=1)) if len(losses) > 1 else 0.0,
+                                     losses, mean(val_losses) if len(val_losses) == len(losses) else math.nan,
+                                     val_losses if len(val_losses) == len(losses) else []))
     return points
 
 
@@ -117,6 +124,30 @@ def pruning_analysis(points: list[CandidatePoint], survivors: Optional[list[str]
         out["kept"] = survivors
         out["kept_winner"] = winner in survivors
     out["all_candidates"] = all_candidates
+    return out
+
+
+def trust_analysis(points: list[CandidatePoint], correlations: list[Correlation], top_k: int = 3) -> dict:
+    """How far these numbers let one trust the proxy (search.trust): for test loss (the paper's
+    protocol) and, where logged, validation loss."""
+    from search.trust import noise_ceiling, seed_bootstrap, separability, topk_regret, verdict
+
+    names = [p.candidate for p in points]
+    proxy = [p.t_stddev for p in points]
+    out: dict = {}
+    for target, per_seed in (("test_loss", [p.test_losses for p in points]),
+                             ("val_loss", [p.val_losses for p in points])):
+        if any(len(v) == 0 for v in per_seed):
+            continue
+        sep = separability(per_seed)
+        corr = next((c for c in correlations if c.target == target), None)
+        intervals = seed_bootstrap(proxy, per_seed)
+        regret = topk_regret(names, proxy, [float(np.mean(v)) for v in per_seed])
+        out[target] = {"anova_f": sep.f, "anova_p": sep.p, "icc1": sep.icc1, "reliability": sep.reliability,
+                       "seed_sd": sep.within_sd, "spread_sd": sep.between_sd, "noise_ceiling": noise_ceiling(sep),
+                       "intervals": {k: list(v) for k, v in intervals.items()}, "regret": regret,
+                       "verdict": verdict(sep, corr.spearman if corr else math.nan, intervals["spearman"], regret,
+                                          top_k) if corr else ""}
     return out
 
 
@@ -137,13 +168,17 @@ def build_reports(uri: str, experiment: str, sweep_run_id: Optional[str] = None)
         t = [p.t_stddev for p in points]
         correlations = [correlate(t, [p.test_loss for p in points], "test_loss"),
                         correlate(t, [p.test_acc for p in points], "test_acc")]
+        if all(not math.isnan(p.val_loss) for p in points):  # selection data, beside the paper's test protocol
+            correlations.append(correlate(t, [p.val_loss for p in points], "val_loss"))
         validate = sweep.data.tags.get("augtune.validate_proxy") == "True"
         survivors = sweep.data.params.get("survivors")
         total = len(tracker.children(sweep.info.run_id, "proxy"))
         pruning = pruning_analysis(points, None if validate or survivors is None else survivors.split(","), total)
         pruning.update({k: sweep.data.metrics[k] for k in ("estimated_seconds_saved", "compute_saved_fraction",
                                                             "trial_seconds", "proxy_seconds") if k in sweep.data.metrics})
-        reports.append(PairReport(pair, sweep.info.run_id, validate, points, correlations, pruning))
+        top_k = int(sweep.data.params.get("prune.top_k", 3))
+        reports.append(PairReport(pair, sweep.info.run_id, validate, points, correlations, pruning,
+                                  trust_analysis(points, correlations, top_k)))
     if not reports:
         raise ReportError(f"experiment {experiment!r} has no sweep runs")
     return reports
@@ -184,9 +219,40 @@ def plot(report: PairReport, path: Path) -> Path:
     return path
 
 
+def _with_interval(value: float, trust: dict, target: str, name: str) -> str:
+    interval = trust.get(target, {}).get("intervals", {}).get(name)
+    if not interval or any(math.isnan(v) for v in interval):
+        return f"{value:.3f}"
+    return f"{value:.3f} [{interval[0]:.2f}, {interval[1]:.2f}]"
+
+
 def _table_rows(report: PairReport) -> list[list[str]]:
-    return [[c.target, f"{c.pearson:.3f}", f"{c.pearson_p:.3g}", f"{c.spearman:.3f}", f"{c.spearman_p:.3g}",
-             f"{c.kendall:.3f}", f"{c.kendall_p:.3g}", str(c.n)] for c in report.correlations]
+    t = report.trust
+    return [[c.target, _with_interval(c.pearson, t, c.target, "pearson"), f"{c.pearson_p:.3g}",
+             _with_interval(c.spearman, t, c.target, "spearman"), f"{c.spearman_p:.3g}",
+             _with_interval(c.kendall, t, c.target, "kendall"), f"{c.kendall_p:.3g}", str(c.n)]
+            for c in report.correlations]
+
+
+REGRET_HEADER = ["k", "kept best", "regret (test loss)", "keeps winner", "compute"]
+
+
+def _regret_rows(report: PairReport) -> list[list[str]]:
+    rows = report.trust.get("test_loss", {}).get("regret", [])
+    return [[str(r["k"]), r["kept_best"], f"{r['regret']:.4f}", "yes" if r["keeps_winner"] else "no",
+             f"{r['compute_fraction']:.0%}"] for r in rows]
+
+
+def _trust_lines(report: PairReport) -> list[str]:
+    lines = []
+    for target, t in report.trust.items():
+        lines.append(f"{target}: students separate the candidates with ANOVA F = {t['anova_f']:.2f} "
+                     f"(p = {t['anova_p']:.2g}); seed sd {t['seed_sd']:.4f} against a spread of means of "
+                     f"{t['spread_sd']:.4f}; reliability of the means {t['reliability']:.2f}, so no predictor can "
+                     f"correlate above {t['noise_ceiling']:.2f} (noise ceiling). Intervals: 95% seed bootstrap.")
+    if "test_loss" in report.trust:
+        lines.append("Verdict: " + report.trust["test_loss"]["verdict"])
+    return lines
 
 
 HEADER = ["target", "Pearson", "p", "Spearman", "p", "Kendall", "p", "n"]
@@ -229,7 +295,10 @@ def markdown(reports: list[PairReport], images: dict[str, str]) -> str:
         out += ["| " + " | ".join(row) + " |" for row in _table_rows(r)]
         out += ["", "| " + " | ".join(POINT_HEADER) + " |", "|" + "---|" * len(POINT_HEADER)]
         out += ["| " + " | ".join(row) + " |" for row in _point_rows(r)]
-        out += ["", *_pruning_lines(r), "", f"![scatter]({images[r.sweep_run_id]})", ""]
+        if _regret_rows(r):
+            out += ["", "| " + " | ".join(REGRET_HEADER) + " |", "|" + "---|" * len(REGRET_HEADER)]
+            out += ["| " + " | ".join(row) + " |" for row in _regret_rows(r)]
+        out += ["", *_trust_lines(r), "", *_pruning_lines(r), "", f"![scatter]({images[r.sweep_run_id]})", ""]
     return "\n".join(out)
 
 
@@ -247,6 +316,8 @@ def html_page(reports: list[PairReport], image_paths: dict[str, Path]) -> str:
         png = base64.b64encode(image_paths[r.sweep_run_id].read_bytes()).decode()
         parts += [f"<h2>{html.escape(r.pair)}</h2><p>sweep run <code>{r.sweep_run_id}</code></p>",
                   table(HEADER, _table_rows(r)), table(POINT_HEADER, _point_rows(r)),
+                  table(REGRET_HEADER, _regret_rows(r)) if _regret_rows(r) else "",
+                  "".join(f"<p>{html.escape(line)}</p>" for line in _trust_lines(r)),
                   "".join(f"<p>{html.escape(line)}</p>" for line in _pruning_lines(r)),
                   f"<img alt='scatter' src='data:image/png;base64,{png}'>"]
     parts.append("</body></html>")
@@ -273,6 +344,13 @@ def write_report(uri: str, experiment: str, output: Path, sweep_run_id: Optional
         for r in reports:
             for path in (files["markdown"], files["html"], files["json"], images[r.sweep_run_id]):
                 tracker.log_file(r.sweep_run_id, path, "report")
+            if "test_loss" in r.trust:
+                t = r.trust["test_loss"]
+                tracker.log(r.sweep_run_id, metrics={"report_noise_ceiling": t["noise_ceiling"],
+                                                     "report_anova_p": t["anova_p"],
+                                                     "report_spearman_low": t["intervals"]["spearman"][0],
+                                                     "report_spearman_high": t["intervals"]["spearman"][1]},
+                            tags={"augtune.report_verdict": t["verdict"]})
             for c in r.correlations:
                 tracker.log(r.sweep_run_id, metrics={f"{c.target}_pearson": c.pearson, f"{c.target}_spearman": c.spearman,
                                                      f"{c.target}_kendall": c.kendall,

@@ -157,7 +157,7 @@ def build_grid_tuner(cfg: SweepConfig, candidates: list[str], seeds: int, teache
     param_space = {"augmentation": tune.grid_search(candidates),
                    "seed": tune.grid_search([cfg.seed + i for i in range(seeds)])}
     tune_config = tune.TuneConfig(metric=s.metric, mode=mode, num_samples=1, scheduler=FIFOScheduler(),
-                                  max_concurrent_trials=s.max_concurrent)
+                                  max_concurrent_trials=s.max_concurrent, reuse_actors=s.reuse_actors)
     return tune.Tuner(method_trainable(cfg, teacher_path), param_space=param_space, tune_config=tune_config,
                       run_config=_run_config(cfg, experiment_name, callback))
 
@@ -186,12 +186,14 @@ def build_tuner(cfg: SweepConfig, survivors: list[str], teacher_path: Optional[P
                                     points_to_evaluate=space.first_points()[:s.num_samples], seed=s.seed)
             param_space = {}
             tune_config = tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent),
-                                          scheduler=scheduler, num_samples=s.num_samples)
+                                          scheduler=scheduler, num_samples=s.num_samples,
+                                          reuse_actors=s.reuse_actors)
         else:  # random search: independent draws of the candidate and every hyperparameter
             param_space = {"augmentation": tune.choice(survivors),
                            **{h.name: h.tune_domain() for h in parse_hyperparameters(s.hyperparameters)}}
             sampler = BasicVariantGenerator(random_state=s.seed, max_concurrent=s.max_concurrent)
-            tune_config = tune.TuneConfig(search_alg=sampler, scheduler=scheduler, num_samples=s.num_samples)
+            tune_config = tune.TuneConfig(search_alg=sampler, scheduler=scheduler, num_samples=s.num_samples,
+                                          reuse_actors=s.reuse_actors)
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,
                       run_config=_run_config(cfg, experiment_name, callback))
 

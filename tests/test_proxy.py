@@ -33,9 +33,14 @@ def data():
     return load_data(DataConfig(name="digits", samples_per_class=20))
 
 
-def _per_batch(recorded, rows_per_batch):
-    """Split the recorded forward outputs back into the proxy's batches ([x; x'] each)."""
-    return list(torch.cat(recorded).split(rows_per_batch))
+def _per_batch(recorded, batch_size):
+    """Pair the recorded forwards back into the proxy's batches: each flush forwards the original
+    views (x) of some batches, then the candidate's views (x') of the same batches."""
+    batches = []
+    for originals, augmented in zip(recorded[0::2], recorded[1::2]):
+        for x, x_aug in zip(originals.split(batch_size), augmented.split(batch_size)):
+            batches.append(torch.cat([x, x_aug]))
+    return batches
 
 
 def _groups_from(prob_batches, group_batches):
@@ -66,21 +71,21 @@ def test_t_stddev_matches_independent_loops(data):
     teacher = RecordingTeacher(build_model("resnet8", 10, in_channels=1)).eval()
     scores = score_candidates(teacher, [parse_candidate("cutout")], data, torch.device("cpu"), passes=3,
                               group_batches=2, batch_size=16, bootstrap=0, progress=False, forward_batches=3)
-    batches = _per_batch(teacher.probs, 32)  # 16 original + 16 augmented per batch
+    batches = _per_batch(teacher.probs, 16)  # 16 original + 16 augmented per batch
     assert len(batches) == 3 * (200 // 16)
     groups = _groups_from(batches, 2)
     assert scores[0].groups == len(groups) == (3 * (200 // 16)) // 2
     assert scores[0].t_stddev == pytest.approx(_std_mean(groups), abs=1e-6)
     # the teacher saw 3 batches per forward (the last of each pass may hold fewer)
-    assert max(len(p) for p in teacher.probs) == 96
+    assert max(len(p) for p in teacher.probs) == 48
 
 
 def test_identity_augmented_half_equals_original(data):
     teacher = RecordingTeacher(build_model("resnet8", 10, in_channels=1)).eval()
     score_candidates(teacher, [parse_candidate("identity")], data, torch.device("cpu"), passes=1,
                      group_batches=2, batch_size=16, bootstrap=0, progress=False)
-    for batch in torch.cat(teacher.inputs).split(32):
-        original, augmented = batch.chunk(2)
+    assert len(teacher.inputs) % 2 == 0
+    for original, augmented in zip(teacher.inputs[0::2], teacher.inputs[1::2]):
         assert torch.equal(original, augmented)
 
 
@@ -134,3 +139,43 @@ def test_forward_batching_does_not_change_the_score(data):
     many = score_candidates(net, cands, data, torch.device("cpu"), passes=2, group_batches=2, batch_size=16,
                             bootstrap=0, progress=False, forward_batches=5)
     assert many[0].t_stddev == pytest.approx(one[0].t_stddev, rel=1e-5)
+
+
+def _joint_forward_reference(net, candidates, data, passes, group_batches, batch_size, seed=0):
+    """T.stddev as computed before the original view was shared: every candidate on its own,
+    one forward of [x; x'] per batch."""
+    from search.proxy import _Stream
+    from spaces.candidates import Context
+    from trainables.data import BatchFeeder
+    from trainables.engine import InputPipeline
+
+    device = torch.device("cpu")
+    pipeline = InputPipeline(data, device)
+    logits = pipeline.scorer(net, True)
+    feeder = BatchFeeder(data.train, batch_size, device, drop_last=True, seed=seed)
+    base = torch.Generator(device=device)
+    out = {}
+    for i, candidate in enumerate(candidates):
+        stream = _Stream(candidate, torch.Generator(device=device).manual_seed(seed * 100_003 + i))
+        context = Context(stream.generator, {"teacher": logits}, pipeline.padding)
+        for pass_index in range(passes):
+            feeder.generator.manual_seed(seed * 7919 + pass_index)
+            base.manual_seed(seed * 7919 + pass_index)
+            with torch.no_grad():
+                for images, _ in feeder:
+                    x = pipeline.base_augment(pipeline.to_unit(images), base)
+                    both = torch.cat([x, candidate.apply(x, context)])
+                    stream.add(torch.softmax(logits(both), 1), group_batches)
+        out[candidate.id] = t_stddev(np.asarray(stream.group_means))
+    return out
+
+
+def test_shared_original_view_equals_the_joint_forward(data):
+    torch.manual_seed(0)
+    net = build_model("resnet8", 10, in_channels=1).eval()
+    cands = [parse_candidate(c) for c in ("identity", "flip", "cutout", "mixup", "cutmix",
+                                          "cutmix_pick(keep=0.5,pool=2)")]
+    scores = score_candidates(net, cands, data, torch.device("cpu"), passes=2, group_batches=2, batch_size=16,
+                              bootstrap=0, progress=False)
+    reference = _joint_forward_reference(net, cands, data, passes=2, group_batches=2, batch_size=16)
+    assert {s.candidate: s.t_stddev for s in scores} == pytest.approx(reference, rel=1e-6)

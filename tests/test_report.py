@@ -85,6 +85,39 @@ def test_report_files_agree_with_scipy_on_fixture_runs(tmp_path, capsys):
     assert data["pruning"]["winner_proxy_rank"] == 1
 
 
+def test_report_states_how_far_to_trust_the_proxy(tmp_path, capsys):
+    from search.trust import seed_bootstrap
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    parent = _log_fixture_sweep(uri, "trust")
+    out = tmp_path / "report"
+    assert main(["report", "--experiment", "trust", "--tracking-uri", uri, "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    trust = json.loads((out / "report.json").read_text())[0]["trust"]["test_loss"]
+    groups = [v[1] for v in FIXTURE.values()]
+    ref = stats.f_oneway(*groups)
+    assert trust["anova_f"] == pytest.approx(ref.statistic) and trust["anova_p"] == pytest.approx(ref.pvalue)
+    means = np.array([np.mean(g) for g in groups])
+    msb = 2 * np.sum((means - means.mean()) ** 2) / 4
+    msw = sum(np.sum((np.array(g) - np.mean(g)) ** 2) for g in groups) / 5
+    assert trust["noise_ceiling"] == pytest.approx(np.sqrt((msb - msw) / msb))
+    expected = seed_bootstrap([v[0] for v in FIXTURE.values()], groups)  # same default resamples and seed
+    assert trust["intervals"]["spearman"] == pytest.approx(list(expected["spearman"]))
+    # top-k regret by hand: proxy order cutmix, cutout, flip, identity, mixup; cutmix is the winner (0.495)
+    assert [r["regret"] for r in trust["regret"]] == pytest.approx([0.0] * 5)
+    low, high = trust["intervals"]["spearman"]
+    rho = stats.spearmanr([v[0] for v in FIXTURE.values()], means).statistic
+    assert low > 0 and trust["verdict"].startswith("T.stddev ranks these candidates")
+    assert f"{rho:+.2f} [{low:+.2f}, {high:+.2f}]" in trust["verdict"] and "top-3 keeps the winner" in trust["verdict"]
+    md = (out / "report.md").read_text()
+    assert "Verdict: " + trust["verdict"] in md and "noise ceiling" in md
+    assert "verdict: " + trust["verdict"] in printed
+    from mlflow import MlflowClient
+    run = MlflowClient(tracking_uri=uri).get_run(parent)
+    assert run.data.tags["augtune.report_verdict"] == trust["verdict"]
+    assert run.data.metrics["report_noise_ceiling"] == pytest.approx(trust["noise_ceiling"])
+
+
 def test_fewer_than_three_candidates_exits_2_without_files(tmp_path, capsys):
     uri = f"sqlite:///{tmp_path}/m.db"
     two = dict(list(FIXTURE.items())[:2])

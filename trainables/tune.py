@@ -2,8 +2,12 @@
 
 The trial's config holds only the sampled values; the fixed parts (the experiment config as a
 plain dict, the teacher checkpoint path) come through `tune.with_parameters`, so trial tables
-and MLflow params stay readable. Heavy state (teacher, data on the device) is built once per
-actor in `setup`; one `step` is one epoch.
+and MLflow params stay readable. One `step` is one epoch.
+
+Actors are reused across trials (`reset_config`): a new trial on a warm actor skips the process
+start, the imports and Ray's set-up, and takes the data already on the device from a per-actor
+cache keyed by the data section it was built from; the student, optimiser, generators and
+augmentation are built afresh, so a reused actor gives the same result as a fresh one.
 """
 from __future__ import annotations
 
@@ -47,11 +51,36 @@ def _method_config(config: dict[str, Any], experiment: dict[str, Any], section: 
     return DistillConfig.model_validate(apply_trial_values(experiment, values))
 
 
+class DataCache:
+    """Data bundles of one actor, keyed by the data section they were loaded from."""
+
+    def __init__(self):
+        self.bundles: dict[str, Any] = {}
+
+    def get(self, data_section: dict[str, Any]):
+        import json
+
+        from trainables.config import DataConfig
+        from trainables.data import load_data
+
+        key = json.dumps(data_section, sort_keys=True, default=str)
+        if key not in self.bundles:
+            self.bundles = {key: load_data(DataConfig.model_validate(data_section))}  # one at a time
+        return self.bundles[key]
+
+
 def as_trainable(build_runner: Callable[..., EpochRunner], name: str) -> type[tune.Trainable]:
     class RunnerTrainable(tune.Trainable):
         def setup(self, config: dict[str, Any], **fixed: Any) -> None:
             torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
-            self.runner = build_runner(config, **fixed)
+            self.fixed, self.cache = fixed, DataCache()
+            self.runner = build_runner(config, cache=self.cache, trial=self.trial_name, **fixed)
+
+        def reset_config(self, new_config: dict[str, Any]) -> bool:
+            """Reuse this actor for the next trial (Tune has already switched the trial's name
+            and config): a fresh runner on the cached data."""
+            self.runner = build_runner(new_config, cache=self.cache, trial=self.trial_name, **self.fixed)
+            return True
 
         def step(self) -> dict[str, Any]:
             metrics = self.runner.run_epoch()
@@ -70,49 +99,51 @@ def as_trainable(build_runner: Callable[..., EpochRunner], name: str) -> type[tu
     return RunnerTrainable
 
 
-def _teacher_runner(config: dict[str, Any], experiment: dict[str, Any]) -> EpochRunner:
+def _teacher_runner(config: dict[str, Any], experiment: dict[str, Any], cache: DataCache, trial: str) -> EpochRunner:
     from trainables.config import ExperimentConfig
     from trainables.supervised import SupervisedRunner
 
     cfg = ExperimentConfig.model_validate(experiment)
     if "lr" in config:
         cfg.teacher.train.lr = config["lr"]
-    return SupervisedRunner(cfg, seed=config.get("seed"))
+    return SupervisedRunner(cfg, data=cache.get(experiment["data"]), seed=config.get("seed"))
 
 
 TeacherTrainable = as_trainable(_teacher_runner, "TeacherTrainable")
 
 
-def _kd_runner(config: dict[str, Any], experiment: dict[str, Any], teacher_checkpoint: str) -> EpochRunner:
+def _kd_runner(config: dict[str, Any], experiment: dict[str, Any], teacher_checkpoint: str,
+               cache: DataCache, trial: str) -> EpochRunner:
     from trainables.kd import KDRunner
 
     cfg = _method_config(config, experiment, "kd")
-    return KDRunner(cfg, config["augmentation"], teacher_checkpoint, seed=config.get("seed"))
+    return KDRunner(cfg, config["augmentation"], teacher_checkpoint, data=cache.get(experiment["data"]),
+                    seed=config.get("seed"))
 
 
 KDTrainable = as_trainable(_kd_runner, "KDTrainable")
 
 
-def _sla_runner(config: dict[str, Any], experiment: dict[str, Any]) -> EpochRunner:
+def _sla_runner(config: dict[str, Any], experiment: dict[str, Any], cache: DataCache, trial: str) -> EpochRunner:
     from trainables.sla import SLARunner
 
-    return SLARunner(_method_config(config, experiment, "sla"), seed=config.get("seed"))
+    return SLARunner(_method_config(config, experiment, "sla"), data=cache.get(experiment["data"]),
+                     seed=config.get("seed"))
 
 
 SLATrainable = as_trainable(_sla_runner, "SLATrainable")
 
 
-def _ssd_runner(config: dict[str, Any], experiment: dict[str, Any], teacher_checkpoint: str):
+def _ssd_runner(config: dict[str, Any], experiment: dict[str, Any], teacher_checkpoint: str, cache: DataCache,
+                trial: str):
     from pathlib import Path
-
-    from ray import tune as ray_tune
 
     from trainables.ssd import SSDChainRunner
 
     cfg = _method_config(config, experiment, "ssd")
-    trial = ray_tune.get_context().get_trial_name() or "trial"
     work_dir = Path(cfg.output_dir) / cfg.name / "ssd-trials" / trial
-    return SSDChainRunner(cfg, teacher_checkpoint, seed=config.get("seed"), work_dir=work_dir)
+    return SSDChainRunner(cfg, teacher_checkpoint, data=cache.get(experiment["data"]), seed=config.get("seed"),
+                          work_dir=work_dir)
 
 
 SSDTrainable = as_trainable(_ssd_runner, "SSDTrainable")
