@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from statistics import mean
 from typing import Optional
 
-from search.tracking import CANDIDATE_TAG, STAGE_TAG, Tracker
+from search.tracking import CANDIDATE_TAG, DIVERGED_TAG, STAGE_TAG, Tracker
 
 
 @dataclass
@@ -54,6 +54,25 @@ def summarise_trials(uri: str, experiment: str, metric: str = "val_loss",
                                           length, length == longest))
     summaries.sort(key=lambda s: (not s.complete, s.best if lower_is_better else -s.best))
     return summaries
+
+
+def left_out(uri: str, experiment: str) -> dict[str, int]:
+    """Trial runs that best/report leave out: diverged (NaN/inf loss), failed, still RUNNING."""
+    tracker = Tracker(uri, experiment)
+    counts = {"diverged": 0, "failed": 0, "unfinished": 0}
+    for run in tracker.runs(f"tags.`{STAGE_TAG}` = 'trial' and attributes.status != 'FINISHED'"):
+        if run.data.tags.get(DIVERGED_TAG) == "true":
+            counts["diverged"] += 1
+        elif run.info.status in ("RUNNING", "SCHEDULED"):
+            counts["unfinished"] += 1
+        else:
+            counts["failed"] += 1
+    return counts
+
+
+def format_left_out(counts: dict[str, int]) -> str:
+    parts = [f"{n} {kind}" for kind, n in counts.items() if n]
+    return f"note: left out {', '.join(parts)} trial run(s)" if parts else ""
 
 
 def best_augmentation(uri: str, experiment: str, metric: str = "val_loss") -> CandidateSummary:

@@ -12,12 +12,12 @@ EXIT_BAD_INPUT = 2
 
 def _train_teacher(args) -> int:
     from search.config import load_config
+    from search.jobs import load_checked_data
     from search.teacher import default_teacher_path, train_teacher
-    from trainables.data import load_data
     from trainables.engine import evaluate_split, load_checkpoint, resolve_device
 
     cfg = load_config(args.config, _overrides(args))
-    data = load_data(cfg.data)
+    data = load_checked_data(cfg, proxy=False)
     out = Path(args.output) if args.output else default_teacher_path(cfg)
     print(f"training teacher {cfg.teacher.model} on {cfg.data.name} "
           f"({len(data.train)} train / {len(data.test)} test images, {data.num_classes} classes)")
@@ -55,7 +55,7 @@ def _sweep(args) -> int:
 
 
 def _best(args) -> int:
-    from search.best import format_summary, summarise_trials
+    from search.best import format_left_out, format_summary, left_out, summarise_trials
     from search.sweep import TEST_SELECTION_WARNING
 
     if args.metric.startswith("test_") and not args.select_on_test:
@@ -63,6 +63,9 @@ def _best(args) -> int:
               "its reported score; use --metric val_loss (the default) or add --select-on-test to accept that",
               file=sys.stderr)
         return EXIT_BAD_INPUT
+    from search.jobs import check_tracking_uri
+
+    check_tracking_uri(args.tracking_uri, must_exist=True)
     try:
         summaries = summarise_trials(args.tracking_uri, args.experiment, args.metric)
     except LookupError as exc:
@@ -82,6 +85,9 @@ def _best(args) -> int:
             f"  test_loss={run['test_loss']:.4f}  test_acc={run['test_acc']:.4f}"
         print(f"  run {run['run_id']}  {run['run_name']}  {args.metric}={run[args.metric]:.4f}{test}  "
               f"epochs={run['epochs']:.0f}")
+    note = format_left_out(left_out(args.tracking_uri, args.experiment))
+    if note:
+        print(note)
     if args.metric.startswith("test_"):
         print(TEST_SELECTION_WARNING)
     return 0
@@ -90,6 +96,9 @@ def _best(args) -> int:
 def _report(args) -> int:
     from search.report import ReportError, write_report
 
+    from search.jobs import check_tracking_uri
+
+    check_tracking_uri(args.tracking_uri, must_exist=True)
     output = Path(args.output) if args.output else Path("reports") / args.experiment
     try:
         files = write_report(args.tracking_uri, args.experiment, output, args.sweep_run)
@@ -114,15 +123,14 @@ def _report(args) -> int:
 
 def _overrides(args) -> dict:
     """--set key.path=value pairs; values are read as YAML (numbers, lists, booleans)."""
-    import yaml
-
     out = {}
     for item in getattr(args, "set", None) or []:
+        from search.config import ConfigError, read_yaml
+
         key, sep, value = item.partition("=")
-        if not sep or not key:
-            from search.config import ConfigError
-            raise ConfigError(f"--set takes key.path=value, got {item!r}")
-        out[key] = yaml.safe_load(value)
+        if not sep or not key or not all(key.split(".")):
+            raise ConfigError(f"--set takes key.path=value (e.g. student.train.lr=0.05), got {item!r}")
+        out[key] = read_yaml(value, f"--set {key}")
     return out
 
 

@@ -10,7 +10,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from spaces.candidates import DEFAULT_CANDIDATES, expand_candidates
 from spaces.hyper import parse_hyperparameters
-from trainables.config import DistillConfig, Section
+from trainables.config import DistillConfig, Section, check_checkpoint_file
 
 
 class ConfigError(ValueError):
@@ -47,8 +47,8 @@ class ProxyConfig(Section):
     @field_validator("student_checkpoint")
     @classmethod
     def _exists(cls, value):
-        if value is not None and not value.is_file():
-            raise ValueError(f"student checkpoint {value} does not exist")
+        if value is not None:
+            check_checkpoint_file(value)
         return value
 
 
@@ -91,7 +91,7 @@ class SearchConfig(Section):
     resources: dict[str, float] = Field(default_factory=lambda: {"cpu": 1.0, "gpu": 0.0})
     ray_address: Optional[str] = Field(None, description="'auto' to join a running cluster")
     storage_path: Optional[str] = Field(None, description="shared on clusters (s3://, NFS)")
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**31, description="seeds the searcher (Optuna, random search, sentinels)")
 
     @field_validator("hyperparameters")
     @classmethod
@@ -155,6 +155,24 @@ class SweepConfig(DistillConfig):
         return self
 
     @model_validator(mode="after")
+    def _search_domains_within_bounds(self) -> "SweepConfig":
+        """Every value a search can reach (bounds, choices, constants) must be a valid setting,
+        or trials would die (or be silently dropped) at run time."""
+        from trainables.config import apply_trial_values
+
+        base = self.model_dump(mode="json", include=set(DistillConfig.model_fields))
+        for h in parse_hyperparameters(self.search.hyperparameters):
+            for value in h.extremes():
+                try:
+                    DistillConfig.model_validate(apply_trial_values(base, {h.name: value}))
+                except ValidationError as exc:
+                    first = exc.errors()[0]
+                    raise ValueError(f"search.hyperparameters.{h.name}: the search can reach {value!r}, which "
+                                     f"{_field_path(first['loc'])} refuses ({first['msg'].removeprefix('Value error, ')})"
+                                     "; narrow the domain") from None
+        return self
+
+    @model_validator(mode="after")
     def _selection_split(self) -> "SweepConfig":
         metric = self.search.metric
         if metric.startswith("test_") and not self.search.select_on_test:
@@ -162,6 +180,24 @@ class SweepConfig(DistillConfig):
                              "biased score; use val_loss or val_acc (with data.val_per_class or data.val_list), "
                              "or set search.select_on_test: true to accept that")
         return self
+
+    def check_resources(self) -> None:
+        """On this machine (no ray_address), a trial must fit it; a cluster is checked on connect.
+        Checked when a sweep starts, not on load: shipped GPU configs load anywhere."""
+        if self.search.ray_address:
+            return
+        import os
+
+        import torch
+
+        cpus, gpus = os.cpu_count() or 1, torch.cuda.device_count()
+        wanted = self.search.resources
+        if wanted.get("cpu", 1.0) > cpus:
+            raise ConfigError(f"search.resources.cpu: a trial asks for {wanted['cpu']:g} CPUs, this machine has "
+                              f"{cpus}; lower it, or set search.ray_address to run on a cluster")
+        if wanted.get("gpu", 0.0) > gpus:
+            raise ConfigError(f"search.resources.gpu: a trial asks for {wanted['gpu']:g} GPUs, this machine has "
+                              f"{gpus}; lower it, or set search.ray_address to run on a cluster")
 
     def check_selection_split(self) -> None:
         """Sweeps select on val_* by default: they need a validation split (other commands do not)."""
@@ -203,32 +239,64 @@ def _field_path(loc: tuple) -> str:
 def format_validation_error(source: str, error: ValidationError) -> str:
     lines = [f"invalid config {source}:"]
     for item in error.errors():
-        path = _field_path(item["loc"]) or "(top level)"
+        path = _field_path(item["loc"])
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown key (check the spelling; see configs/ for the allowed keys)"
         got = item.get("input")
         shown = f" (got {got!r})" if item["type"] != "extra_forbidden" and not isinstance(got, dict) else ""
-        lines.append(f"  {path}: {message}{shown}")
+        lines.append(f"  {path}: {message}{shown}" if path else f"  {message}{shown}")
     return "\n".join(lines)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (YAML would keep the last)."""
+
+
+def _mapping_without_duplicates(loader: _UniqueKeyLoader, node, deep: bool = False):
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise ConfigError(f"key {key!r} appears twice in one section (line {key_node.start_mark.line + 1}); "
+                              "keep one")
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
+def read_yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+    except ConfigError as exc:
+        raise ConfigError(f"config {source}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {source} is not valid YAML: {exc}") from exc
 
 
 def load_config(path: Union[str, Path], overrides: Optional[dict[str, Any]] = None) -> SweepConfig:
     """Read and validate a YAML config. Raises ConfigError (never anything else) on bad input."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config {path} is a directory; give a YAML file (see configs/)")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config {path} is not valid YAML: {exc}") from exc
+        text = path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError) as exc:
+        raise ConfigError(f"config {path} cannot be read as UTF-8 text ({exc}); give a YAML file") from None
+    raw = read_yaml(text, str(path))
     if raw is None:
-        raw = {}
+        raise ConfigError(f"config {path} is empty; start from a file in configs/ (e.g. configs/digits_sweep.yaml)")
     if not isinstance(raw, dict):
         raise ConfigError(f"config {path}: the top level must be a mapping of sections")
     for dotted, value in (overrides or {}).items():
         node = raw
         *parents, leaf = dotted.split(".")
+        if not all(parents) or not leaf:
+            raise ConfigError(f"--set {dotted}: give a key path like student.train.lr")
         for part in parents:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):

@@ -27,6 +27,54 @@ class ProxyOutcome:
     run_ids: dict[str, str]
 
 
+def load_checked_data(cfg: SweepConfig, proxy: bool = True) -> DataBundle:
+    """The config's data, with loading problems (missing or corrupt files, impossible counts)
+    turned into ConfigErrors naming the field, and the proxy's batching checked against it."""
+    from search.config import ConfigError
+    from trainables.data import load_data
+
+    try:
+        data = load_data(cfg.data)
+    except (ValueError, OSError, RuntimeError) as exc:
+        message = str(exc)
+        raise ConfigError(message if message.startswith("data.") else f"data ({cfg.data.name}): {message}") from None
+    if proxy:
+        p, n = cfg.proxy, len(data.train)
+        if p.batch_size > n:
+            raise ConfigError(f"proxy.batch_size: {p.batch_size} exceeds the {n} training images; lower it")
+        groups = p.passes * (n // p.batch_size) // p.group_batches
+        if groups < 2:
+            raise ConfigError(f"proxy: {p.passes} passes of {n // p.batch_size} batches make {groups} group(s) of "
+                              f"{p.group_batches} batches; T.stddev needs at least 2: raise proxy.passes or lower "
+                              "proxy.batch_size / proxy.group_batches")
+    return data
+
+
+def check_tracking_uri(uri: str, must_exist: bool = False) -> None:
+    """Fail fast (exit 2) on a tracking store that cannot work: a scheme MLflow cannot use, a
+    server that does not answer its health check within 5 s, or (for queries) a sqlite file
+    that does not exist, which MLflow would otherwise create."""
+    import urllib.error
+    import urllib.request
+
+    from search.config import ConfigError, TrackingConfig
+
+    try:
+        TrackingConfig(uri=uri)
+    except ValueError as exc:
+        raise ConfigError(f"tracking.uri {uri!r}: {str(exc).splitlines()[-1].strip()}") from None
+    if uri.startswith("sqlite:///") and must_exist and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise ConfigError(f"tracking.uri {uri}: no such MLflow store (nothing has been logged there); "
+                          "check --tracking-uri")
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as answer:
+                answer.read(64)
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise ConfigError(f"tracking.uri {uri}: the MLflow server does not answer ({exc}); start it, or "
+                              "fix tracking.uri") from None
+
+
 def pair_name(cfg: SweepConfig) -> str:
     return f"{cfg.teacher.model}->{cfg.student.model}"
 
@@ -92,9 +140,8 @@ def run_proxy(cfg: SweepConfig, data: DataBundle, tracker: Tracker, parent_id: s
 
 def proxy_command(cfg: SweepConfig, progress: bool = True) -> ProxyOutcome:
     """`augtune proxy CONFIG`: one parent run (stage=proxy) holding a child per candidate."""
-    from trainables.data import load_data
-
-    data = load_data(cfg.data)
+    data = load_checked_data(cfg)
+    check_tracking_uri(cfg.tracking.uri)
     tracker = Tracker(cfg.tracking.uri, cfg.experiment_name)
     parent = tracker.start_run(f"proxy:{cfg.name}", "proxy-job", tags={"augtune.pair": pair_name(cfg)})
     try:

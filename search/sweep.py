@@ -22,7 +22,7 @@ import yaml  # noqa: E402
 
 from search.audit import AuditOutcome, run_audit  # noqa: E402
 from search.config import ConfigError, SweepConfig  # noqa: E402
-from search.jobs import job_dir, pair_name, run_proxy  # noqa: E402
+from search.jobs import check_tracking_uri, job_dir, load_checked_data, pair_name, run_proxy  # noqa: E402
 from search.proxy import ProxyScore, format_table  # noqa: E402
 from search.tracking import Tracker  # noqa: E402
 from spaces.candidates import parse_candidate  # noqa: E402
@@ -216,15 +216,19 @@ def collect_trials(result_grid) -> list[dict[str, Any]]:
             "test_loss": metrics.get("test_loss"), "test_acc": metrics.get("test_acc"),
             "val_loss": metrics.get("val_loss"), "val_acc": metrics.get("val_acc"),
             "seconds": metrics.get("time_total_s", 0.0),
+            "diverged": bool(metrics.get("diverged", False)),
             "error": str(result.error) if result.error else None,
         })
     return rows
 
 
 def pick_best(trials: list[dict[str, Any]], metric: str, epochs: int) -> Optional[dict[str, Any]]:
-    """The best trial among those trained to the end (ASHA-stopped trials are not comparable)."""
-    finished = [t for t in trials if t["error"] is None and t.get(metric) is not None and t["epochs"] >= epochs]
-    pool = finished or [t for t in trials if t["error"] is None and t.get(metric) is not None]
+    """The best trial among those trained to the end (ASHA-stopped trials are not comparable);
+    failed and diverged trials never count."""
+    usable = [t for t in trials if t["error"] is None and not t.get("diverged") and t.get(metric) is not None
+              and math.isfinite(t[metric])]
+    finished = [t for t in usable if t["epochs"] >= epochs]
+    pool = finished or usable
     if not pool:
         return None
     sign = 1 if metric.endswith("loss") else -1
@@ -232,7 +236,7 @@ def pick_best(trials: list[dict[str, Any]], metric: str, epochs: int) -> Optiona
 
 
 def _cell(value: Optional[float]) -> str:
-    return f"{value:.4f}" if value is not None else "-"
+    return f"{value:.4f}" if value is not None and math.isfinite(value) else "-"
 
 
 def format_trials(trials: list[dict[str, Any]], scores: dict[str, float], metric: str = "val_loss") -> str:
@@ -245,7 +249,8 @@ def format_trials(trials: list[dict[str, Any]], scores: dict[str, float], metric
         hyper = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t["hyperparameters"].items())
         lines.append(f"{t['augmentation']:<{width}}  {scores.get(t['augmentation'], float('nan')):>9.6f}  "
                      f"{t['epochs']:>6}  {_cell(t.get('val_loss')):>8}  {_cell(t.get('val_acc')):>7}  "
-                     f"{_cell(t.get('test_loss')):>9}  {_cell(t.get('test_acc')):>8}  {hyper or '-'}")
+                     f"{_cell(t.get('test_loss')):>9}  {_cell(t.get('test_acc')):>8}  {hyper or '-'}"
+                     + ("  (diverged)" if t.get("diverged") else ""))
     return "\n".join(lines)
 
 
@@ -330,7 +335,7 @@ class AuditTrainer:
         metric = self.cfg.search.metric
         values: dict[str, list[float]] = {}
         for t in trials:
-            if t["error"] is None and t.get(metric) is not None and math.isfinite(t[metric]):
+            if t["error"] is None and not t["diverged"] and t.get(metric) is not None and math.isfinite(t[metric]):
                 values.setdefault(t["augmentation"], []).append(float(t[metric]))
         self.phases[index].update(values=values, seconds=sum(t["seconds"] or 0.0 for t in trials),
                                   trials=len(trials))
@@ -421,11 +426,12 @@ def run_sweep(cfg: SweepConfig, resume: bool = False, progress: bool = True) -> 
     from ray import tune
 
     from search.trial_logger import TrialLogger
-    from trainables.data import load_data
 
     cfg.check_selection_split()
+    cfg.check_resources()
     state = _load_state(cfg) if resume else None  # raises before anything is written
-    data = load_data(cfg.data)
+    data = load_checked_data(cfg, proxy=cfg.search.method != "sla")
+    check_tracking_uri(cfg.tracking.uri)
     tracker = Tracker(cfg.tracking.uri, cfg.experiment_name)
     if state is None:
         state = _start_sweep(cfg, data, tracker, progress)
@@ -472,7 +478,8 @@ def run_sweep(cfg: SweepConfig, resume: bool = False, progress: bool = True) -> 
     trials = collect_trials(grid)
     best = pick_best(trials, cfg.search.metric, cfg.student.train.epochs)
     compute = compute_summary(trials, scores, survivors, state.get("audit_phases", []))
-    tracker.log(parent, metrics=compute)
+    # proxy_seconds is on the parent already (logged by the proxy stage): log it once
+    tracker.log(parent, metrics={k: v for k, v in compute.items() if k != "proxy_seconds"})
     tracker.log_json(parent, "trials.json", trials)
     if best is not None:
         # the chosen trial's test metrics are reported beside the score it was chosen by
@@ -484,6 +491,9 @@ def run_sweep(cfg: SweepConfig, resume: bool = False, progress: bool = True) -> 
     tracker.end_run(parent)
 
     print("\n" + format_trials(trials, score_of, cfg.search.metric))
+    diverged = [t for t in trials if t.get("diverged")]
+    if diverged:
+        print(f"note: {len(diverged)} trial(s) diverged (NaN/inf loss), stopped at that epoch and left out of the best")
     audit_part = (f" + {compute['audit_seconds']:.0f} audit trial-seconds ({compute['audit_trials']:.0f} trials)"
                   if compute["audit_trials"] else "")
     print(f"\ncompute: {compute['trial_seconds']:.0f} trial-seconds + {compute['proxy_seconds']:.0f} s proxy{audit_part}; "

@@ -21,6 +21,7 @@ CANDIDATE_TAG = "augtune.candidate"
 PAIR_TAG = "augtune.pair"
 TRIAL_TAG = "augtune.trial_id"
 PHASE_TAG = "augtune.phase"  # search | audit
+DIVERGED_TAG = "augtune.diverged"  # "true" on trials whose training loss became NaN or infinite
 MAX_PARAM_LENGTH = 6000
 
 

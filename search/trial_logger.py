@@ -14,7 +14,7 @@ from typing import Mapping, Optional
 
 from ray.tune import Callback
 
-from search.tracking import CANDIDATE_TAG, PAIR_TAG, PHASE_TAG, TRIAL_TAG, Tracker
+from search.tracking import CANDIDATE_TAG, DIVERGED_TAG, PAIR_TAG, PHASE_TAG, TRIAL_TAG, Tracker
 
 CURVE_PREFIXES = ("train_", "test_", "val_", "stage")
 CURVE_KEYS = ("images_per_second", "lr", "epoch_seconds")
@@ -76,7 +76,8 @@ class TrialLogger(Callback):
         if run_id is None or step <= self.logged_steps.get(trial.trial_id, 0):
             return
         curves = {k: v for k, v in result.items() if k in CURVE_KEYS or k.startswith(CURVE_PREFIXES)}
-        self.tracker.log(run_id, metrics=curves, step=step)
+        self.tracker.log(run_id, metrics=curves, step=step,
+                         tags={DIVERGED_TAG: "true"} if result.get("diverged") else None)
         self.logged_steps[trial.trial_id] = step
 
     def _finish(self, trial, status: str) -> None:
@@ -91,7 +92,8 @@ class TrialLogger(Callback):
         self.tracker.end_run(run_id, status)
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
-        self._finish(trial, "FINISHED")
+        # a diverged trial (NaN/inf loss) ended early: FAILED, so best/report leave it out
+        self._finish(trial, "FAILED" if (trial.last_result or {}).get("diverged") else "FINISHED")
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
         self._finish(trial, "FAILED")

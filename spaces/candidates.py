@@ -11,6 +11,7 @@ pick kinds need a scorer (teacher or student forward) to rank pool images by ent
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
@@ -42,6 +43,8 @@ class Param:
             value = int(value)
         if not isinstance(value, self.kind) or isinstance(value, bool):
             raise ValueError(f"{where} must be {self.kind.__name__}, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{where} must be a finite number, got {value!r}")
         if self.choices is not None and value not in self.choices:
             raise ValueError(f"{where} must be one of {list(self.choices)}, got {value!r}")
         if self.low is not None and value < self.low or self.high is not None and value > self.high:

@@ -8,6 +8,8 @@
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -38,6 +40,10 @@ class Hyperparameter:
             return trial.suggest_categorical(self.name, list(self.args))
         return self.args[0]
 
+    def extremes(self) -> list:
+        """The values a search can reach at its edges: bounds, every choice, the constant."""
+        return list(self.args)
+
     def tune_domain(self):
         from ray import tune
 
@@ -51,6 +57,8 @@ def _parse_one(name: str, spec: Any) -> Hyperparameter:
         raise ValueError(f"unknown hyperparameter {name!r}; searchable: {', '.join(sorted(KNOWN_HYPERPARAMETERS))}")
     if not isinstance(spec, Mapping):
         if isinstance(spec, (int, float)) and not isinstance(spec, bool):
+            if not math.isfinite(spec):
+                raise ValueError(f"{name}: {spec} is not a finite number")
             return Hyperparameter(name, "constant", (spec,))
         raise ValueError(f"{name}: give a number or one of loguniform/uniform/int/choice")
     if len(spec) != 1:
@@ -61,9 +69,13 @@ def _parse_one(name: str, spec: Any) -> Hyperparameter:
     if not isinstance(args, (list, tuple)) or not args:
         raise ValueError(f"{name}.{form}: give a list")
     if form == "choice":
+        if any(isinstance(a, float) and not math.isfinite(a) for a in args):
+            raise ValueError(f"{name}.choice: every value must be a finite number, got {list(args)}")
         return Hyperparameter(name, form, tuple(args))
     if len(args) != 2 or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args):
         raise ValueError(f"{name}.{form}: give [low, high] as numbers")
+    if not all(math.isfinite(a) for a in args):
+        raise ValueError(f"{name}.{form}: bounds must be finite numbers, got {list(args)}")
     low, high = args
     if not low < high:
         raise ValueError(f"{name}.{form}: low must be below high")

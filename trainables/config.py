@@ -7,15 +7,46 @@ extends this schema with the proxy, sweep and tracking sections.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from trainables.models import MODEL_REGISTRY
 
 
+def _is_count(annotation) -> bool:
+    """int or Optional[int] (a field that takes whole numbers)."""
+    return annotation is int or (get_origin(annotation) is Union and int in get_args(annotation))
+
+
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # NaN and infinity are never valid settings
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bools_for_numbers(cls, raw):
+        """YAML's true/false would pass as 1/0 for a number field; refuse them."""
+        if isinstance(raw, dict):
+            for name, value in raw.items():
+                field = cls.model_fields.get(name)
+                if field is not None and isinstance(value, bool) and (
+                        _is_count(field.annotation) or field.annotation is float):
+                    raise ValueError(f"{name} takes a number, not {str(value).lower()}")
+        return raw
+
+
+def check_checkpoint_file(path: Path) -> None:
+    """Refuse, at load time, a checkpoint that is missing or not augtune's (before anything runs)."""
+    from trainables.engine import CheckpointError, read_checkpoint
+
+    if not path.is_file():
+        raise ValueError(f"checkpoint {path} does not exist; train one first "
+                         "(augtune train teacher CONFIG) or remove the field")
+    try:
+        read_checkpoint(path)
+    except CheckpointError as exc:
+        raise ValueError(f"{exc}; give a checkpoint saved by augtune (augtune train teacher CONFIG)") from None
 
 
 class DataConfig(Section):
@@ -33,7 +64,7 @@ class DataConfig(Section):
     samples_per_class: Optional[int] = Field(None, ge=1, description="few-shot: cap each class")
     imbalance_factor: float = Field(1.0, ge=1.0, description="long tail: n_i = n_max*IF^(-i/(C-1))")
     test_fraction: float = Field(0.25, gt=0.0, lt=1.0, description="digits: stratified test split")
-    split_seed: int = Field(0, description="seed of the fixed digits split and subsampling")
+    split_seed: int = Field(0, ge=0, lt=2**31, description="seed of the fixed digits split and subsampling")
     in_memory: Literal["auto", "device", "loader"] = Field(
         "auto", description="imagefolder: decode once onto the device, or stream through a DataLoader; "
                             "digits and CIFAR always live on the device")
@@ -114,9 +145,8 @@ class ModelConfig(Section):
     @field_validator("checkpoint")
     @classmethod
     def _checkpoint_exists(cls, value: Optional[Path]) -> Optional[Path]:
-        if value is not None and not value.is_file():
-            raise ValueError(f"checkpoint {value} does not exist; train one first "
-                             "(augtune train teacher CONFIG) or remove the field")
+        if value is not None:
+            check_checkpoint_file(value)
         return value
 
 
@@ -124,11 +154,27 @@ class ExperimentConfig(Section):
     """What every command needs: the data, the teacher, where outputs go, the device."""
 
     name: str = Field("augtune", min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**31, description="seeds every generator (0 <= seed < 2^31)")
     output_dir: Path = Path("runs")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: ModelConfig = Field(default_factory=ModelConfig)
+
+    @field_validator("device")
+    @classmethod
+    def _device_exists(cls, value: str) -> str:
+        import torch
+
+        if value == "cuda" and not torch.cuda.is_available():
+            raise ValueError("cuda was requested but no CUDA device is visible; use auto or cpu")
+        return value
+
+    @field_validator("output_dir")
+    @classmethod
+    def _output_dir_is_a_folder(cls, value: Path) -> Path:
+        if value.exists() and not value.is_dir():
+            raise ValueError(f"{value} is a file; output_dir must be a folder (it is created if missing)")
+        return value
 
 
 class KDConfig(Section):
@@ -196,3 +242,22 @@ class DistillConfig(ExperimentConfig):
             raise ValueError("sla.transforms: colour permutations need RGB images; digits are greyscale, "
                              "use rotation")
         return self
+
+
+TRAIN_KEYS = ("lr", "weight_decay", "momentum", "batch_size", "epochs")
+METHOD_SECTIONS = ("kd", "sla", "ssd")
+
+
+def apply_trial_values(experiment: dict, config: dict) -> dict:
+    """Write sampled hyperparameters into the experiment dict: lr/weight_decay/momentum/
+    batch_size/epochs go to student.train, `kd.x`/`sla.x`/`ssd.x` to that section."""
+    import copy
+
+    out = copy.deepcopy(experiment)
+    for key, value in config.items():
+        section, _, name = key.partition(".")
+        if section in METHOD_SECTIONS and name:
+            out.setdefault(section, {})[name] = value
+        elif key in TRAIN_KEYS:
+            out.setdefault("student", {}).setdefault("train", {})[key] = value
+    return out

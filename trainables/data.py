@@ -78,7 +78,10 @@ def _apply_class_limits(labels: np.ndarray, num_classes: int, cfg: DataConfig,
     n_max = int(available.min()) if cfg.samples_per_class is None else cfg.samples_per_class
     if cfg.samples_per_class is None and cfg.imbalance_factor == 1.0:
         return np.arange(len(labels))
-    n_max = min(n_max, int(available.max()))
+    if n_max > int(available.max()):
+        raise ValueError(f"data.samples_per_class {n_max}: no class has that many training images (the largest "
+                         f"has {int(available.max())}{' after the validation hold-out' if cfg.val_per_class else ''}); "
+                         "lower it")
     counts = long_tail_counts(n_max, num_classes, cfg.imbalance_factor)
     counts = [min(c, int(a)) for c, a in zip(counts, available)]
     return subsample_per_class(labels, counts, rng)

@@ -179,18 +179,27 @@ class CheckpointError(ValueError):
     pass
 
 
-def load_checkpoint(path: Path, data: Optional[DataBundle] = None,
-                    device: torch.device = torch.device("cpu")) -> tuple[Network, dict]:
-    """Rebuild a network saved by `save_checkpoint`; check it fits `data`."""
+def read_checkpoint(path: Path) -> dict:
+    """The payload of a checkpoint written by `save_checkpoint`, read weights-only (a pickle
+    that would run code is refused, never executed)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors come in many types
-        raise CheckpointError(f"checkpoint {path} cannot be read as a weights-only torch file: {exc}") from exc
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"checkpoint {path} cannot be read as a weights-only torch file ({first_line})") \
+            from None
     if not isinstance(payload, dict) or payload.get("format") != "augtune-model-1":
         raise CheckpointError(f"checkpoint {path} was not written by augtune (no 'augtune-model-1' format tag)")
+    return payload
+
+
+def load_checkpoint(path: Path, data: Optional[DataBundle] = None,
+                    device: torch.device = torch.device("cpu")) -> tuple[Network, dict]:
+    """Rebuild a network saved by `save_checkpoint`; check it fits `data`."""
+    payload = read_checkpoint(path)
     signature = payload["data"]
     if data is not None and signature != data.signature():
         raise CheckpointError(f"checkpoint {path} was trained on data {signature}, but this config "

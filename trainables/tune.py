@@ -11,33 +11,17 @@ augmentation are built afresh, so a reused actor gives the same result as a fres
 """
 from __future__ import annotations
 
-import copy
+import math
 import os
 from typing import Any, Callable
 
 import torch
 from ray import tune
 
+from trainables.config import apply_trial_values
 from trainables.runner import EpochRunner
 
 STATE_FILE = "runner.pt"
-
-
-TRAIN_KEYS = ("lr", "weight_decay", "momentum", "batch_size", "epochs")
-METHOD_SECTIONS = ("kd", "sla", "ssd")
-
-
-def apply_trial_values(experiment: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
-    """Write sampled hyperparameters into the experiment dict: lr/weight_decay/momentum/
-    batch_size/epochs go to student.train, `kd.x`/`sla.x`/`ssd.x` to that section."""
-    out = copy.deepcopy(experiment)
-    for key, value in config.items():
-        section, _, name = key.partition(".")
-        if section in METHOD_SECTIONS and name:
-            out.setdefault(section, {})[name] = value
-        elif key in TRAIN_KEYS:
-            out.setdefault("student", {}).setdefault("train", {})[key] = value
-    return out
 
 
 def _method_config(config: dict[str, Any], experiment: dict[str, Any], section: str):
@@ -84,7 +68,10 @@ def as_trainable(build_runner: Callable[..., EpochRunner], name: str) -> type[tu
 
         def step(self) -> dict[str, Any]:
             metrics = self.runner.run_epoch()
-            metrics["done"] = self.runner.finished
+            # a NaN or infinite training loss ends the trial at this epoch, marked as diverged
+            metrics["diverged"] = not all(math.isfinite(v) for k, v in metrics.items()
+                                          if k.startswith("train_") and k.endswith("loss"))
+            metrics["done"] = self.runner.finished or metrics["diverged"]
             return metrics
 
         def save_checkpoint(self, checkpoint_dir: str) -> None:
