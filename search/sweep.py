@@ -435,6 +435,14 @@ def run_sweep(cfg: SweepConfig, resume: bool = False, progress: bool = True) -> 
     tracker = Tracker(cfg.tracking.uri, cfg.experiment_name)
     if state is None:
         state = _start_sweep(cfg, data, tracker, progress)
+    elif state.get("finished"):
+        # nothing left to do: report what the sweep found, log nothing again
+        done = state["finished"]
+        print(f"this sweep already finished (parent run {state['parent_run_id']}); nothing to resume")
+        if done["best"] is not None:
+            print(describe_best(done["best"], cfg.search.metric))
+        return SweepOutcome(state["parent_run_id"], [ProxyScore(**row) for row in state["scores"]],
+                            state["survivors"], done["trials"], done["best"], done["compute"], audit=state.get("audit"))
     else:
         tracker.client.update_run(state["parent_run_id"], status="RUNNING")
     parent, validate = state["parent_run_id"], state["validate_proxy"]
@@ -489,6 +497,8 @@ def run_sweep(cfg: SweepConfig, resume: bool = False, progress: bool = True) -> 
                     tags={"augtune.best_augmentation": best["augmentation"],
                           "augtune.selected_on": "test" if cfg.search.metric.startswith("test_") else "val"})
     tracker.end_run(parent)
+    state["finished"] = {"best": best, "compute": compute, "trials": trials}
+    _save_state(cfg, state)
 
     print("\n" + format_trials(trials, score_of, cfg.search.metric))
     diverged = [t for t in trials if t.get("diverged")]

@@ -5,7 +5,8 @@ A candidate is a kind (registered below) plus parameter values. Its id, e.g.
 reports. `parse_candidate` accepts that string form or a mapping `{name: ..., param: value}`;
 a list value (`keep: [0.3, 0.5]`) expands into one candidate per value (`expand_candidates`).
 
-Applying a candidate: `candidate.apply(images, generator, scorers)` on float images in [0, 1];
+Applying a candidate: `candidate.apply(images, context)` on float images in [0, 1] (the context
+holds the generator, the scoring networks and the crop padding);
 pick kinds need a scorer (teacher or student forward) to rank pool images by entropy.
 """
 from __future__ import annotations

@@ -148,3 +148,10 @@ def test_resume_after_interruption_logs_no_trial_twice(tmp_path):
         assert len(steps) == len(set(steps)), f"a step was logged twice in {run.info.run_name}"
         assert run.info.status == "FINISHED"
     assert runs["sweep"][0].info.status == "FINISHED"
+    # resuming a finished sweep reports it and logs nothing again
+    again = subprocess.run([*AUGTUNE, "sweep", str(path), "--resume", "--no-progress"], cwd=tmp_path, env=_env(),
+                           capture_output=True, text=True, timeout=200)
+    assert again.returncode == 0 and "already finished" in again.stdout, again.stdout[-2000:] + again.stderr[-2000:]
+    parent = runs["sweep"][0].info.run_id
+    for metric in ("proxy_seconds", "trial_seconds", "best_val_loss"):
+        assert len(client.get_metric_history(parent, metric)) == 1, metric

@@ -49,7 +49,8 @@ def test_mlflow_holds_parent_proxy_children_and_trial_curves(pruned_sweep):
         assert "lr" in trial.data.params
     metrics = parent.data.metrics
     assert metrics["pruned_candidates"] == 5 and metrics["trained_candidates"] == 3
-    assert metrics["estimated_exhaustive_seconds"] > metrics["trial_seconds"]
+    # exhaustive estimate = the search's per-candidate cost for all 8 candidates
+    assert metrics["estimated_exhaustive_seconds"] == pytest.approx(metrics["trial_seconds"] / 3 * 8)
     assert "estimated_seconds_saved" in metrics and "proxy_seconds" in metrics
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"proxy.csv", "proxy.json", "pruned.json", "trials.json", "config.json"} <= artifacts
@@ -149,8 +150,9 @@ def test_audit_trains_sentinels_and_logs_a_verdict_that_matches_the_numbers(audi
     assert parent.data.metrics["audit_seconds"] > 0
 
 
-def test_best_on_unknown_experiment_exits_2(tmp_path, capsys):
-    assert main(["best", "--experiment", "nope", "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == 2
+def test_best_on_unknown_experiment_exits_2(pruned_sweep, capsys):
+    _, uri, _ = pruned_sweep  # an existing store without that experiment
+    assert main(["best", "--experiment", "nope", "--tracking-uri", uri]) == 2
     assert "no MLflow experiment" in capsys.readouterr().err
 
 

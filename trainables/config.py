@@ -185,7 +185,7 @@ class KDConfig(Section):
 
 
 class SLAConfig(Section):
-    """Self-supervised label augmentation (methods.md section 1); the network is `student`."""
+    """Self-supervised label augmentation (Lee et al., ICML 2020); the network is `student`."""
 
     transforms: Literal["rotation", "colour", "rotation_colour"] = "rotation"
     large_loss: bool = Field(False, description="multiply the joint loss by M (ImageNet/iNat advice)")
@@ -202,7 +202,7 @@ def _lws_defaults() -> "TrainConfig":
 
 
 class SSDConfig(Section):
-    """Self supervision to distillation (methods.md section 3). Stages I-II train `teacher.model`
+    """Self supervision to distillation (Ma et al., ECCV 2022). Stages I-II train `teacher.model`
     with `teacher.train`; stage III trains `student.model` with `student.train`."""
 
     tasks: list[Literal["rotation", "moco"]] = Field(default_factory=lambda: ["rotation", "moco"],

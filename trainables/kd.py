@@ -17,7 +17,7 @@ from trainables.runner import EpochRunner
 class KDRunner(EpochRunner):
     def __init__(self, cfg, augmentation: str, teacher_checkpoint: str, data: Optional[DataBundle] = None,
                  seed: Optional[int] = None):
-        """`cfg` is a search.config.SweepConfig (it has student and kd sections)."""
+        """`cfg` is a DistillConfig (student and kd sections); `data` reuses a loaded bundle."""
         super().__init__(cfg, cfg.student.train, data, seed)
         self.kd_cfg = cfg.kd
         self.candidate = parse_candidate(augmentation)
