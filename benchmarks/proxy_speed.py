@@ -68,9 +68,9 @@ def main() -> None:
     per_candidate = shared / n
     print(f"T.stddev, {n} candidates, {args.passes} passes, digits {args.side}x{args.side} "
           f"({len(data.train)} training images), {cfg.teacher.model} -> {cfg.student.model}, {device}")
-    print(f"{'scoring':<16} {'seconds':>8} {'per candidate':>14} {'x forwards / batch':>19}")
-    print(f"{'per candidate':<16} {alone:>8.2f} {alone / n:>14.2f} {2 * n:>19}")
-    print(f"{'shared x':<16} {shared:>8.2f} {per_candidate:>14.2f} {n + 1:>19}")
+    print(f"{'scoring':<16} {'seconds':>8} {'per candidate':>14} {'teacher forwards / batch':>25}")
+    print(f"{'per candidate':<16} {alone:>8.2f} {alone / n:>14.2f} {2 * n:>25}")
+    print(f"{'shared x':<16} {shared:>8.2f} {per_candidate:>14.2f} {n + 1:>25}")
     print(f"speed-up {alone / shared:.2f}x")
     print(f"one KD epoch: {epoch:.2f} s; a {RECIPE_EPOCHS}-epoch KD trial: {RECIPE_EPOCHS * epoch:.0f} s; "
           f"one candidate's T.stddev = {100 * per_candidate / (RECIPE_EPOCHS * epoch):.2f}% of it")

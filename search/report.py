@@ -146,8 +146,8 @@ def trust_analysis(points: list[CandidatePoint], correlations: list[Correlation]
         out[target] = {"anova_f": sep.f, "anova_p": sep.p, "icc1": sep.icc1, "reliability": sep.reliability,
                        "seed_sd": sep.within_sd, "spread_sd": sep.between_sd, "noise_ceiling": noise_ceiling(sep),
                        "intervals": {k: list(v) for k, v in intervals.items()}, "regret": regret,
-                       "verdict": verdict(sep, corr.spearman if corr else math.nan, intervals["spearman"], regret,
-                                          top_k) if corr else ""}
+                       "verdict": verdict(sep, corr.spearman, intervals["spearman"], regret, top_k,
+                                          spearman_p=corr.spearman_p) if corr else ""}
     return out
 
 

@@ -104,6 +104,12 @@ def init_ray(cfg: SweepConfig) -> None:
         return
     if cfg.search.ray_address:
         ray.init(address=cfg.search.ray_address, log_to_driver=False)
+        wanted = {"CPU": cfg.search.resources.get("cpu", 1.0), "GPU": cfg.search.resources.get("gpu", 0.0)}
+        nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+        if not any(all(node.get(k, 0.0) >= v for k, v in wanted.items() if v) for node in nodes):
+            # an autoscaling cluster may still add such a node; a fixed one never will
+            print(f"warning: no node of this cluster has {wanted} free for one trial (search.resources); trials "
+                  "wait until the autoscaler adds such a node, or forever on a fixed-size cluster")
     else:
         import os
 
@@ -454,7 +460,6 @@ def run_sweep(cfg: SweepConfig, resume: bool = False, progress: bool = True) -> 
     if cfg.search.method == "ssd" and cfg.search.scheduler.kind == "asha":
         print("note: SSD trials are multi-stage; ASHA compares the current stage's headline metric")
     init_ray(cfg)
-    audit: Optional[AuditOutcome] = None
     try:
         if not state.get("audit_done", True):
             audit_logger = TrialLogger(cfg.tracking.uri, cfg.experiment_name, parent, pair_name(cfg), score_of,

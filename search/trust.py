@@ -114,10 +114,11 @@ def topk_regret(candidates: Sequence[str], proxy: Sequence[float], means: Sequen
 
 
 def verdict(sep: Separability, spearman: float, interval: tuple[float, float], regret: list[dict],
-            top_k: int = 3, alpha: float = 0.05) -> str:
+            top_k: int = 3, alpha: float = 0.05, spearman_p: float = 0.0) -> str:
     """One plain line: are the candidates distinguishable, does the proxy rank them, what does
     top-k pruning cost. Positive rho = lower T.stddev goes with lower student loss (what the
-    paper predicts)."""
+    paper predicts). The seed interval covers seed noise; `spearman_p` covers having few
+    candidates: both must clear zero before the proxy is said to rank them."""
     low, high = interval
     rho = f"Spearman rho = {spearman:+.2f} [{low:+.2f}, {high:+.2f}]"
     row = next((r for r in regret if r["k"] == top_k), regret[-1] if regret else None)
@@ -128,9 +129,13 @@ def verdict(sep: Separability, spearman: float, interval: tuple[float, float], r
     if not (sep.p < alpha):
         return (f"students cannot tell these candidates apart (ANOVA p = {sep.p:.2g}, reliability of the means "
                 f"{sep.reliability:.2f}): no proxy can be judged here; {rho}; {prune}")
-    if low > 0:
+    if low > 0 and spearman_p < alpha:
         return f"T.stddev ranks these candidates: {rho} (ceiling {noise_ceiling(sep):.2f}); {prune}"
-    if high < 0:
+    if high < 0 and spearman_p < alpha:
         return f"T.stddev ranks these candidates backwards: {rho}; do not prune with it here; {prune}"
+    if low > 0 or high < 0:
+        return (f"T.stddev points {'the right way' if low > 0 else 'backwards'} whatever the seeds ({rho}), but "
+                f"across these few candidates that is not significant (p = {spearman_p:.2g}); prune only with an "
+                f"audit; {prune}")
     return (f"T.stddev is not shown to rank these candidates: {rho} includes 0 although the students separate "
             f"them (ANOVA p = {sep.p:.2g}); prune only with an audit; {prune}")

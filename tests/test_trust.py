@@ -67,3 +67,18 @@ def test_topk_regret_by_hand():
     assert [r["regret"] for r in rows] == pytest.approx([0.30, 0.20, 0.10, 0.0])
     assert [r["keeps_winner"] for r in rows] == [False, False, False, True]
     assert [r["compute_fraction"] for r in rows] == [0.25, 0.5, 0.75, 1.0]
+
+
+def test_verdict_needs_both_seed_interval_and_candidate_significance():
+    groups = [[0.10, 0.11, 0.10], [0.20, 0.21, 0.19], [0.30, 0.29, 0.31], [0.40, 0.41, 0.39]]
+    sep = separability(groups)
+    regret = topk_regret(list("abcd"), [1, 2, 3, 4], [np.mean(g) for g in groups])
+    strong = verdict(sep, 0.9, (0.5, 1.0), regret, spearman_p=0.01)
+    weak = verdict(sep, 0.4, (0.2, 0.8), regret, spearman_p=0.6)
+    backwards = verdict(sep, -0.9, (-1.0, -0.5), regret, spearman_p=0.01)
+    unclear = verdict(sep, 0.1, (-0.3, 0.5), regret, spearman_p=0.8)
+    assert strong.startswith("T.stddev ranks these candidates:")
+    assert "not significant (p = 0.6)" in weak and "ranks these candidates:" not in weak
+    assert backwards.startswith("T.stddev ranks these candidates backwards")
+    assert unclear.startswith("T.stddev is not shown to rank")
+    assert all(line.endswith("top-3 keeps the winner") for line in (strong, weak, backwards, unclear))
