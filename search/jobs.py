@@ -115,7 +115,8 @@ def run_proxy(cfg: SweepConfig, data: DataBundle, tracker: Tracker, parent_id: s
         print(f"trained teacher -> {teacher_path}")
     teacher_test = evaluate_split(teacher, data, device)
     print(f"teacher {cfg.teacher.model}: test accuracy {teacher_test['acc']:.4f}, test loss {teacher_test['loss']:.4f}")
-    tracker.log(parent_id, metrics={"teacher_test_acc": teacher_test["acc"], "teacher_test_loss": teacher_test["loss"]})
+    tracker.log(parent_id, metrics={"teacher_test_acc": teacher_test["acc"], "teacher_test_loss": teacher_test["loss"]},
+                once=True)
     extra = {}
     scorer = student_scorer(cfg, data, device)
     if scorer is not None:
@@ -134,7 +135,7 @@ def run_proxy(cfg: SweepConfig, data: DataBundle, tracker: Tracker, parent_id: s
     tracker.log_file(parent_id, csv_path)
     tracker.log_file(parent_id, json_path)
     tracker.log(parent_id, metrics={"proxy_seconds": sum(s.seconds for s in scores),
-                                    "proxy_candidates": len(scores)})
+                                    "proxy_candidates": len(scores)}, once=True)
     return ProxyOutcome(scores, teacher_path, csv_path, json_path, run_ids)
 
 

@@ -13,6 +13,7 @@ if __name__ == "__main__":  # as a script, import the installed package rather t
 
 import json  # noqa: E402
 import math  # noqa: E402
+import os  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -169,13 +170,18 @@ def build_grid_tuner(cfg: SweepConfig, candidates: list[str], seeds: int, teache
 
 
 def build_tuner(cfg: SweepConfig, survivors: list[str], teacher_path: Optional[Path], callback, experiment_name: str,
-                validate: bool):
+                validate: bool, num_samples: Optional[int] = None, tried: Sequence[str] = ()):
+    """The search phase's tuner. A top-up (`num_samples` left to run after a restore lost some)
+    skips the first points of augmentations already `tried` and draws with another seed, so it
+    does not repeat trials the restored experiment holds."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
+
+    from search.tolerant_optuna import TolerantOptunaSearch
 
     s = cfg.search
+    samples = num_samples or s.num_samples
     metric, mode = s.metric, ("min" if s.metric.endswith("loss") else "max")
     trainable = method_trainable(cfg, teacher_path)
     epochs = cfg.student.train.epochs
@@ -188,17 +194,20 @@ def build_tuner(cfg: SweepConfig, survivors: list[str], teacher_path: Optional[P
                      if s.scheduler.kind == "asha" else FIFOScheduler())
         if s.algorithm == "optuna":
             space = AugmentationSpace(survivors, s.hyperparameters)
-            searcher = OptunaSearch(space=space, metric=metric, mode=mode,
-                                    points_to_evaluate=space.first_points()[:s.num_samples], seed=s.seed)
+            first = [p for p in space.first_points() if p.get(f"{p['augmentation_kind']}.variant",
+                                                                 space.families[p["augmentation_kind"]][0]) not in tried]
+            searcher = TolerantOptunaSearch(space=space, metric=metric, mode=mode, points_to_evaluate=first[:samples],
+                                            seed=s.seed + (1 if num_samples else 0))
             param_space = {}
             tune_config = tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent),
-                                          scheduler=scheduler, num_samples=s.num_samples,
+                                          scheduler=scheduler, num_samples=samples,
                                           reuse_actors=s.reuse_actors)
         else:  # random search: independent draws of the candidate and every hyperparameter
             param_space = {"augmentation": tune.choice(survivors),
                            **{h.name: h.tune_domain() for h in parse_hyperparameters(s.hyperparameters)}}
-            sampler = BasicVariantGenerator(random_state=s.seed, max_concurrent=s.max_concurrent)
-            tune_config = tune.TuneConfig(search_alg=sampler, scheduler=scheduler, num_samples=s.num_samples,
+            sampler = BasicVariantGenerator(random_state=s.seed + (1 if num_samples else 0),
+                                            max_concurrent=s.max_concurrent)
+            tune_config = tune.TuneConfig(search_alg=sampler, scheduler=scheduler, num_samples=samples,
                                           reuse_actors=s.reuse_actors)
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,
                       run_config=_run_config(cfg, experiment_name, callback))
@@ -294,17 +303,66 @@ def compute_summary(trials: list[dict[str, Any]], scores: list[ProxyScore], surv
             "compute_saved_fraction": (exhaustive - spent) / exhaustive if exhaustive > 0 else 0.0}
 
 
+def close_orphans(tracker: Tracker, parent: str) -> int:
+    """Trial runs a killed driver left RUNNING (their trials were restarted under new ids or
+    lost): closed as KILLED, so nothing stays RUNNING and best/report leave them out."""
+    orphans = [r for r in tracker.children(parent, "trial") if r.info.status in ("RUNNING", "SCHEDULED")]
+    for run in orphans:
+        tracker.end_run(run.info.run_id, "KILLED")
+    return len(orphans)
+
+
 # ---------------------------------------------------------------- sentinel audit
 
 class SweepInterrupted(Exception):
     """Ctrl-C during a Tune phase: Tune saved its state; `--resume` continues."""
 
 
-def _fit(tuner, expected: int):
+def _fit(tuner, expected: int, restored: bool = False):
     grid = tuner.fit()
-    if len(grid) < expected or grid.num_terminated + grid.num_errors < len(grid):
+    unfinished = grid.num_terminated + grid.num_errors < len(grid)
+    if unfinished or (len(grid) < expected and not restored):
         raise SweepInterrupted(f"{grid.num_terminated} of {expected} trials finished")
-    return grid
+    return grid  # a restored experiment may end short (trials it had not saved): the caller tops up
+
+
+def _set_aside_unreadable(experiment_path: str) -> None:
+    """A driver killed while Ray wrote its state can leave empty or half-written state files,
+    and Ray then restarts the experiment from nothing. Move those aside (suffix .unreadable),
+    so the restore uses the newest readable state. Local storage only."""
+    folder = Path(experiment_path)
+    if "://" in experiment_path or not folder.is_dir():
+        return
+    for path in list(folder.glob("experiment_state-*.json")) + list(folder.glob("search_gen_state-*.json")):
+        try:
+            json.loads(path.read_text())
+        except (ValueError, OSError):
+            path.rename(path.with_name(path.name + ".unreadable"))
+    for path in folder.glob("searcher-state-*.pkl"):
+        if path.stat().st_size == 0:
+            path.rename(path.with_name(path.name + ".unreadable"))
+
+
+def restore_or_build(cfg: SweepConfig, holder: dict[str, Any], key: str, build, teacher_path: Optional[Path],
+                     save):
+    """Tune's saved experiment named `holder[key]` restored when it can be; else a new experiment
+    (under a new name when an unusable one is in the way; `save` persists the sweep state).
+    Returns (tuner, restored)."""
+    from ray import tune
+
+    path = f"{_storage(cfg).rstrip('/')}/{holder[key]}"
+    _set_aside_unreadable(path)
+    if tune.Tuner.can_restore(path):
+        try:
+            return tune.Tuner.restore(path, trainable=method_trainable(cfg, teacher_path), resume_errored=True), True
+        except Exception as exc:  # Ray raises many kinds on a damaged experiment
+            print(f"warning: could not restore {path} ({type(exc).__name__}: {exc}); starting its trials again")
+            holder[key] = f"{holder[key]}-again"
+            save()
+    elif "://" not in path and Path(path).exists():
+        holder[key] = f"{holder[key]}-again"  # nothing restorable there: do not write over it
+        save()
+    return build(holder[key]), False
 
 
 class AuditTrainer:
@@ -318,8 +376,6 @@ class AuditTrainer:
         self.calls = 0
 
     def __call__(self, candidates: list[str]) -> dict[str, list[float]]:
-        from ray import tune
-
         index, self.calls = self.calls, self.calls + 1
         if index < len(self.phases) and self.phases[index]["candidates"] == candidates \
                 and self.phases[index].get("values") is not None:
@@ -329,14 +385,14 @@ class AuditTrainer:
             self.phases.append({"candidates": candidates, "name": name, "values": None})
             _save_state(self.cfg, self.state)
         seeds = self.cfg.search.prune.audit_seeds
-        path = f"{_storage(self.cfg).rstrip('/')}/{name}"
-        if tune.Tuner.can_restore(path):
-            tuner = tune.Tuner.restore(path, trainable=method_trainable(self.cfg, self.teacher_path),
-                                       resume_errored=True)
-        else:
-            tuner = build_grid_tuner(self.cfg, candidates, seeds, self.teacher_path, self.callback, name)
+        phase = self.phases[index]
+        tuner, restored = restore_or_build(
+            self.cfg, phase, "name",
+            lambda experiment: build_grid_tuner(self.cfg, candidates, seeds, self.teacher_path, self.callback,
+                                                experiment), self.teacher_path,
+            lambda: _save_state(self.cfg, self.state))
         print(f"\naudit: training {', '.join(candidates)} ({seeds} seeds each, the config's hyperparameters)")
-        grid = _fit(tuner, len(candidates) * seeds)
+        grid = _fit(tuner, len(candidates) * seeds, restored)
         trials = collect_trials(grid)
         metric = self.cfg.search.metric
         values: dict[str, list[float]] = {}
@@ -383,19 +439,33 @@ def format_audit(outcome: AuditOutcome) -> str:
 
 # ---------------------------------------------------------------- driver
 
-def _start_sweep(cfg: SweepConfig, data, tracker: Tracker, progress: bool) -> dict[str, Any]:
-    """Parent run, teacher and proxy (kd, ssd), pruning; returns the state a resume needs."""
+def _start_sweep(cfg: SweepConfig, tracker: Tracker) -> dict[str, Any]:
+    """The parent run and the first state (stage 'proxy'), saved at once: a driver killed from
+    here on can be resumed."""
     validate = cfg.search.validate_proxy
     parent = tracker.start_run(f"sweep:{cfg.name}", "sweep", tags={"augtune.pair": pair_name(cfg),
                                                                  "augtune.validate_proxy": str(validate)})
+    state = {"stage": "proxy", "parent_run_id": parent, "validate_proxy": validate,
+             "ray_experiment": f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"}
+    _save_state(cfg, state)
     tracker.log(parent, params={"config": yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)})
     tracker.log_json(parent, "config.json", cfg.model_dump(mode="json"))
+    return state
+
+
+def _discard_partial_stage(tracker: Tracker, parent: str) -> None:
+    """A driver killed during teacher/proxy work may have logged some child runs: delete them
+    (MLflow's soft delete, restorable) before the stage runs again, so each appears once."""
+    for stage in ("proxy", "ssd-stages"):
+        for run in tracker.children(parent, stage):
+            tracker.client.delete_run(run.info.run_id)
+
+
+def _proxy_stage(cfg: SweepConfig, data, tracker: Tracker, state: dict[str, Any], progress: bool) -> None:
+    """Teacher and proxy (kd, ssd), pruning; the state moves on to stage 'search'."""
+    parent, validate = state["parent_run_id"], state["validate_proxy"]
     if cfg.search.method in ("kd", "ssd"):
-        try:
-            proxy = run_proxy(cfg, data, tracker, parent, progress)
-        except BaseException:
-            tracker.end_run(parent, "FAILED")
-            raise
+        proxy = run_proxy(cfg, data, tracker, parent, progress)
         print(format_table(proxy.scores))
         scores, teacher_path = proxy.scores, proxy.teacher_path
         mode = "none" if validate else cfg.search.prune.mode
@@ -403,16 +473,14 @@ def _start_sweep(cfg: SweepConfig, data, tracker: Tracker, progress: bool) -> di
     else:  # SLA has no teacher to score with: every candidate goes to the trials
         scores, teacher_path, mode = [], None, "none"
         survivors = [c.id for c in cfg.space.resolved()]
-    state = {"parent_run_id": parent, "ray_experiment": f"sweep-{time.strftime('%Y%m%d-%H%M%S')}",
-             "teacher_path": str(teacher_path) if teacher_path else None, "scores": [s.as_row() for s in scores],
-             "kept": survivors, "survivors": survivors, "validate_proxy": validate,
-             "audit_done": not (cfg.search.prune.audit and survivors != [s.candidate for s in scores])}
-    _save_state(cfg, state)
     tracker.log_json(parent, "pruned.json", {"kept": survivors,
                                              "pruned": [s.candidate for s in scores if s.candidate not in survivors]})
     tracker.log(parent, params={"prune.mode": mode, "prune.top_k": cfg.search.prune.top_k,
                                 "survivors": ",".join(survivors)})
-    return state
+    state.update(stage="search", teacher_path=str(teacher_path) if teacher_path else None,
+                 scores=[s.as_row() for s in scores], kept=survivors, survivors=survivors,
+                 audit_done=not (cfg.search.prune.audit and survivors != [s.candidate for s in scores]))
+    _save_state(cfg, state)
 
 
 def _load_state(cfg: SweepConfig) -> dict[str, Any]:
@@ -423,14 +491,15 @@ def _load_state(cfg: SweepConfig) -> dict[str, Any]:
 
 
 def _save_state(cfg: SweepConfig, state: dict[str, Any]) -> None:
+    """Atomically: a driver killed mid-write leaves the previous state, never half a file."""
     path = job_dir(cfg) / STATE_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(state, indent=2))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    os.replace(tmp, path)
 
 
 def run_sweep(cfg: SweepConfig, resume: bool = False, progress: bool = True) -> SweepOutcome:
-    from ray import tune
-
     from search.trial_logger import TrialLogger
 
     cfg.check_selection_split()
@@ -440,7 +509,7 @@ def run_sweep(cfg: SweepConfig, resume: bool = False, progress: bool = True) -> 
     check_tracking_uri(cfg.tracking.uri)
     tracker = Tracker(cfg.tracking.uri, cfg.experiment_name)
     if state is None:
-        state = _start_sweep(cfg, data, tracker, progress)
+        state = _start_sweep(cfg, tracker)
     elif state.get("finished"):
         # nothing left to do: report what the sweep found, log nothing again
         done = state["finished"]
@@ -451,6 +520,14 @@ def run_sweep(cfg: SweepConfig, resume: bool = False, progress: bool = True) -> 
                             state["survivors"], done["trials"], done["best"], done["compute"], audit=state.get("audit"))
     else:
         tracker.client.update_run(state["parent_run_id"], status="RUNNING")
+    if state.get("stage", "search") == "proxy":
+        if resume:
+            _discard_partial_stage(tracker, state["parent_run_id"])
+        try:
+            _proxy_stage(cfg, data, tracker, state, progress)
+        except BaseException as exc:
+            tracker.end_run(state["parent_run_id"], "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            raise
     parent, validate = state["parent_run_id"], state["validate_proxy"]
     scores = [ProxyScore(**row) for row in state["scores"]]
     teacher_path = Path(state["teacher_path"]) if state["teacher_path"] else None
@@ -472,14 +549,26 @@ def run_sweep(cfg: SweepConfig, resume: bool = False, progress: bool = True) -> 
         print(f"\n{cfg.search.method} trials for {len(survivors)} of {len(scores) or len(survivors)} candidates: "
               f"{', '.join(survivors)}")
         callback = TrialLogger(cfg.tracking.uri, cfg.experiment_name, parent, pair_name(cfg), score_of)
-        experiment_path = f"{_storage(cfg).rstrip('/')}/{state['ray_experiment']}"
-        if resume and tune.Tuner.can_restore(experiment_path):
-            tuner = tune.Tuner.restore(experiment_path, trainable=method_trainable(cfg, teacher_path),
-                                       resume_errored=True)
-        else:
-            tuner = build_tuner(cfg, survivors, teacher_path, callback, state["ray_experiment"], validate)
+        tuner, restored = restore_or_build(
+            cfg, state, "ray_experiment",
+            lambda name: build_tuner(cfg, survivors, teacher_path, callback, name, validate), teacher_path,
+            lambda: _save_state(cfg, state))
         expected = len(survivors) * cfg.search.seeds if validate else cfg.search.num_samples
-        grid = _fit(tuner, expected)
+        grids = [_fit(tuner, expected, restored)]
+        missing = expected - len(grids[0])
+        if missing > 0 or state.get("topup_experiment"):
+            # the restored experiment lost trials it had not saved yet: run them as a top-up
+            state.setdefault("topup_experiment", f"{state['ray_experiment']}-topup")
+            state.setdefault("topup_trials", missing)
+            _save_state(cfg, state)
+            print(f"\nrunning the {state['topup_trials']} trial(s) the interrupted experiment lost")
+            tuner, restored = restore_or_build(
+                cfg, state, "topup_experiment",
+                lambda name: build_tuner(cfg, survivors, teacher_path, callback, name, validate,
+                                         num_samples=state["topup_trials"],
+                                         tried=[t["augmentation"] for t in collect_trials(grids[0])]), teacher_path,
+                lambda: _save_state(cfg, state))
+            grids.append(_fit(tuner, state["topup_trials"], restored))
     except SweepInterrupted as stopped:
         # Ctrl-C: Tune saved its state and returned early
         tracker.end_run(parent, "KILLED")
@@ -488,7 +577,8 @@ def run_sweep(cfg: SweepConfig, resume: bool = False, progress: bool = True) -> 
     except BaseException:
         tracker.end_run(parent, "KILLED")
         raise
-    trials = collect_trials(grid)
+    trials = [t for grid in grids for t in collect_trials(grid)]
+    close_orphans(tracker, parent)
     best = pick_best(trials, cfg.search.metric, cfg.student.train.epochs)
     compute = compute_summary(trials, scores, survivors, state.get("audit_phases", []))
     # proxy_seconds is on the parent already (logged by the proxy stage): log it once

@@ -52,7 +52,11 @@ class Tracker:
         return self.client.create_run(self.experiment_id, tags=all_tags, run_name=name).info.run_id
 
     def log(self, run_id: str, metrics: Optional[Mapping[str, float]] = None, params: Optional[Mapping[str, Any]] = None,
-            tags: Optional[Mapping[str, str]] = None, step: int = 0) -> None:
+            tags: Optional[Mapping[str, str]] = None, step: int = 0, once: bool = False) -> None:
+        """`once`: leave out metrics the run already has (a resumed stage logs its summary again)."""
+        if once and metrics:
+            present = self.client.get_run(run_id).data.metrics
+            metrics = {k: v for k, v in metrics.items() if k not in present}
         now = int(time.time() * 1000)
         metric_list = [Metric(k, float(v), now, step) for k, v in (metrics or {}).items()
                        if isinstance(v, (int, float)) and not isinstance(v, bool)]

@@ -50,3 +50,19 @@ def test_sweep_script_runs_as_a_script():
     done = subprocess.run([sys.executable, str(repo / "search" / "sweep.py"), "--help"], capture_output=True,
                           text=True, timeout=120, cwd="/")
     assert done.returncode == 0 and "--resume" in done.stdout, done.stderr
+
+
+def test_searcher_ignores_trials_it_never_suggested():
+    """A restored experiment may report a trial created after the searcher's saved state."""
+    from search.tolerant_optuna import TolerantOptunaSearch
+
+    space = AugmentationSpace(["cutout", "flip"], {"lr": {"loguniform": [0.01, 0.1]}})
+    searcher = TolerantOptunaSearch(space=space, metric="val_loss", mode="min", seed=0)
+    config = searcher.suggest("known")
+    assert config["augmentation"] in ("cutout", "flip")
+    searcher.on_trial_result("unknown", {"val_loss": 0.5, "training_iteration": 1})  # no KeyError
+    searcher.on_trial_complete("unknown", {"val_loss": 0.5})
+    searcher.on_trial_result("known", {"val_loss": 0.4, "training_iteration": 1})
+    searcher.on_trial_complete("known", {"val_loss": 0.4})
+    finished = searcher._ot_study.get_trials()
+    assert len(finished) == 1 and finished[0].value == 0.4
