@@ -582,7 +582,7 @@ def run_sweep(cfg: SweepConfig, resume: bool = False, progress: bool = True) -> 
     best = pick_best(trials, cfg.search.metric, cfg.student.train.epochs)
     compute = compute_summary(trials, scores, survivors, state.get("audit_phases", []))
     # proxy_seconds is on the parent already (logged by the proxy stage): log it once
-    tracker.log(parent, metrics={k: v for k, v in compute.items() if k != "proxy_seconds"})
+    tracker.log(parent, metrics={k: v for k, v in compute.items() if k != "proxy_seconds"}, once=True)
     tracker.log_json(parent, "trials.json", trials)
     if best is not None:
         # the chosen trial's test metrics are reported beside the score it was chosen by
@@ -590,7 +590,8 @@ def run_sweep(cfg: SweepConfig, resume: bool = False, progress: bool = True) -> 
                                      **{f"best_trial_{k}": best[k] for k in ("test_loss", "test_acc")
                                         if best.get(k) is not None}},
                     tags={"augtune.best_augmentation": best["augmentation"],
-                          "augtune.selected_on": "test" if cfg.search.metric.startswith("test_") else "val"})
+                          "augtune.selected_on": "test" if cfg.search.metric.startswith("test_") else "val"},
+                    once=True)
     tracker.end_run(parent)
     state["finished"] = {"best": best, "compute": compute, "trials": trials}
     _save_state(cfg, state)

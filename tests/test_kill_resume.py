@@ -20,6 +20,7 @@ pytestmark = pytest.mark.slow
 AUGTUNE = [sys.executable, "-m", "search.cli"]
 REPO = Path(__file__).resolve().parents[1]
 NUM_SAMPLES = 4
+WORKER_EPOCHS = 40
 
 
 def _env():
@@ -67,7 +68,7 @@ def _newest_state_files(folder: Path) -> list[Path]:
     return files[-1:]
 
 
-@pytest.mark.parametrize("kill_point", ["teacher", "before-tuner", "trials", "trials-corrupt-state"])
+@pytest.mark.parametrize("kill_point", ["teacher", "before-tuner", "trials", "trials-corrupt-state", "summary"])
 def test_sigkill_then_resume_completes_once(kill_point, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     path = write_sweep_config(tmp_path, "kill", uri, num_samples=NUM_SAMPLES, max_concurrent=1)
@@ -79,6 +80,14 @@ def test_sigkill_then_resume_completes_once(kill_point, tmp_path):
         _kill_when(proc, lambda: _stage(state_file) == "proxy")
     elif kill_point == "before-tuner":  # pruned and saved; Ray still starting
         _kill_when(proc, lambda: _stage(state_file) == "search")
+    elif kill_point == "summary":
+        # the worst moment of the summary: everything logged, the parent still RUNNING, the state
+        # not yet marked finished (too short a window to hit with a signal, so it is recreated)
+        assert proc.wait(timeout=600) == 0
+        state = json.loads(state_file.read_text())
+        state.pop("finished")
+        state_file.write_text(json.dumps(state))
+        MlflowClient(tracking_uri=uri).update_run(state["parent_run_id"], status="RUNNING")
     else:
         _kill_when(proc, lambda: _finished_trials(uri) >= 1)
     if kill_point == "trials-corrupt-state":
@@ -105,3 +114,43 @@ def test_sigkill_then_resume_completes_once(kill_point, tmp_path):
         assert len(steps) == len(set(steps)), f"a step was logged twice in {run.info.run_name}"
     for metric in ("proxy_seconds", "teacher_test_loss", "trial_seconds", "best_val_loss"):
         assert len(client.get_metric_history(parent.info.run_id, metric)) == 1, metric
+
+
+def test_sigkill_of_a_trial_worker_continues_from_its_checkpoint(tmp_path):
+    """Ray's FailureConfig restarts the killed trial from its last checkpoint; its MLflow run goes
+    on (no second run, no step twice) and the sweep ends normally."""
+    import psutil
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    path = write_sweep_config(tmp_path, "kill", uri, num_samples=2, max_concurrent=1)
+    path.write_text(path.read_text().replace("epochs: 2", f"epochs: {WORKER_EPOCHS}"))
+    proc = subprocess.Popen([*AUGTUNE, "sweep", str(path), "--no-progress"], cwd=tmp_path, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    client = MlflowClient(tracking_uri=uri)
+
+    def running_trial_pid():
+        """The worker pid Tune wrote into a trial's result.json, once it has 2+ epochs."""
+        for results in (tmp_path / "runs" / "kill" / "ray").glob("sweep-*/*/result.json"):
+            lines = results.read_text().splitlines()
+            if len(lines) >= 2 and json.loads(lines[-1]).get("epoch", 0) < WORKER_EPOCHS - 2:
+                return json.loads(lines[-1])["pid"], results
+        return None, None
+
+    deadline = time.time() + 300
+    pid = results = None
+    while time.time() < deadline and proc.poll() is None and pid is None:
+        pid, results = running_trial_pid()
+        time.sleep(0.05)
+    assert pid is not None, "no running trial found"
+    psutil.Process(pid).kill()
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    later = [json.loads(line)["pid"] for line in results.read_text().splitlines()]
+    assert later[-1] != pid, "the killed trial was not restarted in a new worker"
+    runs = runs_by_stage(uri, "kill")
+    trial_ids = Counter(r.data.tags["augtune.trial_id"] for r in runs["trial"])
+    assert len(trial_ids) == 2 and set(trial_ids.values()) == {1}
+    for run in runs["trial"]:
+        assert run.info.status == "FINISHED"
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_loss"))
+        assert steps == list(range(1, WORKER_EPOCHS + 1)), steps  # every epoch once, across the restart
