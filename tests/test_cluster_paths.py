@@ -155,3 +155,89 @@ def test_resume_after_interruption_logs_no_trial_twice(tmp_path):
     parent = runs["sweep"][0].info.run_id
     for metric in ("proxy_seconds", "trial_seconds", "best_val_loss"):
         assert len(client.get_metric_history(parent, metric)) == 1, metric
+
+
+def _raylet_with(resource: str, temp: Path):
+    import psutil
+
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if cmdline and cmdline[0].endswith("raylet") and any(str(temp) in c for c in cmdline) \
+                and any(c.startswith("--static_resource_list=") and resource in c for c in cmdline):
+            return proc
+    return None
+
+
+@pytest.fixture
+def two_nodes(tmp_path):
+    """A head and a worker node (one CPU each) on this machine, as two `ray start` processes."""
+    import shutil
+    import tempfile
+
+    port = _free_port()
+    temp = Path(tempfile.mkdtemp(prefix="rn", dir="/tmp"))  # Ray's socket paths must stay short
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    common = ["--num-cpus=1", "--num-gpus=0", "--node-ip-address=127.0.0.1"]
+    for args in (["--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp}",
+                  '--resources={"head_node": 1}'],
+                 [f"--address=127.0.0.1:{port}", '--resources={"worker_node": 1}']):
+        started = subprocess.run([ray_cli, "start", *args, *common], env=_env(), capture_output=True, text=True,
+                                 timeout=120)
+        assert started.returncode == 0, started.stdout + started.stderr
+    yield f"127.0.0.1:{port}", temp
+    _stop_processes_mentioning(str(temp))
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_sweep_survives_losing_a_worker_node(tmp_path, two_nodes, mlflow_server):
+    """Trials run on both nodes; the worker node dies (SIGKILL of its raylet and everything under
+    it) while one of its trials runs; that trial is rescheduled on the head from its checkpoint in
+    the shared storage, and the sweep completes with each trial once in MLflow."""
+    import json
+
+    import psutil
+
+    address, temp = two_nodes
+    epochs = 40
+    path = write_sweep_config(tmp_path, "node-loss", mlflow_server, num_samples=4, max_concurrent=2,
+                              ray_address=address, storage_path=str(tmp_path / "shared"))
+    path.write_text(path.read_text().replace("epochs: 2", f"epochs: {epochs}"))
+    proc = subprocess.Popen([*AUGTUNE, "sweep", str(path), "--no-progress"], cwd=tmp_path, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    head, worker = _raylet_with("head_node", temp), _raylet_with("worker_node", temp)
+    assert head is not None and worker is not None
+    nodes_seen, victim = set(), None
+    deadline = time.time() + 400
+    while time.time() < deadline and proc.poll() is None and victim is None:
+        for results in (tmp_path / "shared").glob("sweep-*/*/result.json"):
+            lines = results.read_text().splitlines()
+            if not lines:
+                continue
+            last = json.loads(lines[-1])
+            try:
+                parent = psutil.Process(last["pid"]).ppid()
+            except psutil.NoSuchProcess:
+                continue
+            nodes_seen.add("head" if parent == head.pid else "worker" if parent == worker.pid else "?")
+            if parent == worker.pid and 2 <= last["epoch"] < epochs - 5 and "head" in nodes_seen:
+                victim = (results, last["pid"])
+        time.sleep(0.1)
+    assert victim is not None, f"no trial caught running on the worker node (seen: {nodes_seen})"
+    assert {"head", "worker"} <= nodes_seen
+    for process in [worker, *worker.children(recursive=True)]:  # the node dies at once
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-4000:]
+    results, dead_pid = victim
+    assert json.loads(results.read_text().splitlines()[-1])["pid"] != dead_pid  # finished elsewhere
+    runs = runs_by_stage(mlflow_server, "node-loss")
+    trial_ids = Counter(r.data.tags["augtune.trial_id"] for r in runs["trial"])
+    assert len(trial_ids) == 4 and set(trial_ids.values()) == {1}
+    client = MlflowClient(tracking_uri=mlflow_server)
+    for run in runs["trial"]:
+        assert run.info.status == "FINISHED"
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_loss"))
+        assert steps == list(range(1, epochs + 1)), steps
