@@ -68,16 +68,23 @@ def _newest_state_files(folder: Path) -> list[Path]:
     return files[-1:]
 
 
-@pytest.mark.parametrize("kill_point", ["teacher", "before-tuner", "trials", "trials-corrupt-state", "summary"])
+@pytest.mark.parametrize("kill_point", ["teacher", "proxy-scoring", "before-tuner", "trials", "trials-corrupt-state",
+                                        "summary"])
 def test_sigkill_then_resume_completes_once(kill_point, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     path = write_sweep_config(tmp_path, "kill", uri, num_samples=NUM_SAMPLES, max_concurrent=1)
-    path.write_text(path.read_text().replace("epochs: 2", "epochs: 3"))
+    text = path.read_text().replace("epochs: 2", "epochs: 3")
+    if kill_point == "proxy-scoring":  # long enough a scoring stage to land in
+        text = text.replace("passes: 2", "passes: 40")
+    path.write_text(text)
+    teacher = tmp_path / "runs" / "kill" / "teacher.pt"
     state_file = tmp_path / "runs" / "kill" / "sweep_state.json"
     proc = subprocess.Popen([*AUGTUNE, "sweep", str(path), "--no-progress"], cwd=tmp_path, env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     if kill_point == "teacher":  # the state is saved as the parent run opens, before the teacher trains
         _kill_when(proc, lambda: _stage(state_file) == "proxy")
+    elif kill_point == "proxy-scoring":  # the teacher is saved; the candidates are being scored
+        _kill_when(proc, lambda: teacher.is_file() and _stage(state_file) == "proxy")
     elif kill_point == "before-tuner":  # pruned and saved; Ray still starting
         _kill_when(proc, lambda: _stage(state_file) == "search")
     elif kill_point == "summary":
