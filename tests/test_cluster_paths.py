@@ -241,3 +241,81 @@ def test_sweep_survives_losing_a_worker_node(tmp_path, two_nodes, mlflow_server)
         assert run.info.status == "FINISHED"
         steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_loss"))
         assert steps == list(range(1, epochs + 1)), steps
+
+
+@pytest.fixture
+def ray_head_with_jobs(tmp_path):
+    """A head started as the README says, with its dashboard (the job API) on 127.0.0.1; augtune
+    is on its PATH, as `pip install -e '.[cluster]'` on a cluster node would make it."""
+    import shutil
+    import tempfile
+
+    port, dashboard = _free_port(), _free_port()
+    temp = Path(tempfile.mkdtemp(prefix="rj", dir="/tmp"))
+    bin_dir = str(Path(sys.executable).parent)
+    env = _env(PATH=f"{bin_dir}:{os.environ.get('PATH', '')}")
+    start = subprocess.run([f"{bin_dir}/ray", "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=0",
+                            "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--temp-dir={temp}",
+                            "--node-ip-address=127.0.0.1"], env=env, capture_output=True, text=True, timeout=180)
+    assert start.returncode == 0, start.stdout + start.stderr
+    yield f"http://127.0.0.1:{dashboard}", f"127.0.0.1:{port}", env
+    _stop_processes_mentioning(str(temp))
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+def _copy_of_repo(folder: Path) -> Path:
+    """The tracked files of this checkout (what `--working-dir .` uploads, without .venv)."""
+    import shutil
+
+    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    for name in files:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, folder / name)
+    return folder
+
+
+def test_ray_job_submit_runs_a_sweep(tmp_path, ray_head_with_jobs, mlflow_server):
+    import yaml
+
+    jobs_api, _, env = ray_head_with_jobs
+    repo = _copy_of_repo(tmp_path / "repo")
+    config = write_sweep_config(tmp_path, "job-sweep", mlflow_server, num_samples=2, ray_address="auto",
+                                storage_path=str(tmp_path / "shared"))
+    (repo / "configs" / "job.yaml").write_text(yaml.safe_dump(yaml.safe_load(config.read_text())))
+    done = subprocess.run([str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", jobs_api,
+                           "--working-dir", str(repo), "--", "augtune", "sweep", "configs/job.yaml", "--no-progress"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0 and "succeeded" in out, out[-4000:]
+    assert "best augmentation:" in out  # the job's own log, streamed back
+    runs = runs_by_stage(mlflow_server, "job-sweep")
+    assert len(runs["sweep"]) == 1 and runs["sweep"][0].info.status == "FINISHED"
+    assert len(runs["proxy"]) == 8 and len(runs["trial"]) == 2
+
+
+def test_ray_submit_script_form_connects_with_address_auto(tmp_path, ray_head_with_jobs):
+    """`ray submit cluster.yaml search/sweep.py -- CONFIG` runs sweep.py as a plain script on the head."""
+    _, address, env = ray_head_with_jobs
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    path = write_sweep_config(tmp_path, "script-sweep", uri, num_samples=2, ray_address="auto",
+                              storage_path=str(tmp_path / "shared"))
+    done = subprocess.run([sys.executable, str(REPO / "search" / "sweep.py"), str(path), "--no-progress"],
+                          cwd=tmp_path, env={**env, "RAY_ADDRESS": address}, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Connecting to existing Ray cluster" in done.stdout + done.stderr
+    assert len(runs_by_stage(uri, "script-sweep")["trial"]) == 2
+
+
+def test_cluster_yaml_passes_rays_own_validation():
+    """What `ray up configs/cluster.yaml --no-config-cache` checks before it contacts any cloud."""
+    import yaml
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = prepare_config(yaml.safe_load((REPO / "configs" / "cluster.yaml").read_text()))
+    validate_config(config)
+    assert any(".[cluster]" in command for command in config["setup_commands"])
+    broken = yaml.safe_load((REPO / "configs" / "cluster.yaml").read_text())
+    broken["available_node_types"]["gpu_worker"]["max_wokers"] = 2
+    with pytest.raises(Exception, match="max_wokers"):
+        validate_config(prepare_config(broken))
