@@ -31,6 +31,18 @@ def _train_teacher(args) -> int:
     return 0
 
 
+def _train_method(args) -> int:
+    from search.config import load_config
+    from search.single import run_folder, train_single
+
+    cfg = load_config(args.config, _overrides(args))
+    summary = train_single(cfg, args.what, args.augmentation, args.seed, resume=args.resume, track=args.track,
+                           progress=not args.no_progress)
+    print(json.dumps(summary, indent=2))
+    print(f"outputs in {run_folder(cfg, args.what)}")
+    return 0
+
+
 def _proxy(args) -> int:
     from search.config import load_config
     from search.jobs import proxy_command
@@ -150,6 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
     teacher = with_config(train_sub.add_parser("teacher", help="train and save a teacher"))
     teacher.add_argument("--output", help="checkpoint path (default OUTPUT_DIR/NAME/teacher.pt)")
     teacher.set_defaults(handler=_train_teacher)
+    for method in ("kd", "sla", "ssd"):
+        single = with_config(train_sub.add_parser(method, help=f"one {method} run without Ray (resumable)"))
+        single.add_argument("--augmentation", help="candidate id, e.g. 'cutmix_pick(keep=0.5)' (default: identity "
+                                                  "for kd, the config's sla/ssd augmentation)")
+        single.add_argument("--seed", type=int, help="default: the config's seed")
+        single.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/NAME/train-METHOD")
+        single.add_argument("--track", action="store_true", help="log the run to tracking.uri (MLflow)")
+        single.set_defaults(handler=_train_method)
 
     proxy = with_config(sub.add_parser("proxy", help="rank every candidate by T.stddev (teacher forwards only)"))
     proxy.set_defaults(handler=_proxy)

@@ -1,0 +1,155 @@
+"""`augtune train {kd,sla,ssd} CONFIG`: one run of a method without Ray, for debugging and for
+reproducing a trial. The same runners and checkpoints as the trials; an epoch bar; the runner's
+state saved after every epoch (weights-only) so `--resume` continues; optional MLflow logging.
+
+Outputs in OUTPUT_DIR/NAME/train-METHOD/: runner.pt (resumable state), student.pt (the trained
+network, augtune's checkpoint format), summary.json, and mlflow_run_id when `--track` is given.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from search.config import ConfigError, SweepConfig
+from search.jobs import check_tracking_uri, load_checked_data, pair_name
+from search.tracking import CANDIDATE_TAG, PAIR_TAG, Tracker
+from trainables.engine import resolve_device, save_checkpoint
+
+METHODS = ("kd", "sla", "ssd")
+
+
+def run_folder(cfg: SweepConfig, method: str) -> Path:
+    return cfg.output_dir / cfg.name / f"train-{method}"
+
+
+def _check_augmentation(method: str, augmentation: str) -> None:
+    from spaces.candidates import parse_candidate
+
+    try:
+        candidate = parse_candidate(augmentation)
+    except ValueError as exc:
+        raise ConfigError(f"--augmentation: {exc}") from None
+    if method == "sla" and (candidate.mixes or candidate.scorer):
+        raise ConfigError(f"--augmentation: {augmentation} mixes images or needs a scoring network; SLA needs one "
+                          "label per image")
+
+
+def build_runner(cfg: SweepConfig, method: str, augmentation: str, seed: int, data, progress: bool):
+    """The method's runner, the teacher obtained (loaded, or trained once) where it needs one."""
+    device = resolve_device(cfg.device)
+    if method == "kd":
+        from search.teacher import obtain_teacher
+        from trainables.kd import KDRunner
+
+        _, teacher_path, _ = obtain_teacher(cfg, data, device, progress=progress)
+        return KDRunner(cfg, augmentation, str(teacher_path), data=data, seed=seed)
+    if method == "sla":
+        from trainables.sla import SLARunner
+
+        cfg.sla.augmentation = augmentation
+        return SLARunner(cfg, data=data, seed=seed)
+    from trainables.ssd import SSDChainRunner
+
+    cfg.ssd.augmentation = augmentation
+    teacher_path = None
+    if cfg.ssd.start_stage == 3:
+        from search.teacher import obtain_ssd_teacher
+
+        _, teacher_path, _ = obtain_ssd_teacher(cfg, data, device, progress=progress)
+    return SSDChainRunner(cfg, str(teacher_path) if teacher_path else None, data=data, seed=seed,
+                          work_dir=run_folder(cfg, method))
+
+
+def _total_epochs(runner) -> int:
+    if hasattr(runner, "lengths"):  # the SSD chain: every stage's epochs
+        return sum(runner.lengths[stage] for stage in runner.stages)
+    return runner.train_cfg.epochs
+
+
+def _epochs_done(runner) -> int:
+    if hasattr(runner, "lengths"):
+        return sum(runner.lengths[s] for s in runner.stages[:runner.index]) + runner.epoch
+    return runner.epoch
+
+
+def _save_atomic(payload: Any, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def train_single(cfg: SweepConfig, method: str, augmentation: Optional[str] = None, seed: Optional[int] = None,
+                 resume: bool = False, track: bool = False, progress: bool = True,
+                 on_epoch: Optional[Callable[[dict], None]] = None) -> dict[str, Any]:
+    """Train to the end (or from runner.pt with `resume`); returns the summary. `on_epoch` sees
+    each epoch's metrics after its state is saved."""
+    if method not in METHODS:
+        raise ConfigError(f"method {method!r}: choose one of {', '.join(METHODS)}")
+    augmentation = augmentation or {"kd": "identity", "sla": cfg.sla.augmentation, "ssd": cfg.ssd.augmentation}[method]
+    _check_augmentation(method, augmentation)
+    seed = cfg.seed if seed is None else seed
+    folder = run_folder(cfg, method)
+    state_path = folder / "runner.pt"
+    if resume and not state_path.is_file():
+        raise ConfigError(f"--resume: no run to resume in {folder} (no runner.pt); run without --resume")
+    data = load_checked_data(cfg, proxy=False)
+    if track:
+        check_tracking_uri(cfg.tracking.uri)
+    folder.mkdir(parents=True, exist_ok=True)
+    runner = build_runner(cfg, method, augmentation, seed, data, progress)
+    if resume:
+        runner.load_state_dict(torch.load(state_path, map_location=resolve_device(cfg.device), weights_only=True))
+    tracker = run_id = None
+    if track:
+        tracker = Tracker(cfg.tracking.uri, cfg.experiment_name)
+        id_file = folder / "mlflow_run_id"
+        if resume and id_file.is_file():
+            run_id = id_file.read_text().strip()
+            tracker.client.update_run(run_id, status="RUNNING")
+        else:
+            run_id = tracker.start_run(f"train:{method}:{augmentation}", "single",
+                                       tags={CANDIDATE_TAG: augmentation, PAIR_TAG: pair_name(cfg)})
+            tracker.log(run_id, params={"method": method, "augmentation": augmentation, "seed": seed,
+                                        "threads": torch.get_num_threads()})
+            id_file.write_text(run_id)
+    total = _total_epochs(runner)
+    if hasattr(runner, "show_progress"):
+        runner.show_progress = progress
+    bar = tqdm(total=total, initial=_epochs_done(runner), desc=f"{method} {augmentation}", disable=not progress,
+               dynamic_ncols=True)
+    metrics: dict[str, Any] = {}
+    try:
+        while not runner.finished:
+            metrics = runner.run_epoch()
+            _save_atomic(runner.state_dict(), state_path)
+            if tracker:
+                tracker.log(run_id, metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+                            step=_epochs_done(runner))
+            bar.update(1)
+            if on_epoch:
+                on_epoch(metrics)
+            bar.set_postfix({k: f"{v:.4f}" for k, v in metrics.items() if k in ("train_loss", "val_loss", "test_acc")})
+    except BaseException:
+        if tracker:
+            tracker.end_run(run_id, "KILLED")
+        raise
+    finally:
+        bar.close()
+    model = getattr(runner, "model", None)
+    summary = {"method": method, "augmentation": augmentation, "seed": seed, "epochs": _epochs_done(runner),
+               "threads": torch.get_num_threads(),
+               **{k: v for k, v in metrics.items() if k.startswith(("val_", "test_")) and isinstance(v, float)}}
+    if model is not None and method == "kd":
+        summary["student_checkpoint"] = str(save_checkpoint(folder / "student.pt", model, cfg.student.model, data))
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2))
+    if tracker:
+        tracker.log(run_id, metrics={f"final_{k}": v for k, v in summary.items()
+                                     if k.startswith(("val_", "test_"))}, once=True)
+        tracker.end_run(run_id)
+        summary["mlflow_run_id"] = run_id
+    return summary
