@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from statistics import mean
 from typing import Optional
 
@@ -100,3 +101,46 @@ def format_summary(summaries: list[CandidateSummary], metric: str) -> str:
                      f"{_test_of_best(s, metric):>13}  {s.epochs:>8.0f}  "
                      f"{len(s.runs)}{'' if s.complete else '  (stopped early only)'}")
     return "\n".join(lines)
+
+
+def export_best(uri: str, experiment: str, path: Path, metric: str = "val_loss") -> dict:
+    """Write the best trial's full resolved config (its sweep's config, the trial's sampled
+    hyperparameters, candidate and seed, the teacher it distilled from) to `path` as YAML, and
+    fetch its final student weights beside it when the sweep logged them. Returns what it wrote."""
+    import json
+    import shutil
+    import tempfile
+
+    import yaml
+
+    from trainables.config import apply_trial_values
+
+    best = best_augmentation(uri, experiment, metric)
+    tracker = Tracker(uri, experiment)
+    run = tracker.client.get_run(best.runs[0]["run_id"])
+    parent_id = run.data.tags.get("mlflow.parentRunId")
+    with tempfile.TemporaryDirectory() as tmp:
+        config = json.loads(Path(tracker.client.download_artifacts(parent_id, "config.json", tmp)).read_text())
+        params = {k: yaml.safe_load(v) for k, v in run.data.params.items()}
+        augmentation, seed = params.pop("augmentation"), params.pop("seed", None)
+        sampled = {k: v for k, v in params.items() if k != "augmentation_kind" and not k.endswith(".variant")}
+        config = apply_trial_values(config, sampled)
+        method = config.get("search", {}).get("method", "kd")
+        config.setdefault(method, {})["augmentation"] = augmentation
+        if seed is not None:
+            config["seed"] = seed
+        teacher = tracker.client.get_run(parent_id).data.params.get("teacher_checkpoint")
+        if teacher and method == "kd":
+            config.setdefault("teacher", {})["checkpoint"] = teacher
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        header = (f"# The best trial of MLflow experiment {experiment!r} (run {run.info.run_id}, {metric} "
+                  f"{best.best:.4f}).\n# Reproduce it without Ray, with the trial's thread count:\n"
+                  f"#   augtune train {method} {path.name} --threads 1\n")
+        path.write_text(header + yaml.safe_dump(config, sort_keys=False))
+        out = {"config": path, "run_id": run.info.run_id, "method": method, "augmentation": augmentation}
+        if any(a.path == "student.pt" for a in tracker.client.list_artifacts(run.info.run_id)):
+            weights = path.with_name(path.stem + ".student.pt")
+            shutil.copy(tracker.client.download_artifacts(run.info.run_id, "student.pt", tmp), weights)
+            out["student"] = weights
+    return out

@@ -36,6 +36,12 @@ def _train_method(args) -> int:
     from search.single import run_folder, train_single
 
     cfg = load_config(args.config, _overrides(args))
+    if args.threads is not None:
+        if args.threads < 1:
+            from search.config import ConfigError
+            raise ConfigError(f"--threads: give a positive number, got {args.threads}")
+        import torch
+        torch.set_num_threads(args.threads)  # a trial's thread count reproduces its numbers exactly on CPU
     summary = train_single(cfg, args.what, args.augmentation, args.seed, resume=args.resume, track=args.track,
                            progress=not args.no_progress)
     print(json.dumps(summary, indent=2))
@@ -97,6 +103,14 @@ def _best(args) -> int:
             f"  test_loss={run['test_loss']:.4f}  test_acc={run['test_acc']:.4f}"
         print(f"  run {run['run_id']}  {run['run_name']}  {args.metric}={run[args.metric]:.4f}{test}  "
               f"epochs={run['epochs']:.0f}")
+    if args.export:
+        from search.best import export_best
+
+        written = export_best(args.tracking_uri, args.experiment, Path(args.export), args.metric)
+        print(f"\nexported the best trial's config to {written['config']}"
+              + (f" and its student weights to {written['student']}" if "student" in written else
+                 " (no student weights were logged for that run)")
+              + f"; reproduce with: augtune train {written['method']} {written['config']} --threads 1")
     note = format_left_out(left_out(args.tracking_uri, args.experiment))
     if note:
         print(note)
@@ -164,11 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
     teacher.set_defaults(handler=_train_teacher)
     for method in ("kd", "sla", "ssd"):
         single = with_config(train_sub.add_parser(method, help=f"one {method} run without Ray (resumable)"))
-        single.add_argument("--augmentation", help="candidate id, e.g. 'cutmix_pick(keep=0.5)' (default: identity "
-                                                  "for kd, the config's sla/ssd augmentation)")
+        single.add_argument("--augmentation", help="candidate id, e.g. 'cutmix_pick(keep=0.5)' (default: the "
+                                                  f"config's {method}.augmentation)")
         single.add_argument("--seed", type=int, help="default: the config's seed")
         single.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/NAME/train-METHOD")
         single.add_argument("--track", action="store_true", help="log the run to tracking.uri (MLflow)")
+        single.add_argument("--threads", type=int, help="torch CPU threads (trials use 1; `best --export` says so)")
         single.set_defaults(handler=_train_method)
 
     proxy = with_config(sub.add_parser("proxy", help="rank every candidate by T.stddev (teacher forwards only)"))
@@ -184,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     best.add_argument("--experiment", required=True, help="MLflow experiment name")
     best.add_argument("--metric", default="val_loss", choices=["val_loss", "val_acc", "test_loss", "test_acc"],
                       help="selection metric (default val_loss; test_* needs --select-on-test)")
+    best.add_argument("--export", metavar="CONFIG.yaml",
+                      help="write the best trial's full config (and fetch its student weights) for `augtune train`")
     best.add_argument("--select-on-test", action="store_true",
                       help="allow a test_* metric, accepting that the reported score is biased")
     best.add_argument("--tracking-uri", default="sqlite:///mlflow.db")

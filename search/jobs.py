@@ -130,8 +130,10 @@ def run_proxy(cfg: SweepConfig, data: DataBundle, tracker: Tracker, parent_id: s
                               progress=progress, bf16=cfg.teacher.train.bf16, forward_batches=p.forward_batches)
     csv_path, json_path = write_scores(scores, job_dir(cfg))
     settings = {"proxy.passes": p.passes, "proxy.group_batches": p.group_batches, "proxy.batch_size": p.batch_size,
-                "teacher": cfg.teacher.model, "teacher_checkpoint": str(teacher_path)}
+                "teacher": cfg.teacher.model, "teacher_checkpoint": str(Path(teacher_path).resolve())}
     run_ids = log_proxy_scores(tracker, parent_id, scores, pair_name(cfg), settings)
+    # exported configs point at the very teacher the trials distilled from
+    tracker.log(parent_id, params={"teacher_checkpoint": settings["teacher_checkpoint"]})
     tracker.log_file(parent_id, csv_path)
     tracker.log_file(parent_id, json_path)
     tracker.log(parent_id, metrics={"proxy_seconds": sum(s.seconds for s in scores),

@@ -90,7 +90,8 @@ def train_single(cfg: SweepConfig, method: str, augmentation: Optional[str] = No
     each epoch's metrics after its state is saved."""
     if method not in METHODS:
         raise ConfigError(f"method {method!r}: choose one of {', '.join(METHODS)}")
-    augmentation = augmentation or {"kd": "identity", "sla": cfg.sla.augmentation, "ssd": cfg.ssd.augmentation}[method]
+    augmentation = augmentation or {"kd": cfg.kd.augmentation, "sla": cfg.sla.augmentation,
+                                    "ssd": cfg.ssd.augmentation}[method]
     _check_augmentation(method, augmentation)
     seed = cfg.seed if seed is None else seed
     folder = run_folder(cfg, method)

@@ -269,6 +269,32 @@ def format_trials(trials: list[dict[str, Any]], scores: dict[str, float], metric
     return "\n".join(lines)
 
 
+def log_best_student(cfg: SweepConfig, tracker: Tracker, parent: str, best: dict[str, Any], grids) -> None:
+    """The chosen trial's final student, in augtune's weights-only checkpoint format, as the
+    artifact `student.pt` of its MLflow run (`augtune best --export` fetches it)."""
+    import tempfile
+
+    import torch
+
+    from search.tracking import TRIAL_TAG
+    from trainables.data import load_data
+    from trainables.engine import save_checkpoint
+    from trainables.models import build_model
+    from trainables.tune import STATE_FILE
+
+    result = next((r for g in grids for r in g if (r.metrics or {}).get("trial_id") == best["trial_id"]), None)
+    runs = tracker.runs(f"tags.`{TRIAL_TAG}` = '{best['trial_id']}' and tags.`mlflow.parentRunId` = '{parent}'")
+    if result is None or result.checkpoint is None or not runs:
+        return
+    data = load_data(cfg.data)
+    with result.checkpoint.as_directory() as folder, tempfile.TemporaryDirectory() as tmp:
+        state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+        student = build_model(cfg.student.model, data.num_classes, data.channels)
+        student.load_state_dict(state["modules"]["model"])
+        tracker.log_file(runs[0].info.run_id, save_checkpoint(Path(tmp) / "student.pt", student,
+                                                              cfg.student.model, data))
+
+
 def describe_best(best: dict[str, Any], metric: str) -> str:
     line = f"best augmentation: {best['augmentation']}  (chosen by {metric} = {best[metric]:.4f}"
     if metric.startswith("val_"):
@@ -592,6 +618,8 @@ def run_sweep(cfg: SweepConfig, resume: bool = False, progress: bool = True) -> 
                     tags={"augtune.best_augmentation": best["augmentation"],
                           "augtune.selected_on": "test" if cfg.search.metric.startswith("test_") else "val"},
                     once=True)
+    if best is not None and cfg.search.method == "kd":
+        log_best_student(cfg, tracker, parent, best, grids)
     tracker.end_run(parent)
     state["finished"] = {"best": best, "compute": compute, "trials": trials}
     _save_state(cfg, state)

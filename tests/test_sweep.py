@@ -222,3 +222,28 @@ def test_random_search_samples_survivors_and_hyperparameters(tmp_path, ray_sessi
     assert len(outcome.trials) == 3
     assert {t["augmentation"] for t in outcome.trials} <= set(outcome.survivors)
     assert all(0.02 <= t["hyperparameters"]["lr"] <= 0.1 for t in outcome.trials)
+
+
+def test_exported_best_trial_reproduces_exactly_without_ray(pruned_sweep, tmp_path, capsys):
+    import json
+
+    import torch
+
+    from trainables.engine import load_checkpoint
+
+    cfg, uri, outcome = pruned_sweep
+    exported = tmp_path / "best.yaml"
+    assert main(["best", "--experiment", cfg.experiment_name, "--tracking-uri", uri, "--export", str(exported)]) == 0
+    assert "--threads 1" in exported.read_text() and exported.with_name("best.student.pt").is_file()
+    assert main(["train", "kd", str(exported), "--threads", "1", "--no-progress",
+                 "--set", f"output_dir={tmp_path / 'again'}"]) == 0
+    torch.set_num_threads(2)  # back to this session's default
+    printed = capsys.readouterr().out
+    summary = json.loads(printed[printed.index("{"):printed.rindex("}") + 1])
+    trial = outcome.best
+    assert summary["augmentation"] == trial["augmentation"]
+    assert summary["test_loss"] == trial["test_loss"] and summary["val_loss"] == trial["val_loss"]  # bit for bit
+    logged, _ = load_checkpoint(exported.with_name("best.student.pt"))
+    again, _ = load_checkpoint(summary["student_checkpoint"])
+    for (name, a), (_, b) in zip(logged.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), name

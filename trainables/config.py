@@ -182,6 +182,16 @@ class KDConfig(Section):
     ce_weight: float = Field(0.1, ge=0.0)
     kd_weight: float = Field(0.9, ge=0.0)
     augmented_kd: bool = Field(True, description="add the KL term on the augmented view x'")
+    augmentation: str = Field("identity", description="x' of single runs (augtune train kd) and exported "
+                                                      "configs; sweeps set it per trial")
+
+    @field_validator("augmentation")
+    @classmethod
+    def _known_augmentation(cls, value: str) -> str:
+        from spaces.candidates import parse_candidate
+
+        parse_candidate(value)  # raises ValueError naming the problem
+        return value
 
 
 class SLAConfig(Section):
