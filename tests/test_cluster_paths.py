@@ -77,21 +77,37 @@ def ray_head(tmp_path):
     temp = Path(tempfile.mkdtemp(prefix="rh", dir="/tmp"))  # Ray's socket paths must stay under 107 bytes
     env = _env()
     start = subprocess.run(["ray", "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=0",
-                            "--include-dashboard=false", f"--temp-dir={temp}", "--node-ip-address=127.0.0.1"],
+                            "--include-dashboard=false", f"--temp-dir={temp}", "--node-ip-address=127.0.0.1",
+                            *_own_ports(head=True)],
                            env=env, capture_output=True, text=True, timeout=120,
                            executable=str(Path(sys.executable).parent / "ray"))
     assert start.returncode == 0, start.stdout + start.stderr
     yield f"127.0.0.1:{port}"
-    _stop_processes_mentioning(str(temp))  # `ray stop` would also stop the test session's own Ray
+    _stop_cluster(temp, port)  # `ray stop` would also stop the test session's own Ray
     shutil.rmtree(temp, ignore_errors=True)
 
 
-def _stop_processes_mentioning(marker: str) -> None:
+def _own_ports(head: bool) -> list[str]:
+    """Free ports for what `ray start` would otherwise bind at fixed defaults (the dashboard
+    agent's 52365, the Ray client's 10001): the test session's own Ray already holds them, and a
+    node whose agent cannot bind has no job agent ("No available agent to submit job")."""
+    ports = [f"--dashboard-agent-listen-port={_free_port()}"]
+    return ports + [f"--ray-client-server-port={_free_port()}"] if head else ports
+
+
+def _stop_cluster(temp: Path, port: int) -> None:
+    """Every process of a test's own cluster: those under its temp dir, and those that only name
+    its GCS port (the Ray client server)."""
+    _stop_processes_mentioning(str(temp))
+    _stop_processes_mentioning(f":{port}", prefix="--address=")
+
+
+def _stop_processes_mentioning(marker: str, prefix: str = "") -> None:
     import psutil
 
     targets = []
     for proc in psutil.process_iter(["cmdline"]):
-        if any(marker in part for part in proc.info["cmdline"] or []):
+        if any(part.startswith(prefix) and marker in part for part in proc.info["cmdline"] or []):
             targets += [proc, *proc.children(recursive=True)]
     for proc in targets:
         try:
@@ -179,13 +195,13 @@ def two_nodes(tmp_path):
     ray_cli = str(Path(sys.executable).parent / "ray")
     common = ["--num-cpus=1", "--num-gpus=0", "--node-ip-address=127.0.0.1"]
     for args in (["--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp}",
-                  '--resources={"head_node": 1}'],
-                 [f"--address=127.0.0.1:{port}", '--resources={"worker_node": 1}']):
+                  '--resources={"head_node": 1}', *_own_ports(head=True)],
+                 [f"--address=127.0.0.1:{port}", '--resources={"worker_node": 1}', *_own_ports(head=False)]):
         started = subprocess.run([ray_cli, "start", *args, *common], env=_env(), capture_output=True, text=True,
                                  timeout=120)
         assert started.returncode == 0, started.stdout + started.stderr
     yield f"127.0.0.1:{port}", temp
-    _stop_processes_mentioning(str(temp))
+    _stop_cluster(temp, port)
     shutil.rmtree(temp, ignore_errors=True)
 
 
@@ -256,10 +272,11 @@ def ray_head_with_jobs(tmp_path):
     env = _env(PATH=f"{bin_dir}:{os.environ.get('PATH', '')}")
     start = subprocess.run([f"{bin_dir}/ray", "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=0",
                             "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--temp-dir={temp}",
-                            "--node-ip-address=127.0.0.1"], env=env, capture_output=True, text=True, timeout=180)
+                            "--node-ip-address=127.0.0.1", *_own_ports(head=True)], env=env, capture_output=True,
+                           text=True, timeout=180)
     assert start.returncode == 0, start.stdout + start.stderr
     yield f"http://127.0.0.1:{dashboard}", f"127.0.0.1:{port}", env
-    _stop_processes_mentioning(str(temp))
+    _stop_cluster(temp, port)
     shutil.rmtree(temp, ignore_errors=True)
 
 
