@@ -269,7 +269,7 @@ def format_trials(trials: list[dict[str, Any]], scores: dict[str, float], metric
     return "\n".join(lines)
 
 
-def log_best_student(cfg: SweepConfig, tracker: Tracker, parent: str, best: dict[str, Any], grids) -> None:
+def log_best_student(cfg: SweepConfig, tracker: Tracker, parent: str, best: dict[str, Any], grids, data) -> None:
     """The chosen trial's final student, in augtune's weights-only checkpoint format, as the
     artifact `student.pt` of its MLflow run (`augtune best --export` fetches it)."""
     import tempfile
@@ -277,7 +277,6 @@ def log_best_student(cfg: SweepConfig, tracker: Tracker, parent: str, best: dict
     import torch
 
     from search.tracking import TRIAL_TAG
-    from trainables.data import load_data
     from trainables.engine import save_checkpoint
     from trainables.models import build_model
     from trainables.tune import STATE_FILE
@@ -286,7 +285,6 @@ def log_best_student(cfg: SweepConfig, tracker: Tracker, parent: str, best: dict
     runs = tracker.runs(f"tags.`{TRIAL_TAG}` = '{best['trial_id']}' and tags.`mlflow.parentRunId` = '{parent}'")
     if result is None or result.checkpoint is None or not runs:
         return
-    data = load_data(cfg.data)
     with result.checkpoint.as_directory() as folder, tempfile.TemporaryDirectory() as tmp:
         state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
         student = build_model(cfg.student.model, data.num_classes, data.channels)
@@ -619,7 +617,7 @@ def run_sweep(cfg: SweepConfig, resume: bool = False, progress: bool = True) -> 
                           "augtune.selected_on": "test" if cfg.search.metric.startswith("test_") else "val"},
                     once=True)
     if best is not None and cfg.search.method == "kd":
-        log_best_student(cfg, tracker, parent, best, grids)
+        log_best_student(cfg, tracker, parent, best, grids, data)
     tracker.end_run(parent)
     state["finished"] = {"best": best, "compute": compute, "trials": trials}
     _save_state(cfg, state)
