@@ -108,7 +108,10 @@ def _stop_processes_mentioning(marker: str, prefix: str = "") -> None:
     targets = []
     for proc in psutil.process_iter(["cmdline"]):
         if any(part.startswith(prefix) and marker in part for part in proc.info["cmdline"] or []):
-            targets += [proc, *proc.children(recursive=True)]
+            try:
+                targets += [proc, *proc.children(recursive=True)]
+            except psutil.Error:  # it ended meanwhile
+                continue
     for proc in targets:
         try:
             proc.terminate()
