@@ -20,6 +20,18 @@ AUGTUNE = [sys.executable, "-m", "search.cli"]
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _free_ports(count: int) -> list[int]:
+    """`count` distinct free ports (held open together while chosen, so none repeats)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -78,7 +90,7 @@ def ray_head(tmp_path):
     env = _env()
     start = subprocess.run(["ray", "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=0",
                             "--include-dashboard=false", f"--temp-dir={temp}", "--node-ip-address=127.0.0.1",
-                            *_own_ports(head=True)],
+                            *_own_ports(head=True, ports=[port])],
                            env=env, capture_output=True, text=True, timeout=120,
                            executable=str(Path(sys.executable).parent / "ray"))
     assert start.returncode == 0, start.stdout + start.stderr
@@ -87,12 +99,13 @@ def ray_head(tmp_path):
     shutil.rmtree(temp, ignore_errors=True)
 
 
-def _own_ports(head: bool) -> list[str]:
-    """Free ports for what `ray start` would otherwise bind at fixed defaults (the dashboard
-    agent's 52365, the Ray client's 10001): the test session's own Ray already holds them, and a
-    node whose agent cannot bind has no job agent ("No available agent to submit job")."""
-    ports = [f"--dashboard-agent-listen-port={_free_port()}"]
-    return ports + [f"--ray-client-server-port={_free_port()}"] if head else ports
+def _own_ports(head: bool, ports: list[int]) -> list[str]:
+    """Free ports (distinct from `ports`, the test's others) for what `ray start` would otherwise
+    bind at fixed defaults (the dashboard agent's 52365, the Ray client's 10001): the test
+    session's own Ray already holds them, and a node whose agent cannot bind has no job agent
+    ("No available agent to submit job")."""
+    agent, client = [p for p in _free_ports(len(ports) + 2) if p not in ports][:2]
+    return [f"--dashboard-agent-listen-port={agent}"] + ([f"--ray-client-server-port={client}"] if head else [])
 
 
 def _stop_cluster(temp: Path, port: int) -> None:
@@ -198,8 +211,9 @@ def two_nodes(tmp_path):
     ray_cli = str(Path(sys.executable).parent / "ray")
     common = ["--num-cpus=1", "--num-gpus=0", "--node-ip-address=127.0.0.1"]
     for args in (["--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp}",
-                  '--resources={"head_node": 1}', *_own_ports(head=True)],
-                 [f"--address=127.0.0.1:{port}", '--resources={"worker_node": 1}', *_own_ports(head=False)]):
+                  '--resources={"head_node": 1}', *_own_ports(head=True, ports=[port])],
+                 [f"--address=127.0.0.1:{port}", '--resources={"worker_node": 1}',
+                  *_own_ports(head=False, ports=[port])]):
         started = subprocess.run([ray_cli, "start", *args, *common], env=_env(), capture_output=True, text=True,
                                  timeout=120)
         assert started.returncode == 0, started.stdout + started.stderr
@@ -269,13 +283,14 @@ def ray_head_with_jobs(tmp_path):
     import shutil
     import tempfile
 
-    port, dashboard = _free_port(), _free_port()
+    port, dashboard = _free_ports(2)
     temp = Path(tempfile.mkdtemp(prefix="rj", dir="/tmp"))
     bin_dir = str(Path(sys.executable).parent)
     env = _env(PATH=f"{bin_dir}:{os.environ.get('PATH', '')}")
     start = subprocess.run([f"{bin_dir}/ray", "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=0",
                             "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--temp-dir={temp}",
-                            "--node-ip-address=127.0.0.1", *_own_ports(head=True)], env=env, capture_output=True,
+                            "--node-ip-address=127.0.0.1", *_own_ports(head=True, ports=[port, dashboard])],
+                           env=env, capture_output=True,
                            text=True, timeout=180)
     assert start.returncode == 0, start.stdout + start.stderr
     yield f"http://127.0.0.1:{dashboard}", f"127.0.0.1:{port}", env
