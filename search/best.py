@@ -121,14 +121,25 @@ def export_best(uri: str, experiment: str, path: Path, metric: str = "val_loss")
     parent_id = run.data.tags.get("mlflow.parentRunId")
     with tempfile.TemporaryDirectory() as tmp:
         config = json.loads(Path(tracker.client.download_artifacts(parent_id, "config.json", tmp)).read_text())
-        params = {k: yaml.safe_load(v) for k, v in run.data.params.items()}
-        augmentation, seed = params.pop("augmentation"), params.pop("seed", None)
+        artifacts = {a.path for a in tracker.client.list_artifacts(run.info.run_id)}
+        if "final_config.json" in artifacts:  # a PBT member: its values changed after they were logged as params
+            params = json.loads(Path(tracker.client.download_artifacts(run.info.run_id, "final_config.json",
+                                                                       tmp)).read_text())
+        else:
+            params = {k: yaml.safe_load(v) for k, v in run.data.params.items()}
+        seed = params.pop("seed", None)
         sampled = {k: v for k, v in params.items() if k != "augmentation_kind" and not k.endswith(".variant")}
         config = apply_trial_values(config, sampled)
         method = config.get("search", {}).get("method", "kd")
-        config.setdefault(method, {})["augmentation"] = augmentation
+        augmentation = config[method]["augmentation"]
         if seed is not None:
             config["seed"] = seed
+        if "schedule.json" in artifacts:  # replayed epoch by epoch by augtune train
+            from search.schedule import to_steps
+
+            rows = json.loads(Path(tracker.client.download_artifacts(run.info.run_id, "schedule.json",
+                                                                     tmp)).read_text())
+            config["schedule"] = to_steps(rows)
         teacher = tracker.client.get_run(parent_id).data.params.get("teacher_checkpoint")
         if teacher and method == "kd":
             config.setdefault("teacher", {})["checkpoint"] = teacher
@@ -139,7 +150,7 @@ def export_best(uri: str, experiment: str, path: Path, metric: str = "val_loss")
                   f"#   augtune train {method} {path.name} --threads 1\n")
         path.write_text(header + yaml.safe_dump(config, sort_keys=False))
         out = {"config": path, "run_id": run.info.run_id, "method": method, "augmentation": augmentation}
-        if any(a.path == "student.pt" for a in tracker.client.list_artifacts(run.info.run_id)):
+        if "student.pt" in artifacts:
             weights = path.with_name(path.stem + ".student.pt")
             shutil.copy(tracker.client.download_artifacts(run.info.run_id, "student.pt", tmp), weights)
             out["student"] = weights

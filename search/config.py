@@ -64,9 +64,16 @@ class PruneConfig(Section):
 
 
 class SchedulerConfig(Section):
-    kind: Literal["asha", "fifo"] = "asha"
+    kind: Literal["asha", "fifo", "pbt"] = Field(
+        "asha", description="asha: stop weak trials early; fifo: train all to the end; pbt: population based "
+                            "training, a population of num_samples trials whose hyperparameters (incl. kind.param "
+                            "augmentation parameters) change during training: a schedule")
     grace_period: int = Field(2, ge=1, description="ASHA: epochs before a trial may be stopped")
     reduction_factor: float = Field(3.0, gt=1.0)
+    perturbation_interval: int = Field(4, ge=1, description="PBT: epochs between exploit/explore steps")
+    quantile_fraction: float = Field(0.25, gt=0.0, le=0.5, description="PBT: the bottom fraction copies the top one")
+    resample_probability: float = Field(0.25, ge=0.0, le=1.0, description="PBT: explore by resampling a value "
+                                                                          "(else scale it by 0.8 or 1.2)")
 
 
 class SearchConfig(Section):
@@ -170,6 +177,33 @@ class SweepConfig(DistillConfig):
                     raise ValueError(f"search.hyperparameters.{h.name}: the search can reach {value!r}, which "
                                      f"{_field_path(first['loc'])} refuses ({first['msg'].removeprefix('Value error, ')})"
                                      "; narrow the domain") from None
+        return self
+
+    @model_validator(mode="after")
+    def _pbt(self) -> "SweepConfig":
+        from spaces.hyper import changeable_during_run
+
+        s = self.search
+        if s.scheduler.kind != "pbt":
+            return self
+        if s.method == "ssd":
+            raise ValueError("search.scheduler.kind: pbt changes values during one training run; SSD trials are "
+                             "multi-stage runs: use asha or fifo for search.method ssd")
+        if s.validate_proxy:
+            raise ValueError("search.validate_proxy trains every candidate to the end with fixed values; "
+                             "use scheduler.kind fifo (not pbt) for it")
+        hypers = parse_hyperparameters(s.hyperparameters)
+        fixed = [h.name for h in hypers if h.form != "constant" and not changeable_during_run(h.name)]
+        if fixed:
+            raise ValueError(f"search.hyperparameters.{fixed[0]}: PBT changes values during training, and "
+                             f"{fixed[0]} cannot change mid-run; make it a constant or use asha/fifo")
+        if not any(h.form != "constant" for h in hypers):
+            raise ValueError("search.scheduler.kind: pbt needs at least one search.hyperparameters domain to "
+                             "explore (e.g. cutmix.alpha: {uniform: [0.1, 2.0]} or lr: {loguniform: [0.01, 0.1]})")
+        if s.scheduler.perturbation_interval >= self.student.train.epochs:
+            raise ValueError(f"search.scheduler.perturbation_interval: {s.scheduler.perturbation_interval} epochs "
+                             f"is not shorter than the {self.student.train.epochs}-epoch run, so PBT would never "
+                             "exploit; lower it")
         return self
 
     @model_validator(mode="after")

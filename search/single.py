@@ -90,6 +90,12 @@ def train_single(cfg: SweepConfig, method: str, augmentation: Optional[str] = No
     each epoch's metrics after its state is saved."""
     if method not in METHODS:
         raise ConfigError(f"method {method!r}: choose one of {', '.join(METHODS)}")
+    if cfg.schedule and method == "ssd":
+        raise ConfigError("schedule: a schedule is replayed in kd and sla runs; SSD runs are multi-stage: "
+                          "remove schedule: from the config")
+    if augmentation and any("augmentation" in step.values for step in cfg.schedule):
+        raise ConfigError("--augmentation: this config's schedule sets the augmentation epoch by epoch; "
+                          "drop --augmentation (or the schedule)")
     augmentation = augmentation or {"kd": cfg.kd.augmentation, "sla": cfg.sla.augmentation,
                                     "ssd": cfg.ssd.augmentation}[method]
     _check_augmentation(method, augmentation)

@@ -127,28 +127,96 @@ def _storage(cfg: SweepConfig) -> str:
     return str((job_dir(cfg) / "ray").resolve())
 
 
-def method_trainable(cfg: SweepConfig, teacher_path: Optional[Path]):
-    """The method's trainable with its fixed inputs and per-trial resources."""
+def method_trainable(cfg: SweepConfig, teacher_path: Optional[Path], track: Sequence[str] = ()):
+    """The method's trainable with its fixed inputs and per-trial resources; `track` names the
+    values each epoch records (PBT schedules)."""
     from ray import tune
 
     from trainables.tune import KDTrainable, SLATrainable, SSDTrainable
 
     resources = {"cpu": cfg.search.resources.get("cpu", 1.0), "gpu": cfg.search.resources.get("gpu", 0.0)}
+    extra = {"track": list(track)} if track else {}
     if cfg.search.method in ("kd", "ssd"):
         trainable = KDTrainable if cfg.search.method == "kd" else SSDTrainable
         with_fixed = tune.with_parameters(trainable, experiment=cfg.distill_dict(),
-                                          teacher_checkpoint=str(Path(teacher_path).resolve()))
+                                          teacher_checkpoint=str(Path(teacher_path).resolve()), **extra)
     else:
-        with_fixed = tune.with_parameters(SLATrainable, experiment=cfg.distill_dict())
+        with_fixed = tune.with_parameters(SLATrainable, experiment=cfg.distill_dict(), **extra)
     return tune.with_resources(with_fixed, resources)
 
 
-def _run_config(cfg: SweepConfig, experiment_name: str, callback):
+class ClipToDomains:
+    """PBT's explore scales a value by 0.8 or 1.2 without looking at its domain; bring every
+    value back inside the declared bounds (and to whole numbers for int domains)."""
+
+    def __init__(self, hyperparameters: dict[str, Any]):
+        self.bounds = {h.name: (h.form, h.args) for h in parse_hyperparameters(hyperparameters)
+                       if h.form in ("uniform", "loguniform", "int")}
+
+    def __call__(self, config: dict[str, Any]) -> dict[str, Any]:
+        for name, (form, (low, high)) in self.bounds.items():
+            if name in config:
+                value = min(max(config[name], low), high)
+                config[name] = int(round(value)) if form == "int" else float(value)
+        return config
+
+
+def build_pbt_tuner(cfg: SweepConfig, survivors: list[str], teacher_path: Optional[Path], callback,
+                    experiment_name: str, num_samples: Optional[int] = None):
+    """A population of `num_samples` trials. The first members start from the proxy's ranking
+    (one per surviving candidate, best first, at that candidate's own parameter values); the rest
+    draw a candidate and values at random. Every `perturbation_interval` epochs, the bottom
+    quantile copies a top member's checkpoint (weights, optimiser, generators, the schedule so
+    far) and config, then perturbs the values within their domains: each member's values over
+    the epochs are its schedule."""
+    import random
+
+    from ray import tune
+    from ray.tune.schedulers import PopulationBasedTraining
+    from ray.tune.search import BasicVariantGenerator
+
+    from spaces.candidates import numeric_params
+
+    s, sched = cfg.search, cfg.search.scheduler
+    samples = num_samples or s.num_samples
+    hypers = parse_hyperparameters(s.hyperparameters)
+    mutations = {h.name: list(h.args) if h.form == "choice" else h.tune_domain() for h in hypers
+                 if h.form != "constant"}
+    param_space = {"augmentation": tune.choice(survivors), "seed": tune.randint(0, 2**31 - 1),
+                   **{h.name: h.tune_domain() for h in hypers}}
+    first = []
+    for rank, candidate_id in enumerate(survivors[:samples]):
+        candidate = parse_candidate(candidate_id)
+        own = {name: candidate.params[name.split(".", 1)[1]] for name in mutations
+               if name in numeric_params() and name.startswith(candidate.kind + ".")
+               and candidate.params.get(name.split(".", 1)[1]) is not None}
+        first.append({"augmentation": candidate_id, "seed": cfg.seed + rank, **own})
+    random.seed(s.seed + (1 if num_samples else 0))  # PBT's explore draws from Python's random
+    scheduler = PopulationBasedTraining(
+        time_attr="training_iteration", perturbation_interval=sched.perturbation_interval,
+        hyperparam_mutations=mutations, quantile_fraction=sched.quantile_fraction,
+        resample_probability=sched.resample_probability, custom_explore_fn=ClipToDomains(s.hyperparameters),
+        synch=False)  # Ray's synchronous mode lost members' epochs in tests (2.60): the asynchronous one
+    # no concurrency limit: every member exists from the start (resources bound how many train at
+    # once), so the first members do not exploit among themselves before the others begin
+    sampler = BasicVariantGenerator(points_to_evaluate=first, random_state=s.seed + (1 if num_samples else 0))
+    tune_config = tune.TuneConfig(metric=s.metric, mode="min" if s.metric.endswith("loss") else "max",
+                                  search_alg=sampler, scheduler=scheduler, num_samples=samples,
+                                  reuse_actors=s.reuse_actors)
+    trainable = method_trainable(cfg, teacher_path, track=list(mutations))
+    # a member may restore a donor's boundary checkpoint after the donor has trained one more interval
+    return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,
+                      run_config=_run_config(cfg, experiment_name, callback,
+                                             keep_checkpoints=sched.perturbation_interval + 2))
+
+
+def _run_config(cfg: SweepConfig, experiment_name: str, callback, keep_checkpoints: Optional[int] = 2):
     from ray import tune
 
     return tune.RunConfig(
         name=experiment_name, storage_path=_storage(cfg), callbacks=[callback], verbose=1,
-        checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=1, num_to_keep=2, checkpoint_at_end=True),
+        checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=1, num_to_keep=keep_checkpoints,
+                                                checkpoint_at_end=True),
         failure_config=tune.FailureConfig(max_failures=1))
 
 
@@ -187,6 +255,8 @@ def build_tuner(cfg: SweepConfig, survivors: list[str], teacher_path: Optional[P
     epochs = cfg.student.train.epochs
     if validate:
         return build_grid_tuner(cfg, survivors, s.seeds, teacher_path, callback, experiment_name)
+    if s.scheduler.kind == "pbt":
+        return build_pbt_tuner(cfg, survivors, teacher_path, callback, experiment_name, num_samples)
     else:
         scheduler = (ASHAScheduler(time_attr="training_iteration", metric=metric, mode=mode, max_t=epochs,
                                    grace_period=min(s.scheduler.grace_period, epochs),

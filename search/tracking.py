@@ -22,6 +22,7 @@ PAIR_TAG = "augtune.pair"
 TRIAL_TAG = "augtune.trial_id"
 PHASE_TAG = "augtune.phase"  # search | audit
 DIVERGED_TAG = "augtune.diverged"  # "true" on trials whose training loss became NaN or infinite
+SCHEDULE_TAG = "augtune.schedule"  # "pbt" on trials whose values changed during training (schedule.* artifacts)
 MAX_PARAM_LENGTH = 6000
 
 

@@ -10,13 +10,16 @@ trial-id tag) is reused and epochs already logged are skipped, so nothing is log
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Mapping, Optional
 
 from ray.tune import Callback
 
-from search.tracking import CANDIDATE_TAG, DIVERGED_TAG, PAIR_TAG, PHASE_TAG, TRIAL_TAG, Tracker
+from search.tracking import (CANDIDATE_TAG, DIVERGED_TAG, PAIR_TAG, PHASE_TAG, SCHEDULE_TAG, TRIAL_TAG,
+                             Tracker)
 
-CURVE_PREFIXES = ("train_", "test_", "val_", "stage")
+CURVE_PREFIXES = ("train_", "test_", "val_", "stage", "schedule.")
 CURVE_KEYS = ("images_per_second", "lr", "epoch_seconds")
 
 
@@ -89,7 +92,27 @@ class TrialLogger(Callback):
         final["epochs_trained"] = last.get("epoch", 0)
         final["trial_seconds"] = last.get("time_total_s", 0.0)
         self.tracker.log(run_id, metrics=final, step=int(final["epochs_trained"]))
+        if last.get("schedule_log"):
+            self._log_schedule(run_id, trial, json.loads(last["schedule_log"]))
         self.tracker.end_run(run_id, status)
+
+    def _log_schedule(self, run_id: str, trial, rows: list) -> None:
+        """A PBT member's schedule (its lineage's values per epoch) as a table, a plot and the
+        config it ended with; its candidate tag becomes the augmentation it ended with (the
+        params logged at its start are its first values, kept as they were)."""
+        import tempfile
+
+        from search import schedule
+
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            self.tracker.log_file(run_id, schedule.write_csv(rows, folder / "schedule.csv"))
+            self.tracker.log_file(run_id, schedule.plot(rows, folder / "schedule.png",
+                                                        f"trial {trial.trial_id}: schedule"))
+        self.tracker.log_json(run_id, "schedule.json", rows)
+        self.tracker.log_json(run_id, "final_config.json", dict(trial.config))
+        self.tracker.log(run_id, tags={CANDIDATE_TAG: str(trial.config.get("augmentation", "")),
+                                       SCHEDULE_TAG: "pbt"})
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         # a diverged trial (NaN/inf loss) ended early: FAILED, so best/report leave it out

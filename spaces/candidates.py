@@ -244,6 +244,27 @@ def parse_candidate(spec: Union[str, Mapping[str, Any]]) -> Candidate:
     return Candidate(name, checked)
 
 
+def numeric_params() -> dict[str, Param]:
+    """Every numeric candidate parameter as `kind.param` (e.g. `cutmix.alpha`, `randaugment.magnitude`):
+    the names a search or a schedule can set for the candidate of that kind."""
+    return {f"{kind.name}.{p.name}": p for kind in REGISTRY.values() for p in kind.params
+            if p.kind in (int, float)}
+
+
+def with_values(candidate: Candidate, values: Mapping[str, Any]) -> Candidate:
+    """`candidate` with the `kind.param` entries of `values` that belong to its kind set (other
+    entries are ignored). A parameter the candidate leaves unset stays unset: a threshold pick
+    (tau) is not turned into a keep-ratio pick by a `cutmix_pick.keep` value."""
+    prefix = f"{candidate.kind}."
+    chosen = {k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix)}
+    if not chosen:
+        return candidate
+    params = REGISTRY[candidate.kind].params
+    updated = tuple((p.name, p.check(chosen[p.name], candidate.kind) if p.name in chosen and value is not None
+                     else value) for p, (_, value) in zip(params, candidate.values))
+    return Candidate(candidate.kind, updated)
+
+
 def expand_candidates(specs: Sequence[Union[str, Mapping[str, Any]]]) -> list[Candidate]:
     """Parse specs; a mapping with list values becomes one candidate per combination.
     Duplicates (same id) are an error: they would be scored and logged twice."""

@@ -12,13 +12,27 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-# names a trainable reads from its trial config (dotted names map onto config sections)
+from spaces import candidates
+
+# names a trainable reads from its trial config (dotted names map onto config sections);
+# `kind.param` names (e.g. cutmix.alpha) set that parameter of the trial's candidate of that kind
 KNOWN_HYPERPARAMETERS = {
     "lr", "weight_decay", "momentum", "batch_size", "epochs",
     "kd.temperature", "kd.ce_weight", "kd.kd_weight",
     "sla.transforms", "sla.temperature", "sla.beta", "sla.large_loss", "sla.self_distillation",
     "ssd.temperature", "ssd.kd_weight",
 }
+# what cannot change in the middle of a run (PBT, replayed schedules): the data order, the length,
+# the shape of the network, the loss's structure
+FIXED_DURING_RUN = {"batch_size", "epochs", "sla.transforms", "sla.large_loss", "sla.self_distillation"}
+
+
+def is_known(name: str) -> bool:
+    return name in KNOWN_HYPERPARAMETERS or name in candidates.numeric_params()
+
+
+def changeable_during_run(name: str) -> bool:
+    return is_known(name) and name not in FIXED_DURING_RUN
 
 
 @dataclass(frozen=True)
@@ -52,8 +66,20 @@ class Hyperparameter:
 
 
 def _parse_one(name: str, spec: Any) -> Hyperparameter:
-    if name not in KNOWN_HYPERPARAMETERS:
-        raise ValueError(f"unknown hyperparameter {name!r}; searchable: {', '.join(sorted(KNOWN_HYPERPARAMETERS))}")
+    if not is_known(name):
+        raise ValueError(f"unknown hyperparameter {name!r}; searchable: {', '.join(sorted(KNOWN_HYPERPARAMETERS))}, "
+                         "or kind.param for a numeric parameter of a candidate (e.g. cutmix.alpha)")
+    hyper = _parse_form(name, spec)
+    param = candidates.numeric_params().get(name)
+    if param is not None:  # the candidate's own bounds are the field bounds
+        if param.kind is int and hyper.form in ("uniform", "loguniform"):
+            raise ValueError(f"{name} takes whole numbers; use {{int: [low, high]}} or a choice")
+        for value in hyper.extremes():
+            param.check(value, name.split(".")[0])
+    return hyper
+
+
+def _parse_form(name: str, spec: Any) -> Hyperparameter:
     if not isinstance(spec, Mapping):
         if isinstance(spec, (int, float)) and not isinstance(spec, bool):
             if not math.isfinite(spec):

@@ -94,6 +94,18 @@ CONFIG_CASES = [
     ("tracking.uri", "./mlruns", "tracking.uri"), ("tracking.uri", "file:///tmp/mlruns", "tracking.uri"),
     ("tracking.uri", "http://127.0.0.1:9", "tracking.uri"),
     ("optimiser", "sgd", "optimiser"),
+    # schedules and PBT
+    ("search.scheduler", {"kind": "pbt", "perturbation_interval": 30}, "search.scheduler.perturbation_interval"),
+    ("search.scheduler", {"kind": "pbt", "quantile_fraction": 0.9}, "search.scheduler.quantile_fraction"),
+    ("search.scheduler", {"kind": "pbt", "resample_probability": NAN}, "search.scheduler.resample_probability"),
+    ("search.hyperparameters", {"cutmix.alpha": {"uniform": [0.1, 50]}}, "cutmix.alpha"),
+    ("search.hyperparameters", {"cutmix.beta": {"uniform": [0.1, 5]}}, "cutmix.beta"),
+    ("search.hyperparameters", {"randaugment.magnitude": {"loguniform": [1, 9]}}, "randaugment.magnitude"),
+    ("schedule", [{"epoch": 1, "values": {"epochs": 5}}], "schedule.0.values.epochs"),
+    ("schedule", [{"epoch": 40, "values": {"lr": 0.1}}], "schedule.0.epoch"),
+    ("schedule", [{"epoch": 1, "values": {"lr": NAN}}], "schedule.0.values.lr"),
+    ("schedule", [{"epoch": 1, "values": {"mixup.alpha": -1}}], "schedule.0.values.mixup.alpha"),
+    ("schedule", [{"epoch": 1, "values": {"augmentation": "nope"}}], "schedule.0.values.augmentation"),
 ]
 
 

@@ -86,3 +86,32 @@ def test_single_run_bad_input_exits_2(tmp_path, argv, text, capsys):
     assert main(["train", "sla", str(path), "--no-progress", *argv]) == 2
     assert text in capsys.readouterr().err
     assert not (tmp_path / "runs").exists() and not (tmp_path / "m.db").exists()
+
+
+@pytest.mark.parametrize("method,argv,text", [
+    ("ssd", [], "schedule"),  # SSD runs are multi-stage: no schedule replay
+    ("kd", ["--augmentation", "cutout"], "--augmentation"),  # the schedule sets the augmentation
+])
+def test_schedule_replay_bad_input_exits_2(tmp_path, method, argv, text, capsys):
+    path = _config(tmp_path, schedule=[{"epoch": 1, "values": {"augmentation": "cutmix(alpha=0.5)"}},
+                                       {"epoch": 2, "values": {"cutmix.alpha": 1.5, "lr": 0.02}}])
+    assert main(["train", method, str(path), "--no-progress", *argv]) == 2
+    assert text in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "m.db").exists()
+
+
+def test_replayed_schedule_is_logged_epoch_by_epoch(tmp_path, capsys):
+    """`augtune train sla` with a schedule: the values change at the listed epochs, and the
+    tracked run's schedule.* curves show the value of every epoch."""
+    path = _config(tmp_path, schedule=[{"epoch": 1, "values": {"augmentation": "flip(p=0.2)", "lr": 0.04}},
+                                       {"epoch": 3, "values": {"flip.p": 0.9, "sla.temperature": 2.0}}])
+    assert main(["train", "sla", str(path), "--no-progress", "--track"]) == 0
+    run_id = (tmp_path / "runs" / "single" / "train-sla" / "mlflow_run_id").read_text().strip()
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/m.db")
+
+    def curve(name):
+        return [(m.step, m.value) for m in sorted(client.get_metric_history(run_id, name), key=lambda m: m.step)]
+
+    assert curve("schedule.flip.p") == [(1, 0.2), (2, 0.2), (3, 0.9)]
+    assert curve("schedule.lr") == [(1, 0.04), (2, 0.04), (3, 0.04)]
+    assert curve("schedule.sla.temperature") == [(1, 1.0), (2, 1.0), (3, 2.0)]

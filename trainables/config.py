@@ -238,6 +238,15 @@ class SSDConfig(Section):
         return value
 
 
+class ScheduleStep(Section):
+    """From `epoch` on (1-based), train with `values`: `augmentation` (a candidate id),
+    lr / weight_decay / momentum (student.train), `kd.temperature`-style method settings and
+    `kind.param` candidate parameters (e.g. `cutmix.alpha`). What PBT logs for a trial."""
+
+    epoch: int = Field(ge=1)
+    values: dict[str, Union[float, int, str]]
+
+
 class DistillConfig(ExperimentConfig):
     """Adds what the methods need: the student (the trained network) and each method's settings."""
 
@@ -245,6 +254,23 @@ class DistillConfig(ExperimentConfig):
     kd: KDConfig = Field(default_factory=KDConfig)
     sla: SLAConfig = Field(default_factory=SLAConfig)
     ssd: SSDConfig = Field(default_factory=SSDConfig)
+    schedule: list[ScheduleStep] = Field(default_factory=list, description=(
+        "values that change during a run (a PBT trial's schedule, replayed by augtune train); "
+        "empty: the sections' values throughout"))
+
+    @model_validator(mode="after")
+    def _schedule_values(self) -> "DistillConfig":
+        previous = 0
+        for index, step in enumerate(self.schedule):
+            where = f"schedule.{index}"
+            if step.epoch <= previous:
+                raise ValueError(f"{where}.epoch: steps must be in increasing epoch order ({step.epoch} after {previous})")
+            if step.epoch > self.student.train.epochs:
+                raise ValueError(f"{where}.epoch: {step.epoch} is past the run's {self.student.train.epochs} epochs")
+            previous = step.epoch
+            for name, value in step.values.items():
+                check_schedule_value(self, name, value, f"{where}.values.{name}")
+        return self
 
     @model_validator(mode="after")
     def _sla_colour_needs_rgb(self) -> "DistillConfig":
@@ -258,16 +284,63 @@ TRAIN_KEYS = ("lr", "weight_decay", "momentum", "batch_size", "epochs")
 METHOD_SECTIONS = ("kd", "sla", "ssd")
 
 
-def apply_trial_values(experiment: dict, config: dict) -> dict:
-    """Write sampled hyperparameters into the experiment dict: lr/weight_decay/momentum/
-    batch_size/epochs go to student.train, `kd.x`/`sla.x`/`ssd.x` to that section."""
+def check_schedule_value(cfg: DistillConfig, name: str, value, where: str) -> None:
+    """Refuse a value a run cannot switch to mid-way, naming `where` it came from."""
+    from spaces.candidates import numeric_params, parse_candidate
+    from spaces.hyper import changeable_during_run
+
+    def refuse(reason: str):
+        raise ValueError(f"{where}: {reason}")
+
+    if name == "augmentation":
+        if not isinstance(value, str):
+            refuse("give a candidate id such as cutmix(alpha=1.0)")
+        try:
+            parse_candidate(value)
+        except ValueError as exc:
+            refuse(str(exc))
+        return
+    if not changeable_during_run(name):
+        refuse(f"{name} cannot change during a run; schedulable: augmentation, lr, weight_decay, momentum, "
+               "kd./sla./ssd. numeric settings and kind.param candidate parameters")
+    param = numeric_params().get(name)
+    try:
+        if param is not None:
+            param.check(value, name.split(".")[0])
+        elif name in TRAIN_KEYS:
+            TrainConfig.model_validate({**cfg.student.train.model_dump(), name: value})
+        else:
+            section, field = name.split(".", 1)
+            section_cfg = getattr(cfg, section)
+            type(section_cfg).model_validate({**section_cfg.model_dump(), field: value})
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        refuse(str(exc).splitlines()[-1].strip() if "validation error" in str(exc) else str(exc))
+
+
+def apply_trial_values(experiment: dict, config: dict, method: Optional[str] = None) -> dict:
+    """Write a trial's sampled values into the experiment dict: lr/weight_decay/momentum/
+    batch_size/epochs go to student.train, `kd.x`/`sla.x`/`ssd.x` to that section, `augmentation`
+    to the method's augmentation, and `kind.param` values into that augmentation's id when it is
+    of that kind. `method` defaults to the config's search.method (else kd)."""
     import copy
 
+    from spaces.candidates import parse_candidate, with_values
+
     out = copy.deepcopy(experiment)
+    method = method or out.get("search", {}).get("method", "kd")
+    candidate_values = {}
     for key, value in config.items():
         section, _, name = key.partition(".")
-        if section in METHOD_SECTIONS and name:
+        if key == "augmentation":
+            out.setdefault(method, {})["augmentation"] = value
+        elif section in METHOD_SECTIONS and name:
             out.setdefault(section, {})[name] = value
         elif key in TRAIN_KEYS:
             out.setdefault("student", {}).setdefault("train", {})[key] = value
+        elif name:
+            candidate_values[key] = value
+    if candidate_values:
+        section = out.setdefault(method, {})
+        resolved = with_values(parse_candidate(section.get("augmentation", "identity")), candidate_values)
+        section["augmentation"] = resolved.id
     return out

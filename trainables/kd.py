@@ -15,12 +15,16 @@ from trainables.runner import EpochRunner
 
 
 class KDRunner(EpochRunner):
-    def __init__(self, cfg, augmentation: str, teacher_checkpoint: str, data: Optional[DataBundle] = None,
+    method_section = "kd"
+
+    def __init__(self, cfg, augmentation: Optional[str], teacher_checkpoint: str, data: Optional[DataBundle] = None,
                  seed: Optional[int] = None):
-        """`cfg` is a DistillConfig (student and kd sections); `data` reuses a loaded bundle."""
+        """`cfg` is a DistillConfig (student and kd sections); `augmentation` defaults to
+        cfg.kd.augmentation; `data` reuses a loaded bundle."""
         super().__init__(cfg, cfg.student.train, data, seed)
         self.kd_cfg = cfg.kd
-        self.candidate = parse_candidate(augmentation)
+        self.candidate = parse_candidate(augmentation or cfg.kd.augmentation)
+        cfg.kd.augmentation = self.candidate.id
         self.teacher, _ = load_checkpoint(teacher_checkpoint, self.data, self.device)
         self.teacher.eval().requires_grad_(False)
         self.model = build_model(cfg.student.model, self.data.num_classes, self.data.channels).to(self.device)

@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional
 import torch
 from tqdm.auto import tqdm
 
-from trainables.config import ExperimentConfig, TrainConfig
+from trainables.config import METHOD_SECTIONS, TRAIN_KEYS, ExperimentConfig, TrainConfig
 from trainables.data import BatchFeeder, DataBundle, load_data
 from trainables.engine import (InputPipeline, build_optimizer, build_scheduler, evaluate, resolve_device,
                                seed_everything)
@@ -21,9 +21,15 @@ from trainables.engine import (InputPipeline, build_optimizer, build_scheduler, 
 
 class EpochRunner:
     """Shared state: config, device, data, feeders, pipeline, generator, epoch counter.
-    Subclasses set `self.model`, `self.optimizer`, `self.scheduler` and implement `train_epoch`."""
+    Subclasses set `self.model`, `self.optimizer`, `self.scheduler` and implement `train_epoch`.
+
+    Values that may change during a run (a PBT exploit, a replayed `schedule`) are set through
+    `set_values`; the names given to `track` are recorded for every epoch in `schedule_log`,
+    which travels with the checkpoint (a PBT exploit copies the donor's log: the lineage)."""
 
     show_progress = False
+    candidate = None  # the augmentation the method applies, when it has one
+    method_section: Optional[str] = None  # where `kd.temperature`-style names go
 
     def __init__(self, cfg: ExperimentConfig, train: TrainConfig, data: Optional[DataBundle] = None,
                  seed: Optional[int] = None):
@@ -42,6 +48,10 @@ class EpochRunner:
         self.val_feeder = (BatchFeeder(self.data.val, eval_batch, self.device, shuffle=False,
                                        num_workers=cfg.data.num_workers) if self.data.val is not None else None)
         self.epoch = 0
+        self.tracked: tuple[str, ...] = ()
+        self.schedule_log: list[dict[str, Any]] = []
+        schedule = getattr(cfg, "schedule", None) or []
+        self.track(name for step in schedule for name in step.values)
 
     # -- to implement
     def train_epoch(self) -> dict[str, float]:
@@ -78,6 +88,9 @@ class EpochRunner:
         return tqdm(self.train_feeder, desc=description, leave=False, dynamic_ncols=True)
 
     def run_epoch(self) -> dict[str, Any]:
+        scheduled = self.scheduled_values(self.epoch + 1)
+        if scheduled and scheduled != {k: self.value_of(k) for k in scheduled}:
+            self.set_values(scheduled)
         start = time.perf_counter()
         metrics = self.train_epoch()
         self.epoch += 1
@@ -85,7 +98,68 @@ class EpochRunner:
         metrics.update(epoch=self.epoch, epoch_seconds=seconds,
                        images_per_second=len(self.train_feeder) * self.train_cfg.batch_size / max(seconds, 1e-9),
                        lr=self.optimizer.param_groups[0]["lr"])
+        if self.tracked:
+            values = {name: value for name in self.tracked if (value := self.value_of(name)) is not None}
+            self.schedule_log.append({"epoch": self.epoch, **values})
+            metrics.update({f"schedule.{k}": v for k, v in values.items() if isinstance(v, (int, float))})
         return metrics
+
+    # -- values that change during a run
+    def track(self, names) -> None:
+        """Record these names' values every epoch (plus the augmentation, when there is one)."""
+        names = list(names)
+        if names:
+            names.insert(0, "augmentation")
+        self.tracked = tuple(dict.fromkeys([*self.tracked, *names]))
+
+    def scheduled_values(self, epoch: int) -> dict[str, Any]:
+        """The config schedule's values in force at `epoch` (later steps override earlier ones)."""
+        values: dict[str, Any] = {}
+        for step in getattr(self.cfg, "schedule", None) or []:
+            if step.epoch <= epoch:
+                values.update(step.values)
+        return values
+
+    def value_of(self, name: str) -> Any:
+        if name == "augmentation":
+            return self.candidate.id if self.candidate is not None else None
+        if name in TRAIN_KEYS:
+            return getattr(self.train_cfg, name)
+        section, _, field = name.partition(".")
+        if section in METHOD_SECTIONS:
+            return getattr(getattr(self.cfg, section), field)
+        if self.candidate is not None and self.candidate.kind == section:
+            return self.candidate.params.get(field)
+        return None
+
+    def set_values(self, values: dict[str, Any]) -> None:
+        """Switch to `values` from the next batch on: the augmentation first, then its
+        parameters, the optimiser's lr / weight decay / momentum, the method's settings."""
+        from spaces.candidates import parse_candidate, with_values
+
+        if "augmentation" in values and self.candidate is not None:
+            self.candidate = parse_candidate(values["augmentation"])
+            getattr(self.cfg, self.method_section).augmentation = self.candidate.id
+        if self.candidate is not None:
+            self.candidate = with_values(self.candidate, values)
+        for name, value in values.items():
+            section, _, field = name.partition(".")
+            if name in TRAIN_KEYS:
+                setattr(self.train_cfg, name, value)
+            elif section in METHOD_SECTIONS and field != "augmentation":
+                setattr(getattr(self.cfg, section), field, value)
+        self.apply_optimiser_settings()
+
+    def apply_optimiser_settings(self) -> None:
+        """The optimiser's lr (base and current), weight decay and momentum from `train_cfg`: a
+        restored optimiser carries the values it was saved with, which a PBT exploit replaces."""
+        self.scheduler.base_lrs = [self.train_cfg.lr for _ in self.optimizer.param_groups]
+        for group, factor in zip(self.optimizer.param_groups, self.scheduler.lr_lambdas):
+            group["initial_lr"] = self.train_cfg.lr
+            group["lr"] = self.train_cfg.lr * factor(self.scheduler.last_epoch)
+            group["weight_decay"] = self.train_cfg.weight_decay
+            group["momentum"] = self.train_cfg.momentum
+            group["nesterov"] = self.train_cfg.nesterov and self.train_cfg.momentum > 0
 
     @property
     def finished(self) -> bool:
@@ -96,7 +170,8 @@ class EpochRunner:
                 "modules": {k: m.state_dict() for k, m in self.modules().items()},
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "generator": self.generator.get_state(),
-                "feeder_generator": self.train_feeder.generator.get_state()}
+                "feeder_generator": self.train_feeder.generator.get_state(),
+                "schedule_log": [dict(row) for row in self.schedule_log]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch = state["epoch"]
@@ -106,6 +181,8 @@ class EpochRunner:
         self.scheduler.load_state_dict(state["scheduler"])
         self.generator.set_state(state["generator"])
         self.train_feeder.generator.set_state(state["feeder_generator"])
+        self.schedule_log = [dict(row) for row in state.get("schedule_log", [])]
+        self.apply_optimiser_settings()
 
 
 def run_to_completion(runner: EpochRunner, on_epoch: Optional[Callable[[dict], None]] = None,

@@ -17,14 +17,16 @@ from trainables.runner import EpochRunner
 
 
 class SLARunner(EpochRunner):
+    method_section = "sla"
+
     def __init__(self, cfg, data: Optional[DataBundle] = None, seed: Optional[int] = None):
         """`cfg` is a trainables.config.DistillConfig; the network is cfg.student."""
         super().__init__(cfg, cfg.student.train, data, seed)
         self.sla = cfg.sla
         self.m = label_transforms.NUM_TRANSFORMS[self.sla.transforms]
-        self.base = parse_candidate(self.sla.augmentation)
-        if self.base.mixes or self.base.scorer:
-            raise ValueError(f"sla.augmentation {self.base.id} mixes images or needs a scoring network; SLA "
+        self.candidate = parse_candidate(self.sla.augmentation)
+        if self.candidate.mixes or self.candidate.scorer:
+            raise ValueError(f"sla.augmentation {self.candidate.id} mixes images or needs a scoring network; SLA "
                              "needs one label per image: choose a non-mixing augmentation")
         c = self.data.num_classes
         self.model = build_model(cfg.student.model, c, self.data.channels).to(self.device)
@@ -46,7 +48,7 @@ class SLARunner(EpochRunner):
         self.model.train()
         total, count = torch.zeros((), device=self.device), 0
         for images, labels in self.batches(f"epoch {self.epoch + 1}"):
-            x = self.base.apply(self.pipeline.train_batch(images, self.generator), self.context)
+            x = self.candidate.apply(self.pipeline.train_batch(images, self.generator), self.context)
             with autocast(self.device, self.train_cfg.bf16):
                 joint, single = self._forward(x)
             loss = sla_loss(joint, labels, self.m, self.sla.large_loss)

@@ -228,6 +228,8 @@ class LWSRunner(EpochRunner):
 # ------------------------------------------------------------------ stage III
 
 class SelfDistillRunner(EpochRunner):
+    method_section = "ssd"
+
     def __init__(self, cfg, teacher: Network, data: Optional[DataBundle] = None, seed: Optional[int] = None):
         super().__init__(cfg, cfg.student.train, data, seed)
         self.ssd = cfg.ssd

@@ -11,9 +11,10 @@ augmentation are built afresh, so a reused actor gives the same result as a fres
 """
 from __future__ import annotations
 
+import json
 import math
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from ray import tune
@@ -26,13 +27,16 @@ STATE_FILE = "runner.pt"
 
 def _method_config(config: dict[str, Any], experiment: dict[str, Any], section: str):
     """The trial's DistillConfig: the fixed experiment plus the sampled values; the trial's
-    candidate ("augmentation") goes to the method's own augmentation field."""
+    candidate ("augmentation", with any sampled `kind.param` values) goes to the method's own
+    augmentation field."""
     from trainables.config import DistillConfig
 
-    values = dict(config)
-    if section != "kd" and "augmentation" in values:
-        values[f"{section}.augmentation"] = values.pop("augmentation")
-    return DistillConfig.model_validate(apply_trial_values(experiment, values))
+    return DistillConfig.model_validate(apply_trial_values(experiment, config, section))
+
+
+def _tracked(runner: EpochRunner, track: Sequence[str]) -> EpochRunner:
+    runner.track(track)
+    return runner
 
 
 class DataCache:
@@ -72,6 +76,9 @@ def as_trainable(build_runner: Callable[..., EpochRunner], name: str) -> type[tu
             metrics["diverged"] = not all(math.isfinite(v) for k, v in metrics.items()
                                           if k.startswith("train_") and k.endswith("loss"))
             metrics["done"] = self.runner.finished or metrics["diverged"]
+            if metrics["done"] and getattr(self.runner, "schedule_log", None):
+                # the values of every epoch that made this network (a PBT trial's lineage), for MLflow
+                metrics["schedule_log"] = json.dumps(self.runner.schedule_log)
             return metrics
 
         def save_checkpoint(self, checkpoint_dir: str) -> None:
@@ -100,22 +107,23 @@ TeacherTrainable = as_trainable(_teacher_runner, "TeacherTrainable")
 
 
 def _kd_runner(config: dict[str, Any], experiment: dict[str, Any], teacher_checkpoint: str,
-               cache: DataCache, trial: str) -> EpochRunner:
+               cache: DataCache, trial: str, track: Sequence[str] = ()) -> EpochRunner:
     from trainables.kd import KDRunner
 
     cfg = _method_config(config, experiment, "kd")
-    return KDRunner(cfg, config["augmentation"], teacher_checkpoint, data=cache.get(experiment["data"]),
-                    seed=config.get("seed"))
+    return _tracked(KDRunner(cfg, None, teacher_checkpoint, data=cache.get(experiment["data"]),
+                             seed=config.get("seed")), track)
 
 
 KDTrainable = as_trainable(_kd_runner, "KDTrainable")
 
 
-def _sla_runner(config: dict[str, Any], experiment: dict[str, Any], cache: DataCache, trial: str) -> EpochRunner:
+def _sla_runner(config: dict[str, Any], experiment: dict[str, Any], cache: DataCache, trial: str,
+                track: Sequence[str] = ()) -> EpochRunner:
     from trainables.sla import SLARunner
 
-    return SLARunner(_method_config(config, experiment, "sla"), data=cache.get(experiment["data"]),
-                     seed=config.get("seed"))
+    return _tracked(SLARunner(_method_config(config, experiment, "sla"), data=cache.get(experiment["data"]),
+                              seed=config.get("seed")), track)
 
 
 SLATrainable = as_trainable(_sla_runner, "SLATrainable")

@@ -1,0 +1,207 @@
+"""Population based training: an exploit takes the donor's whole state and the new values; a
+replayed schedule applies its values epoch by epoch and reproduces the member exactly; a real
+PBT sweep keeps one MLflow run per member with every epoch logged once."""
+import json
+
+import pytest
+import torch
+
+from search.config import ConfigError, load_config
+from search.schedule import to_steps
+from tests.sweep_helpers import runs_by_stage, write_sweep_config
+from trainables.config import DistillConfig
+from trainables.data import load_data
+from trainables.engine import lr_factor, save_checkpoint
+from trainables.models import build_model
+
+TRACK = ["lr", "cutmix.alpha", "kd.temperature"]
+
+
+def _experiment(tmp_path, epochs=4) -> DistillConfig:
+    return DistillConfig.model_validate({
+        "output_dir": str(tmp_path), "data": {"name": "digits", "samples_per_class": 10, "val_per_class": 5,
+                                              "image_size": 12},
+        "teacher": {"model": "resnet8"},
+        "student": {"model": "resnet8", "train": {"epochs": epochs, "batch_size": 32, "schedule": "cosine"}},
+    })
+
+
+@pytest.fixture
+def kd_trainable(tmp_path, ray_session):
+    from ray import tune
+
+    from trainables.tune import KDTrainable
+
+    experiment = _experiment(tmp_path)
+    data = load_data(experiment.data)
+    torch.manual_seed(0)
+    teacher = build_model("resnet8", data.num_classes, data.channels)
+    checkpoint = save_checkpoint(tmp_path / "teacher.pt", teacher, "resnet8", data)
+    trainable = tune.with_parameters(KDTrainable, experiment=experiment.model_dump(mode="json"),
+                                     teacher_checkpoint=str(checkpoint), track=TRACK)
+    return experiment, checkpoint, trainable
+
+
+def _clone(state):
+    return {k: (v.clone() if torch.is_tensor(v) else v) for k, v in state.items()}
+
+
+def test_exploit_copies_the_donors_state_and_takes_the_new_values(kd_trainable, tmp_path):
+    _, _, trainable = kd_trainable
+    donor_config = {"augmentation": "cutmix", "seed": 3, "lr": 0.05, "cutmix.alpha": 1.0, "kd.temperature": 4.0}
+    donor = trainable(config=dict(donor_config))
+    donor.train(), donor.train()
+    folder = tmp_path / "donor-checkpoint"
+    folder.mkdir()
+    donor.save_checkpoint(str(folder))
+    weights = _clone(donor.runner.model.state_dict())
+    generator = donor.runner.generator.get_state().clone()
+    feeder_generator = donor.runner.train_feeder.generator.get_state().clone()
+    momentum = [donor.runner.optimizer.state[p]["momentum_buffer"].clone() for p in donor.runner.model.parameters()]
+
+    member = trainable(config={"augmentation": "mixup", "seed": 1, "lr": 0.02, "cutmix.alpha": 2.0,
+                               "kd.temperature": 2.0})
+    member.train()  # a member with a state of its own, about to be overwritten
+    new_config = {**donor_config, "lr": 0.08, "cutmix.alpha": 0.4}  # what PBT's explore gives
+    assert member.reset(dict(new_config))  # Ray's exploit on a reused actor: reset, then restore
+    member.load_checkpoint(str(folder))
+
+    runner = member.runner
+    assert runner.epoch == 2
+    for name, value in runner.model.state_dict().items():
+        assert torch.equal(value, weights[name]), name
+    assert torch.equal(runner.generator.get_state(), generator)
+    assert torch.equal(runner.train_feeder.generator.get_state(), feeder_generator)
+    for param, buffer in zip(runner.model.parameters(), momentum):
+        assert torch.equal(runner.optimizer.state[param]["momentum_buffer"], buffer)
+    # the new values, not the donor's: the restored optimiser carried lr 0.05
+    steps = runner.scheduler.last_epoch
+    assert steps == 2 * len(runner.train_feeder)
+    expected_lr = 0.08 * lr_factor(runner.train_cfg, steps, len(runner.train_feeder))
+    assert runner.optimizer.param_groups[0]["lr"] == pytest.approx(expected_lr, rel=1e-12)
+    assert runner.scheduler.base_lrs == [0.08]
+    assert runner.candidate.params["alpha"] == 0.4
+    # the donor's schedule so far is the member's lineage
+    assert [(r["epoch"], r["lr"], r["cutmix.alpha"]) for r in runner.schedule_log] == [(1, 0.05, 1.0), (2, 0.05, 1.0)]
+    result = member.train()
+    assert result["epoch"] == 3 and result["schedule.lr"] == 0.08 and result["schedule.cutmix.alpha"] == 0.4
+    assert runner.schedule_log[-1]["augmentation"] == "cutmix(alpha=0.4)"
+    donor.stop(), member.stop()
+
+
+def test_a_replayed_schedule_applies_its_values_and_reproduces_the_member(kd_trainable, tmp_path):
+    from trainables.kd import KDRunner
+
+    experiment, teacher, trainable = kd_trainable
+    donor_config = {"augmentation": "cutmix", "seed": 3, "lr": 0.05, "cutmix.alpha": 1.0, "kd.temperature": 4.0}
+    donor = trainable(config=dict(donor_config))
+    donor.train(), donor.train()
+    folder = tmp_path / "checkpoint"
+    folder.mkdir()
+    donor.save_checkpoint(str(folder))
+    member = trainable(config={**donor_config, "seed": 9})
+    member.reset({**donor_config, "lr": 0.03, "cutmix.alpha": 0.25, "kd.temperature": 2.5})
+    member.load_checkpoint(str(folder))
+    member_results = [member.train(), member.train()]
+    assert member_results[-1]["done"]
+    lineage = json.loads(member_results[-1]["schedule_log"])
+    donor.stop(), member.stop()
+
+    steps = to_steps(lineage)
+    assert [s["epoch"] for s in steps] == [1, 3]  # the start, then the exploit's new values
+    replay_cfg = DistillConfig.model_validate({**experiment.model_dump(mode="json"), "seed": 3, "schedule": steps})
+    runner = KDRunner(replay_cfg, None, str(teacher))
+    seen = []
+    while not runner.finished:
+        metrics = runner.run_epoch()
+        seen.append((runner.value_of("lr"), runner.value_of("kd.temperature"), runner.candidate.id,
+                     runner.kd_cfg.temperature, runner.optimizer.param_groups[0]["weight_decay"]))
+        last = metrics
+    assert seen == [(0.05, 4.0, "cutmix(alpha=1.0)", 4.0, 5e-4)] * 2 + [(0.03, 2.5, "cutmix(alpha=0.25)", 2.5, 5e-4)] * 2
+    assert [r for r in runner.schedule_log] == lineage
+    # the same network as the member that trained through an exploit (CPU kernels are deterministic)
+    for key in ("train_loss", "val_loss", "test_loss"):
+        assert last[key] == member_results[-1][key], key
+
+
+def test_schedule_steps_are_checked(tmp_path):
+    base = _experiment(tmp_path).model_dump(mode="json")
+    cases = [
+        ([{"epoch": 1, "values": {"batch_size": 64}}], "batch_size cannot change during a run"),
+        ([{"epoch": 1, "values": {"cutmix.alpha": 50.0}}], "cutmix.alpha must lie in"),
+        ([{"epoch": 1, "values": {"lr": -1.0}}], "schedule.0.values.lr"),
+        ([{"epoch": 2, "values": {"lr": 0.1}}, {"epoch": 2, "values": {"lr": 0.2}}], "increasing epoch order"),
+        ([{"epoch": 9, "values": {"lr": 0.1}}], "past the run's 4 epochs"),
+        ([{"epoch": 1, "values": {"augmentation": "cutmixx"}}], "unknown augmentation"),
+    ]
+    for schedule, message in cases:
+        with pytest.raises(ValueError, match=message):
+            DistillConfig.model_validate({**base, "schedule": schedule})
+
+
+@pytest.mark.parametrize("search, message", [
+    ({"scheduler": {"kind": "pbt"}, "method": "ssd"}, "SSD trials are multi-stage"),
+    ({"scheduler": {"kind": "pbt"}, "hyperparameters": {"batch_size": {"int": [16, 64]}}}, "cannot change mid-run"),
+    ({"scheduler": {"kind": "pbt"}, "hyperparameters": {"lr": 0.05}}, "at least one search.hyperparameters"),
+    ({"scheduler": {"kind": "pbt", "perturbation_interval": 2}}, "would never exploit"),
+    ({"hyperparameters": {"randaugment.magnitude": {"uniform": [1, 9]}}}, "takes whole numbers"),
+    ({"hyperparameters": {"cutmix.alpha": {"uniform": [0.1, 20.0]}}}, "cutmix.alpha must lie in"),
+])
+def test_pbt_config_is_checked(tmp_path, search, message):
+    path = write_sweep_config(tmp_path, "pbt-bad", f"sqlite:///{tmp_path}/m.db", **search)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+@pytest.mark.slow
+def test_pbt_sweep_keeps_one_run_per_member_and_logs_schedules(tmp_path, ray_session):
+    from mlflow import MlflowClient
+
+    from search.sweep import run_sweep
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    path = write_sweep_config(
+        tmp_path, "pbt", uri, num_samples=4, prune={"mode": "top_k", "top_k": 2},
+        scheduler={"kind": "pbt", "perturbation_interval": 1, "quantile_fraction": 0.5, "resample_probability": 0.5},
+        hyperparameters={"lr": {"loguniform": [0.02, 0.1]}, "cutmix.alpha": {"uniform": [0.2, 2.0]},
+                         "mixup.alpha": {"uniform": [0.2, 2.0]}})
+    cfg = load_config(path, {"student.train.epochs": 6, "space.candidates": ["identity", "mixup", "cutmix"]})
+    outcome = run_sweep(cfg, progress=False)
+    assert outcome.best is not None and len(outcome.trials) == 4
+    client = MlflowClient(tracking_uri=uri)
+    trials = runs_by_stage(uri, "pbt")["trial"]
+    assert sorted(r.data.tags["augtune.trial_id"] for r in trials) == sorted(t["trial_id"] for t in outcome.trials)
+    exploited = 0
+    for run in trials:
+        assert run.info.status == "FINISHED"
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_loss"))
+        # no epoch logged twice across exploits (an asynchronous exploit may skip ahead to the donor's)
+        assert len(steps) == len(set(steps)) and steps[0] == 1 and steps[-1] == 6, steps
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"schedule.csv", "schedule.png", "schedule.json", "final_config.json"} <= artifacts
+        rows = json.loads(open(client.download_artifacts(run.info.run_id, "schedule.json", str(tmp_path))).read())
+        assert [r["epoch"] for r in rows] == list(range(1, 7))
+        logged_lr = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "schedule.lr"),
+                                             key=lambda m: m.step)]
+        started_with = float(run.data.params["lr"])
+        # an exploited member's lineage starts with its donor's values, not the ones it started with
+        if rows[0]["lr"] != started_with:
+            exploited += 1
+            assert logged_lr[0] == started_with  # what the member itself trained with before the exploit
+        for row in rows:  # explore stays inside the declared domains
+            assert 0.02 <= row["lr"] <= 0.1
+            for name in ("cutmix.alpha", "mixup.alpha"):
+                if name in row:
+                    assert 0.2 <= row[name] <= 2.0
+    assert exploited >= 1  # with half the population below the top half, some member copied another
+    # the best member, exported from MLflow with its schedule, replays bit for bit without Ray
+    from search.cli import main
+
+    exported = tmp_path / "best.yaml"
+    assert main(["best", "--experiment", "pbt", "--tracking-uri", uri, "--export", str(exported)]) == 0
+    assert "schedule:" in exported.read_text()
+    assert main(["train", "kd", str(exported), "--threads", "1", "--no-progress",
+                 "--set", f"output_dir={tmp_path / 'again'}"]) == 0
+    torch.set_num_threads(2)  # back to this session's default
+    summary = json.loads((tmp_path / "again" / "pbt" / "train-kd" / "summary.json").read_text())
+    assert summary["val_loss"] == outcome.best["val_loss"] and summary["test_loss"] == outcome.best["test_loss"]
