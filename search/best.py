@@ -114,6 +114,7 @@ def export_best(uri: str, experiment: str, path: Path, metric: str = "val_loss")
     import yaml
 
     from trainables.config import apply_trial_values
+    from trainables.methods import REGISTRY
 
     best = best_augmentation(uri, experiment, metric)
     tracker = Tracker(uri, experiment)
@@ -141,7 +142,7 @@ def export_best(uri: str, experiment: str, path: Path, metric: str = "val_loss")
                                                                      tmp)).read_text())
             config["schedule"] = to_steps(rows)
         teacher = tracker.client.get_run(parent_id).data.params.get("teacher_checkpoint")
-        if teacher and method == "kd":
+        if teacher and REGISTRY[method].teacher == "supervised":
             config.setdefault("teacher", {})["checkpoint"] = teacher
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -176,7 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     teacher = with_config(train_sub.add_parser("teacher", help="train and save a teacher"))
     teacher.add_argument("--output", help="checkpoint path (default OUTPUT_DIR/NAME/teacher.pt)")
     teacher.set_defaults(handler=_train_teacher)
-    for method in ("kd", "sla", "ssd"):
+    from trainables.methods import REGISTRY
+
+    for method in sorted(REGISTRY):
         single = with_config(train_sub.add_parser(method, help=f"one {method} run without Ray (resumable)"))
         single.add_argument("--augmentation", help="candidate id, e.g. 'cutmix_pick(keep=0.5)' (default: the "
                                                   f"config's {method}.augmentation)")

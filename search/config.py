@@ -9,8 +9,9 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from spaces.candidates import DEFAULT_CANDIDATES, expand_candidates
-from spaces.hyper import parse_hyperparameters
+from spaces.hyper import check_names, parse_hyperparameters
 from trainables.config import DistillConfig, Section, check_checkpoint_file
+from trainables.methods import REGISTRY, get_method
 
 
 class ConfigError(ValueError):
@@ -77,8 +78,9 @@ class SchedulerConfig(Section):
 
 
 class SearchConfig(Section):
-    method: Literal["kd", "sla", "ssd"] = Field(
-        "kd", description="kd: proxy-pruned KD; sla: SLA (no teacher, no proxy); ssd: SSD stages, proxy on stage II")
+    method: str = Field(
+        "kd", description="a registered method (trainables.methods): kd: proxy-pruned KD; sla: SLA (no teacher, "
+                          "no proxy); ssd: SSD stages, proxy on stage II")
     algorithm: Literal["optuna", "random"] = "optuna"
     num_samples: int = Field(6, ge=1, description="trials in total")
     max_concurrent: int = Field(2, ge=1)
@@ -99,6 +101,12 @@ class SearchConfig(Section):
     ray_address: Optional[str] = Field(None, description="'auto' to join a running cluster")
     storage_path: Optional[str] = Field(None, description="shared on clusters (s3://, NFS)")
     seed: int = Field(0, ge=0, lt=2**31, description="seeds the searcher (Optuna, random search, sentinels)")
+
+    @field_validator("method")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        get_method(value)  # raises naming the registered methods
+        return value
 
     @field_validator("hyperparameters")
     @classmethod
@@ -136,13 +144,25 @@ class SweepConfig(DistillConfig):
     search: SearchConfig = Field(default_factory=SearchConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
+    @property
+    def method(self):
+        """The registry entry of search.method (trainables.method.Method)."""
+        return REGISTRY[self.search.method]
+
     @model_validator(mode="after")
     def _method_space(self) -> "SweepConfig":
-        if self.search.method == "sla":
-            bad = [c.id for c in self.space.resolved() if c.mixes or c.scorer]
-            if bad:
-                raise ValueError(f"space.candidates: {bad[0]} mixes images or needs a scoring network; "
-                                 "search.method sla needs one label per image")
+        for candidate in self.space.resolved():
+            reason = self.method.refuses(candidate)
+            if reason:
+                raise ValueError(f"space.candidates: {reason} (search.method {self.search.method})")
+        return self
+
+    @model_validator(mode="after")
+    def _hyperparameter_names(self) -> "SweepConfig":
+        try:
+            check_names(self.search.hyperparameters, self.method.hyperparameters, self.search.method)
+        except ValueError as exc:
+            raise ValueError(f"search.hyperparameters: {exc}") from None
         return self
 
     @model_validator(mode="after")
@@ -150,11 +170,12 @@ class SweepConfig(DistillConfig):
         count = len(self.space.resolved())
         prune = self.search.prune
         explicit_k = "top_k" in prune.model_fields_set  # the default of 3 may exceed a short list: keep all then
-        if self.search.method != "sla" and prune.mode == "top_k" and explicit_k and prune.top_k > count:
+        if self.method.teacher != "none" and prune.mode == "top_k" and explicit_k and prune.top_k > count:
             raise ValueError(f"search.prune.top_k: {prune.top_k} exceeds the {count} candidates in space.candidates; "
                              f"use at most {count} (or prune.mode: none)")
-        if prune.audit and self.search.method == "sla":
-            raise ValueError("search.prune.audit: SLA sweeps have no proxy and prune nothing; set audit: 0")
+        if prune.audit and self.method.teacher == "none":
+            raise ValueError(f"search.prune.audit: {self.search.method} sweeps have no teacher, hence no proxy, and "
+                             "prune nothing; set audit: 0")
         pruned = max(count - prune.top_k, 0)
         if prune.audit and prune.mode == "top_k" and prune.audit > pruned:
             raise ValueError(f"search.prune.audit: {prune.audit} sentinels, but only {pruned} candidates "
@@ -186,14 +207,15 @@ class SweepConfig(DistillConfig):
         s = self.search
         if s.scheduler.kind != "pbt":
             return self
-        if s.method == "ssd":
-            raise ValueError("search.scheduler.kind: pbt changes values during one training run; SSD trials are "
-                             "multi-stage runs: use asha or fifo for search.method ssd")
+        if not self.method.schedulable:
+            raise ValueError(f"search.scheduler.kind: pbt changes values during one training run; {s.method} trials "
+                             f"are multi-stage runs: use asha or fifo for search.method {s.method}")
         if s.validate_proxy:
             raise ValueError("search.validate_proxy trains every candidate to the end with fixed values; "
                              "use scheduler.kind fifo (not pbt) for it")
         hypers = parse_hyperparameters(s.hyperparameters)
-        fixed = [h.name for h in hypers if h.form != "constant" and not changeable_during_run(h.name)]
+        fixed = [h.name for h in hypers if h.form != "constant"
+                 and not changeable_during_run(h.name, self.method.hyperparameters, self.method.fixed_during_run)]
         if fixed:
             raise ValueError(f"search.hyperparameters.{fixed[0]}: PBT changes values during training, and "
                              f"{fixed[0]} cannot change mid-run; make it a constant or use asha/fifo")

@@ -12,7 +12,7 @@ import torch
 
 from search.config import SweepConfig
 from search.proxy import ProxyScore, format_table, score_candidates
-from search.teacher import obtain_teacher
+from search.teacher import obtain_method_teacher
 from search.tracking import Tracker, log_proxy_scores
 from trainables.data import DataBundle
 from trainables.engine import InputPipeline, evaluate_split, load_checkpoint, resolve_device
@@ -106,11 +106,8 @@ def write_scores(scores: list[ProxyScore], folder: Path) -> tuple[Path, Path]:
 def run_proxy(cfg: SweepConfig, data: DataBundle, tracker: Tracker, parent_id: str,
               progress: bool = True) -> ProxyOutcome:
     device = resolve_device(cfg.device)
-    if cfg.search.method == "ssd":
-        from search.teacher import obtain_ssd_teacher
-        teacher, teacher_path, trained = obtain_ssd_teacher(cfg, data, device, tracker, parent_id, progress)
-    else:
-        teacher, teacher_path, trained = obtain_teacher(cfg, data, device, progress=progress)
+    teacher, teacher_path, trained = obtain_method_teacher(cfg, cfg.method, data, device, tracker, parent_id,
+                                                           progress)
     if trained:
         print(f"trained teacher -> {teacher_path}")
     teacher_test = evaluate_split(teacher, data, device)

@@ -19,50 +19,38 @@ from search.config import ConfigError, SweepConfig
 from search.jobs import check_tracking_uri, load_checked_data, pair_name
 from search.tracking import CANDIDATE_TAG, PAIR_TAG, Tracker
 from trainables.engine import resolve_device, save_checkpoint
-
-METHODS = ("kd", "sla", "ssd")
-
+from trainables.methods import REGISTRY, get_method
 
 def run_folder(cfg: SweepConfig, method: str) -> Path:
     return cfg.output_dir / cfg.name / f"train-{method}"
 
 
-def _check_augmentation(method: str, augmentation: str) -> None:
+def _check_augmentation(method, augmentation: str) -> None:
     from spaces.candidates import parse_candidate
 
     try:
         candidate = parse_candidate(augmentation)
     except ValueError as exc:
         raise ConfigError(f"--augmentation: {exc}") from None
-    if method == "sla" and (candidate.mixes or candidate.scorer):
-        raise ConfigError(f"--augmentation: {augmentation} mixes images or needs a scoring network; SLA needs one "
-                          "label per image")
+    reason = method.refuses(candidate)
+    if reason:
+        raise ConfigError(f"--augmentation: {reason}")
 
 
-def build_runner(cfg: SweepConfig, method: str, augmentation: str, seed: int, data, progress: bool):
-    """The method's runner, the teacher obtained (loaded, or trained once) where it needs one."""
-    device = resolve_device(cfg.device)
-    if method == "kd":
-        from search.teacher import obtain_teacher
-        from trainables.kd import KDRunner
+def build_runner(cfg: SweepConfig, method_name: str, augmentation: str, seed: int, data, progress: bool):
+    """The method's runner (from the registry), its teacher obtained (loaded, or trained once)
+    where it needs one."""
+    from search.teacher import obtain_method_teacher
 
-        _, teacher_path, _ = obtain_teacher(cfg, data, device, progress=progress)
-        return KDRunner(cfg, augmentation, str(teacher_path), data=data, seed=seed)
-    if method == "sla":
-        from trainables.sla import SLARunner
-
-        cfg.sla.augmentation = augmentation
-        return SLARunner(cfg, data=data, seed=seed)
-    from trainables.ssd import SSDChainRunner
-
-    cfg.ssd.augmentation = augmentation
+    method = get_method(method_name)
+    section = cfg.section(method_name)
+    if hasattr(section, "augmentation"):
+        section.augmentation = augmentation
     teacher_path = None
-    if cfg.ssd.start_stage == 3:
-        from search.teacher import obtain_ssd_teacher
-
-        _, teacher_path, _ = obtain_ssd_teacher(cfg, data, device, progress=progress)
-    return SSDChainRunner(cfg, str(teacher_path) if teacher_path else None, data=data, seed=seed,
-                          work_dir=run_folder(cfg, method))
+    if method.teacher != "none" and method.uses_teacher(cfg):
+        _, teacher_path, _ = obtain_method_teacher(cfg, method, data, resolve_device(cfg.device), progress=progress)
+    return method.runner(cfg, data=data, seed=seed, teacher_checkpoint=str(teacher_path) if teacher_path else None,
+                         work_dir=run_folder(cfg, method_name))
 
 
 def _total_epochs(runner) -> int:
@@ -88,17 +76,16 @@ def train_single(cfg: SweepConfig, method: str, augmentation: Optional[str] = No
                  on_epoch: Optional[Callable[[dict], None]] = None) -> dict[str, Any]:
     """Train to the end (or from runner.pt with `resume`); returns the summary. `on_epoch` sees
     each epoch's metrics after its state is saved."""
-    if method not in METHODS:
-        raise ConfigError(f"method {method!r}: choose one of {', '.join(METHODS)}")
-    if cfg.schedule and method == "ssd":
-        raise ConfigError("schedule: a schedule is replayed in kd and sla runs; SSD runs are multi-stage: "
+    if method not in REGISTRY:
+        raise ConfigError(f"method {method!r}: choose one of {', '.join(sorted(REGISTRY))}")
+    if cfg.schedule and not REGISTRY[method].schedulable:
+        raise ConfigError(f"schedule: a schedule is replayed in single-stage runs; {method} runs are multi-stage: "
                           "remove schedule: from the config")
     if augmentation and any("augmentation" in step.values for step in cfg.schedule):
         raise ConfigError("--augmentation: this config's schedule sets the augmentation epoch by epoch; "
                           "drop --augmentation (or the schedule)")
-    augmentation = augmentation or {"kd": cfg.kd.augmentation, "sla": cfg.sla.augmentation,
-                                    "ssd": cfg.ssd.augmentation}[method]
-    _check_augmentation(method, augmentation)
+    augmentation = augmentation or getattr(cfg.section(method), "augmentation", "identity")
+    _check_augmentation(REGISTRY[method], augmentation)
     seed = cfg.seed if seed is None else seed
     folder = run_folder(cfg, method)
     state_path = folder / "runner.pt"
@@ -151,7 +138,7 @@ def train_single(cfg: SweepConfig, method: str, augmentation: Optional[str] = No
     summary = {"method": method, "augmentation": augmentation, "seed": seed, "epochs": _epochs_done(runner),
                "threads": torch.get_num_threads(),
                **{k: v for k, v in metrics.items() if k.startswith(("val_", "test_")) and isinstance(v, float)}}
-    if model is not None and method == "kd":
+    if model is not None and REGISTRY[method].student_artifact:
         summary["student_checkpoint"] = str(save_checkpoint(folder / "student.pt", model, cfg.student.model, data))
     (folder / "summary.json").write_text(json.dumps(summary, indent=2))
     if tracker:

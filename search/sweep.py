@@ -1,33 +1,26 @@
 """`augtune sweep CONFIG`: teacher -> T.stddev of every candidate -> prune -> student trials on
-Ray Tune (Optuna TPE + ASHA) -> MLflow -> the best augmentation.
+Ray Tune (Optuna TPE + ASHA, or PBT) -> MLflow -> the best augmentation.
 
-Also runs as a script, for `ray submit cluster.yaml search/sweep.py -- CONFIG [--resume]`.
+On a cluster's head node, search/submit.py runs it as a script (`ray submit cluster.yaml
+search/submit.py -- CONFIG`).
 """
-if __name__ == "__main__":  # as a script, import the installed package rather than sibling files
-    import os as _os
-    import sys as _sys
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
 
-    _here = _os.path.dirname(_os.path.abspath(__file__))
-    _sys.path[:] = [p for p in _sys.path if _os.path.abspath(p or ".") != _here]
-    _sys.path.insert(0, _os.path.dirname(_here))
+import yaml
 
-import json  # noqa: E402
-import math  # noqa: E402
-import os  # noqa: E402
-import time  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any, Optional, Sequence  # noqa: E402
-
-import yaml  # noqa: E402
-
-from search.audit import AuditOutcome, run_audit  # noqa: E402
-from search.config import ConfigError, SweepConfig  # noqa: E402
-from search.jobs import check_tracking_uri, job_dir, load_checked_data, pair_name, run_proxy  # noqa: E402
-from search.proxy import ProxyScore, format_table  # noqa: E402
-from search.tracking import Tracker  # noqa: E402
-from spaces.candidates import parse_candidate  # noqa: E402
-from spaces.hyper import parse_hyperparameters  # noqa: E402
+from search.audit import AuditOutcome, run_audit
+from search.config import ConfigError, SweepConfig
+from search.jobs import check_tracking_uri, job_dir, load_checked_data, pair_name, run_proxy
+from search.proxy import ProxyScore, format_table
+from search.tracking import Tracker
+from spaces.candidates import parse_candidate
+from spaces.hyper import parse_hyperparameters
 
 STATE_FILE = "sweep_state.json"
 
@@ -132,16 +125,15 @@ def method_trainable(cfg: SweepConfig, teacher_path: Optional[Path], track: Sequ
     values each epoch records (PBT schedules)."""
     from ray import tune
 
-    from trainables.tune import KDTrainable, SLATrainable, SSDTrainable
+    from trainables.tune import trainable_of
 
     resources = {"cpu": cfg.search.resources.get("cpu", 1.0), "gpu": cfg.search.resources.get("gpu", 0.0)}
-    extra = {"track": list(track)} if track else {}
-    if cfg.search.method in ("kd", "ssd"):
-        trainable = KDTrainable if cfg.search.method == "kd" else SSDTrainable
-        with_fixed = tune.with_parameters(trainable, experiment=cfg.distill_dict(),
-                                          teacher_checkpoint=str(Path(teacher_path).resolve()), **extra)
-    else:
-        with_fixed = tune.with_parameters(SLATrainable, experiment=cfg.distill_dict(), **extra)
+    fixed: dict[str, Any] = {"experiment": cfg.distill_dict()}
+    if track:
+        fixed["track"] = list(track)
+    if cfg.method.teacher != "none":
+        fixed["teacher_checkpoint"] = str(Path(teacher_path).resolve())
+    with_fixed = tune.with_parameters(trainable_of(cfg.method), **fixed)
     return tune.with_resources(with_fixed, resources)
 
 
@@ -558,7 +550,7 @@ def _discard_partial_stage(tracker: Tracker, parent: str) -> None:
 def _proxy_stage(cfg: SweepConfig, data, tracker: Tracker, state: dict[str, Any], progress: bool) -> None:
     """Teacher and proxy (kd, ssd), pruning; the state moves on to stage 'search'."""
     parent, validate = state["parent_run_id"], state["validate_proxy"]
-    if cfg.search.method in ("kd", "ssd"):
+    if cfg.method.teacher != "none":
         proxy = run_proxy(cfg, data, tracker, parent, progress)
         print(format_table(proxy.scores))
         scores, teacher_path = proxy.scores, proxy.teacher_path
@@ -599,7 +591,7 @@ def run_sweep(cfg: SweepConfig, resume: bool = False, progress: bool = True) -> 
     cfg.check_selection_split()
     cfg.check_resources()
     state = _load_state(cfg) if resume else None  # raises before anything is written
-    data = load_checked_data(cfg, proxy=cfg.search.method != "sla")
+    data = load_checked_data(cfg, proxy=cfg.method.teacher != "none")
     check_tracking_uri(cfg.tracking.uri)
     tracker = Tracker(cfg.tracking.uri, cfg.experiment_name)
     if state is None:
@@ -628,8 +620,8 @@ def run_sweep(cfg: SweepConfig, resume: bool = False, progress: bool = True) -> 
     if cfg.search.metric.startswith("test_"):
         print(TEST_SELECTION_WARNING)
     score_of = {s.candidate: s.t_stddev for s in scores}
-    if cfg.search.method == "ssd" and cfg.search.scheduler.kind == "asha":
-        print("note: SSD trials are multi-stage; ASHA compares the current stage's headline metric")
+    if not cfg.method.schedulable and cfg.search.scheduler.kind == "asha":
+        print(f"note: {cfg.search.method} trials are multi-stage; ASHA compares the current stage's headline metric")
     init_ray(cfg)
     try:
         if not state.get("audit_done", True):
@@ -686,7 +678,7 @@ def run_sweep(cfg: SweepConfig, resume: bool = False, progress: bool = True) -> 
                     tags={"augtune.best_augmentation": best["augmentation"],
                           "augtune.selected_on": "test" if cfg.search.metric.startswith("test_") else "val"},
                     once=True)
-    if best is not None and cfg.search.method == "kd":
+    if best is not None and cfg.method.student_artifact:
         log_best_student(cfg, tracker, parent, best, grids, data)
     tracker.end_run(parent)
     state["finished"] = {"best": best, "compute": compute, "trials": trials}
@@ -707,14 +699,3 @@ def run_sweep(cfg: SweepConfig, resume: bool = False, progress: bool = True) -> 
           f"  mlflow ui --backend-store-uri {cfg.tracking.uri}\n"
           f"  augtune best --experiment {cfg.experiment_name} --tracking-uri {cfg.tracking.uri}")
     return SweepOutcome(parent, scores, survivors, trials, best, compute, audit=state.get("audit"))
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    from search.cli import main as cli_main
-
-    import sys
-    return cli_main(["sweep", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -86,3 +86,13 @@ def obtain_ssd_teacher(cfg: SweepConfig, data: DataBundle, device: torch.device,
         tracker.end_run(run_id)
     model, _ = load_checkpoint(stage2_path, data, device)
     return model.eval(), stage2_path, True
+
+
+def obtain_method_teacher(cfg: SweepConfig, method, data: DataBundle, device: torch.device, tracker=None,
+                          parent_id: Optional[str] = None, progress: bool = True) -> tuple[Network, Path, bool]:
+    """The teacher a registered method distils from, by its teacher source."""
+    if method.teacher == "ssd_stages":
+        return obtain_ssd_teacher(cfg, data, device, tracker, parent_id, progress)
+    if method.teacher == "supervised":
+        return obtain_teacher(cfg, data, device, progress=progress)
+    raise ValueError(f"method {method.name} has no teacher")

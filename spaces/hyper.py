@@ -10,29 +10,33 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 from spaces import candidates
 
-# names a trainable reads from its trial config (dotted names map onto config sections);
-# `kind.param` names (e.g. cutmix.alpha) set that parameter of the trial's candidate of that kind
-KNOWN_HYPERPARAMETERS = {
-    "lr", "weight_decay", "momentum", "batch_size", "epochs",
-    "kd.temperature", "kd.ce_weight", "kd.kd_weight",
-    "sla.transforms", "sla.temperature", "sla.beta", "sla.large_loss", "sla.self_distillation",
-    "ssd.temperature", "ssd.kd_weight",
-}
-# what cannot change in the middle of a run (PBT, replayed schedules): the data order, the length,
-# the shape of the network, the loss's structure
-FIXED_DURING_RUN = {"batch_size", "epochs", "sla.transforms", "sla.large_loss", "sla.self_distillation"}
+# names every method reads from its trial config (student.train); a method adds its own settings
+# (e.g. kd.temperature, declared by its registry entry) and `kind.param` names (e.g. cutmix.alpha)
+# set that parameter of the trial's candidate when it is of that kind
+TRAIN_HYPERPARAMETERS = ("lr", "weight_decay", "momentum", "batch_size", "epochs")
+# what cannot change in the middle of a run (PBT, replayed schedules): the data order and the length
+FIXED_DURING_RUN = ("batch_size", "epochs")
 
 
-def is_known(name: str) -> bool:
-    return name in KNOWN_HYPERPARAMETERS or name in candidates.numeric_params()
+def is_known(name: str, method_settings: Collection[str] = ()) -> bool:
+    return name in TRAIN_HYPERPARAMETERS or name in method_settings or name in candidates.numeric_params()
 
 
-def changeable_during_run(name: str) -> bool:
-    return is_known(name) and name not in FIXED_DURING_RUN
+def changeable_during_run(name: str, method_settings: Collection[str] = (), fixed: Collection[str] = ()) -> bool:
+    return is_known(name, method_settings) and name not in FIXED_DURING_RUN and name not in fixed
+
+
+def check_names(spec: Mapping[str, Any], method_settings: Collection[str], method: str) -> None:
+    """Refuse names that are neither a training setting, a setting of `method` nor kind.param."""
+    for name in spec:
+        if not is_known(name, method_settings):
+            raise ValueError(f"unknown hyperparameter {name!r} for method {method}; searchable: "
+                             f"{', '.join([*TRAIN_HYPERPARAMETERS, *method_settings])}, or kind.param for a numeric "
+                             "parameter of a candidate (e.g. cutmix.alpha)")
 
 
 @dataclass(frozen=True)
@@ -66,9 +70,6 @@ class Hyperparameter:
 
 
 def _parse_one(name: str, spec: Any) -> Hyperparameter:
-    if not is_known(name):
-        raise ValueError(f"unknown hyperparameter {name!r}; searchable: {', '.join(sorted(KNOWN_HYPERPARAMETERS))}, "
-                         "or kind.param for a numeric parameter of a candidate (e.g. cutmix.alpha)")
     hyper = _parse_form(name, spec)
     param = candidates.numeric_params().get(name)
     if param is not None:  # the candidate's own bounds are the field bounds

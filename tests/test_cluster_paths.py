@@ -335,12 +335,12 @@ def test_ray_job_submit_runs_a_sweep(tmp_path, ray_head_with_jobs, mlflow_server
 
 
 def test_ray_submit_script_form_connects_with_address_auto(tmp_path, ray_head_with_jobs):
-    """`ray submit cluster.yaml search/sweep.py -- CONFIG` runs sweep.py as a plain script on the head."""
+    """`ray submit cluster.yaml search/submit.py -- CONFIG` runs submit.py as a plain script on the head."""
     _, address, env = ray_head_with_jobs
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     path = write_sweep_config(tmp_path, "script-sweep", uri, num_samples=2, ray_address="auto",
                               storage_path=str(tmp_path / "shared"))
-    done = subprocess.run([sys.executable, str(REPO / "search" / "sweep.py"), str(path), "--no-progress"],
+    done = subprocess.run([sys.executable, str(REPO / "search" / "submit.py"), str(path), "--no-progress"],
                           cwd=tmp_path, env={**env, "RAY_ADDRESS": address}, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -140,7 +140,7 @@ def test_schedule_steps_are_checked(tmp_path):
 
 
 @pytest.mark.parametrize("search, message", [
-    ({"scheduler": {"kind": "pbt"}, "method": "ssd"}, "SSD trials are multi-stage"),
+    ({"scheduler": {"kind": "pbt"}, "method": "ssd"}, "ssd trials are multi-stage"),
     ({"scheduler": {"kind": "pbt"}, "hyperparameters": {"batch_size": {"int": [16, 64]}}}, "cannot change mid-run"),
     ({"scheduler": {"kind": "pbt"}, "hyperparameters": {"lr": 0.05}}, "at least one search.hyperparameters"),
     ({"scheduler": {"kind": "pbt", "perturbation_interval": 2}}, "would never exploit"),

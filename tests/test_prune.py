@@ -45,9 +45,9 @@ def test_space_is_conditional_and_seeds_every_survivor():
 
 
 def test_sweep_script_runs_as_a_script():
-    # `ray submit cluster.yaml search/sweep.py -- CONFIG` runs the file directly
+    # `ray submit cluster.yaml search/submit.py -- CONFIG` runs the file directly
     repo = Path(__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, str(repo / "search" / "sweep.py"), "--help"], capture_output=True,
+    done = subprocess.run([sys.executable, str(repo / "search" / "submit.py"), "--help"], capture_output=True,
                           text=True, timeout=120, cwd="/")
     assert done.returncode == 0 and "--resume" in done.stdout, done.stderr
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Optional, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from trainables.method import BUILTIN_NAMES, REGISTRY, method_names
 from trainables.models import MODEL_REGISTRY
 
 
@@ -38,7 +39,7 @@ class Section(BaseModel):
 
 def check_checkpoint_file(path: Path) -> None:
     """Refuse, at load time, a checkpoint that is missing or not augtune's (before anything runs)."""
-    from trainables.engine import CheckpointError, read_checkpoint
+    from trainables.checkpoint_io import CheckpointError, read_checkpoint
 
     if not path.is_file():
         raise ValueError(f"checkpoint {path} does not exist; train one first "
@@ -248,7 +249,12 @@ class ScheduleStep(Section):
 
 
 class DistillConfig(ExperimentConfig):
-    """Adds what the methods need: the student (the trained network) and each method's settings."""
+    """Adds what the methods need: the student (the trained network) and each method's settings.
+    The built-in methods' sections are fields; a registered method's section (trainables.method)
+    is accepted under its name and validated by its own section class."""
+
+    # extra top-level keys are allowed only as registered methods' sections (checked below)
+    model_config = ConfigDict(extra="allow", validate_assignment=True, allow_inf_nan=False)
 
     student: ModelConfig = Field(default_factory=lambda: ModelConfig(model="resnet8"))
     kd: KDConfig = Field(default_factory=KDConfig)
@@ -257,6 +263,29 @@ class DistillConfig(ExperimentConfig):
     schedule: list[ScheduleStep] = Field(default_factory=list, description=(
         "values that change during a run (a PBT trial's schedule, replayed by augtune train); "
         "empty: the sections' values throughout"))
+
+    @model_validator(mode="after")
+    def _registered_method_sections(self) -> "DistillConfig":
+        for key, value in list((self.model_extra or {}).items()):
+            if key not in REGISTRY or key in BUILTIN_NAMES:
+                raise ValueError(f"{key}: unknown key (check the spelling; see configs/ for the allowed keys)")
+            try:
+                self.__pydantic_extra__[key] = REGISTRY[key].section.model_validate(
+                    value.model_dump() if isinstance(value, BaseModel) else value)
+            except ValidationError as exc:  # name the field by its full path, as for the built-in sections
+                first = exc.errors()[0]
+                path = ".".join([key, *(str(part) for part in first["loc"])])
+                raise ValueError(f"{path}: {first['msg'].removeprefix('Value error, ')} "
+                                 f"(got {first.get('input')!r})") from None
+        return self
+
+    def section(self, method: str):
+        """The settings section of `method` (its defaults when the config leaves it out)."""
+        if method in type(self).model_fields:
+            return getattr(self, method)
+        if method not in self.__pydantic_extra__:
+            self.__pydantic_extra__[method] = REGISTRY[method].section()
+        return self.__pydantic_extra__[method]
 
     @model_validator(mode="after")
     def _schedule_values(self) -> "DistillConfig":
@@ -281,13 +310,15 @@ class DistillConfig(ExperimentConfig):
 
 
 TRAIN_KEYS = ("lr", "weight_decay", "momentum", "batch_size", "epochs")
-METHOD_SECTIONS = ("kd", "sla", "ssd")
 
 
 def check_schedule_value(cfg: DistillConfig, name: str, value, where: str) -> None:
     """Refuse a value a run cannot switch to mid-way, naming `where` it came from."""
     from spaces.candidates import numeric_params, parse_candidate
     from spaces.hyper import changeable_during_run
+
+    method_settings = {n for m in REGISTRY.values() for n in m.hyperparameters}
+    fixed = {n for m in REGISTRY.values() for n in m.fixed_during_run}
 
     def refuse(reason: str):
         raise ValueError(f"{where}: {reason}")
@@ -300,9 +331,9 @@ def check_schedule_value(cfg: DistillConfig, name: str, value, where: str) -> No
         except ValueError as exc:
             refuse(str(exc))
         return
-    if not changeable_during_run(name):
+    if not changeable_during_run(name, method_settings, fixed):
         refuse(f"{name} cannot change during a run; schedulable: augmentation, lr, weight_decay, momentum, "
-               "kd./sla./ssd. numeric settings and kind.param candidate parameters")
+               "the methods' numeric settings (e.g. kd.temperature) and kind.param candidate parameters")
     param = numeric_params().get(name)
     try:
         if param is not None:
@@ -311,7 +342,7 @@ def check_schedule_value(cfg: DistillConfig, name: str, value, where: str) -> No
             TrainConfig.model_validate({**cfg.student.train.model_dump(), name: value})
         else:
             section, field = name.split(".", 1)
-            section_cfg = getattr(cfg, section)
+            section_cfg = cfg.section(section)
             type(section_cfg).model_validate({**section_cfg.model_dump(), field: value})
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
         refuse(str(exc).splitlines()[-1].strip() if "validation error" in str(exc) else str(exc))
@@ -333,7 +364,7 @@ def apply_trial_values(experiment: dict, config: dict, method: Optional[str] = N
         section, _, name = key.partition(".")
         if key == "augmentation":
             out.setdefault(method, {})["augmentation"] = value
-        elif section in METHOD_SECTIONS and name:
+        elif section in method_names() and name:
             out.setdefault(section, {})[name] = value
         elif key in TRAIN_KEYS:
             out.setdefault("student", {}).setdefault("train", {})[key] = value

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from spaces import ops
+from trainables.checkpoint_io import CheckpointError, read_checkpoint  # noqa: F401 (re-exported)
 from trainables.config import TrainConfig
 from trainables.data import DataBundle
 from trainables.models import Network, build_model
@@ -173,27 +174,6 @@ def save_checkpoint(path: Path, model: Network, model_name: str, data: DataBundl
     torch.save(payload, tmp)
     os.replace(tmp, path)  # never leave a half-written checkpoint behind
     return path
-
-
-class CheckpointError(ValueError):
-    pass
-
-
-def read_checkpoint(path: Path) -> dict:
-    """The payload of a checkpoint written by `save_checkpoint`, read weights-only (a pickle
-    that would run code is refused, never executed)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unpickling errors come in many types
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"checkpoint {path} cannot be read as a weights-only torch file ({first_line})") \
-            from None
-    if not isinstance(payload, dict) or payload.get("format") != "augtune-model-1":
-        raise CheckpointError(f"checkpoint {path} was not written by augtune (no 'augtune-model-1' format tag)")
-    return payload
 
 
 def load_checkpoint(path: Path, data: Optional[DataBundle] = None,

@@ -7,10 +7,12 @@ from typing import Optional
 import torch
 
 from spaces.candidates import Context, parse_candidate
+from trainables.config import KDConfig
 from trainables.data import DataBundle
 from trainables.engine import autocast, load_checkpoint
 from trainables.losses.kd import good_da_kd_loss
 from trainables.models import build_model
+from trainables.method import Method, register
 from trainables.runner import EpochRunner
 
 
@@ -58,3 +60,13 @@ class KDRunner(EpochRunner):
             total += loss.detach() * n
             count += n
         return {"train_loss": (total / count).item(), **self.evaluate_all()}
+
+
+def _build(cfg, *, data=None, seed=None, teacher_checkpoint=None, work_dir=None) -> KDRunner:
+    return KDRunner(cfg, None, teacher_checkpoint, data=data, seed=seed)
+
+
+METHOD = register(Method(
+    "kd", KDConfig, _build, teacher="supervised",
+    hyperparameters=("kd.temperature", "kd.ce_weight", "kd.kd_weight"), student_artifact=True,
+    description="KD with a stronger augmentation on the second view (Wang et al., NeurIPS 2022)"))

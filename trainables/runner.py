@@ -13,10 +13,11 @@ from typing import Any, Callable, Optional
 import torch
 from tqdm.auto import tqdm
 
-from trainables.config import METHOD_SECTIONS, TRAIN_KEYS, ExperimentConfig, TrainConfig
+from trainables.config import TRAIN_KEYS, ExperimentConfig, TrainConfig
 from trainables.data import BatchFeeder, DataBundle, load_data
 from trainables.engine import (InputPipeline, build_optimizer, build_scheduler, evaluate, resolve_device,
                                seed_everything)
+from trainables.method import method_names
 
 
 class EpochRunner:
@@ -126,8 +127,8 @@ class EpochRunner:
         if name in TRAIN_KEYS:
             return getattr(self.train_cfg, name)
         section, _, field = name.partition(".")
-        if section in METHOD_SECTIONS:
-            return getattr(getattr(self.cfg, section), field)
+        if section in method_names():
+            return getattr(self.cfg.section(section), field)
         if self.candidate is not None and self.candidate.kind == section:
             return self.candidate.params.get(field)
         return None
@@ -139,15 +140,15 @@ class EpochRunner:
 
         if "augmentation" in values and self.candidate is not None:
             self.candidate = parse_candidate(values["augmentation"])
-            getattr(self.cfg, self.method_section).augmentation = self.candidate.id
+            self.cfg.section(self.method_section).augmentation = self.candidate.id
         if self.candidate is not None:
             self.candidate = with_values(self.candidate, values)
         for name, value in values.items():
             section, _, field = name.partition(".")
             if name in TRAIN_KEYS:
                 setattr(self.train_cfg, name, value)
-            elif section in METHOD_SECTIONS and field != "augmentation":
-                setattr(getattr(self.cfg, section), field, value)
+            elif section in method_names() and field != "augmentation":
+                setattr(self.cfg.section(section), field, value)
         self.apply_optimiser_settings()
 
     def apply_optimiser_settings(self) -> None:

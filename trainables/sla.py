@@ -9,10 +9,12 @@ import torch.nn.functional as F
 
 from spaces import label_transforms
 from spaces.candidates import Context, parse_candidate
+from trainables.config import SLAConfig
 from trainables.data import DataBundle
 from trainables.engine import autocast
 from trainables.losses.sla import aggregate_logits, self_distillation_loss, single_logits, sla_loss
 from trainables.models import build_model
+from trainables.method import Method, register
 from trainables.runner import EpochRunner
 
 
@@ -90,3 +92,14 @@ class SLARunner(EpochRunner):
         out[f"{prefix}_single_acc"] = metrics["sd_acc" if self.sla.self_distillation else "si_acc"]
         out[f"{prefix}_acc"], out[f"{prefix}_loss"] = metrics[f"{deployed}_acc"], metrics[f"{deployed}_loss"]
         return out
+
+
+def _build(cfg, *, data=None, seed=None, teacher_checkpoint=None, work_dir=None) -> SLARunner:
+    return SLARunner(cfg, data=data, seed=seed)
+
+
+METHOD = register(Method(
+    "sla", SLAConfig, _build, teacher="none",
+    hyperparameters=("sla.transforms", "sla.temperature", "sla.beta", "sla.large_loss", "sla.self_distillation"),
+    fixed_during_run=("sla.transforms", "sla.large_loss", "sla.self_distillation"), one_label_per_image=True,
+    description="self-supervised label augmentation (Lee et al., ICML 2020)"))

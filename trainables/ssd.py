@@ -22,12 +22,14 @@ import torch.nn.functional as F
 
 from spaces import moco
 from spaces.candidates import Context, parse_candidate
+from trainables.config import SSDConfig
 from trainables.data import DataBundle, load_data
 from trainables.engine import autocast, load_checkpoint, save_checkpoint
 from trainables.losses.kd import kl_at_temperature
 from trainables.losses.moco import masked_contrastive_loss
 from trainables.metrics import shot_accuracy
 from trainables.models import Network, build_model
+from trainables.method import Method, register
 from trainables.runner import EpochRunner
 
 
@@ -379,3 +381,16 @@ class SSDChainRunner:
         self.current.load_state_dict(state["current"])
         self.epoch = state["epoch"]
         self.completed = dict(state["completed"])
+
+
+def _build(cfg, *, data=None, seed=None, teacher_checkpoint=None, work_dir=None) -> SSDChainRunner:
+    return SSDChainRunner(cfg, teacher_checkpoint, data=data, seed=seed, work_dir=work_dir)
+
+
+def _uses_stage2_teacher(cfg) -> bool:
+    return cfg.ssd.start_stage == 3
+
+
+METHOD = register(Method(
+    "ssd", SSDConfig, _build, teacher="ssd_stages", uses_teacher=_uses_stage2_teacher, hyperparameters=("ssd.temperature", "ssd.kd_weight"),
+    schedulable=False, description="self supervision to distillation for long-tailed data (Ma et al., ECCV 2022)"))

@@ -11,14 +11,16 @@ augmentation are built afresh, so a reused actor gives the same result as a fres
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from ray import tune
 
+from trainables import methods
 from trainables.config import apply_trial_values
 from trainables.runner import EpochRunner
 
@@ -32,11 +34,6 @@ def _method_config(config: dict[str, Any], experiment: dict[str, Any], section: 
     from trainables.config import DistillConfig
 
     return DistillConfig.model_validate(apply_trial_values(experiment, config, section))
-
-
-def _tracked(runner: EpochRunner, track: Sequence[str]) -> EpochRunner:
-    runner.track(track)
-    return runner
 
 
 class DataCache:
@@ -106,39 +103,34 @@ def _teacher_runner(config: dict[str, Any], experiment: dict[str, Any], cache: D
 TeacherTrainable = as_trainable(_teacher_runner, "TeacherTrainable")
 
 
-def _kd_runner(config: dict[str, Any], experiment: dict[str, Any], teacher_checkpoint: str,
-               cache: DataCache, trial: str, track: Sequence[str] = ()) -> EpochRunner:
-    from trainables.kd import KDRunner
-
-    cfg = _method_config(config, experiment, "kd")
-    return _tracked(KDRunner(cfg, None, teacher_checkpoint, data=cache.get(experiment["data"]),
-                             seed=config.get("seed")), track)
-
-
-KDTrainable = as_trainable(_kd_runner, "KDTrainable")
-
-
-def _sla_runner(config: dict[str, Any], experiment: dict[str, Any], cache: DataCache, trial: str,
-                track: Sequence[str] = ()) -> EpochRunner:
-    from trainables.sla import SLARunner
-
-    return _tracked(SLARunner(_method_config(config, experiment, "sla"), data=cache.get(experiment["data"]),
-                              seed=config.get("seed")), track)
-
-
-SLATrainable = as_trainable(_sla_runner, "SLATrainable")
-
-
-def _ssd_runner(config: dict[str, Any], experiment: dict[str, Any], teacher_checkpoint: str, cache: DataCache,
-                trial: str):
+def _method_runner(config: dict[str, Any], experiment: dict[str, Any], method, cache: DataCache, trial: str,
+                   teacher_checkpoint: Optional[str] = None, track: Sequence[str] = ()):
+    """The trial's runner of `method` (a trainables.method.Method) on the actor's cached data."""
     from pathlib import Path
 
-    from trainables.ssd import SSDChainRunner
+    cfg = _method_config(config, experiment, method.name)
+    work_dir = Path(cfg.output_dir) / cfg.name / f"{method.name}-trials" / trial  # multi-stage outputs
+    runner = method.runner(cfg, data=cache.get(experiment["data"]), seed=config.get("seed"),
+                           teacher_checkpoint=teacher_checkpoint, work_dir=work_dir)
+    if track:
+        runner.track(track)
+    return runner
 
-    cfg = _method_config(config, experiment, "ssd")
-    work_dir = Path(cfg.output_dir) / cfg.name / "ssd-trials" / trial
-    return SSDChainRunner(cfg, teacher_checkpoint, data=cache.get(experiment["data"]), seed=config.get("seed"),
-                          work_dir=work_dir)
+
+def trainable_for(method) -> type[tune.Trainable]:
+    """The Ray Tune trainable of a registered method; the fixed inputs (experiment dict, the
+    teacher checkpoint for methods with a teacher, `track`) come through `tune.with_parameters`."""
+    return as_trainable(functools.partial(_method_runner, method=method), f"{method.name.upper()}Trainable")
 
 
-SSDTrainable = as_trainable(_ssd_runner, "SSDTrainable")
+KDTrainable = trainable_for(methods.get_method("kd"))
+SLATrainable = trainable_for(methods.get_method("sla"))
+SSDTrainable = trainable_for(methods.get_method("ssd"))
+_BUILTIN_TRAINABLES = {"kd": KDTrainable, "sla": SLATrainable, "ssd": SSDTrainable}
+
+
+def trainable_of(method) -> type[tune.Trainable]:
+    """A built-in method's importable trainable, or a new one for a method registered elsewhere
+    (Ray then ships it by value, with its Method, which registers itself in the worker)."""
+    builtin = _BUILTIN_TRAINABLES.get(method.name)
+    return builtin if builtin is not None and methods.get_method(method.name) is method else trainable_for(method)

@@ -1,0 +1,178 @@
+"""A fourth method is one module: registered here, in the test file, with its section, runner,
+teacher source and hyperparameters, it is validated by the config schema, run by `augtune train`
+and swept on Ray like the built-in ones; and no module of ours imports one that imports it back."""
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from pydantic import Field
+
+from search.config import ConfigError, load_config
+from trainables.config import Section
+from trainables.engine import autocast
+from trainables.method import Method, register
+from trainables.models import build_model
+from trainables.runner import EpochRunner
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class TinyConfig(Section):
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    augmentation: str = "identity"
+
+
+class TinyRunner(EpochRunner):
+    """CE with label smoothing on the candidate view: the smallest method with a setting of its own."""
+
+    method_section = "tiny"
+
+    def __init__(self, cfg, data=None, seed=None):
+        super().__init__(cfg, cfg.student.train, data, seed)
+        from spaces.candidates import Context, parse_candidate
+
+        self.settings = cfg.section("tiny")
+        self.candidate = parse_candidate(self.settings.augmentation)
+        self.context = Context(self.generator, {}, self.pipeline.padding)
+        self.model = build_model(cfg.student.model, self.data.num_classes, self.data.channels).to(self.device)
+        self._setup_optimisation(self.model.parameters())
+
+    def train_epoch(self):
+        self.model.train()
+        total, count = torch.zeros(()), 0
+        for images, labels in self.batches(f"epoch {self.epoch + 1}"):
+            x = self.candidate.apply(self.pipeline.train_batch(images, self.generator), self.context)
+            with autocast(self.device, self.train_cfg.bf16):
+                logits = self.model(self.pipeline.normalise(x))
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.settings.label_smoothing)
+            self.optimise(loss)
+            total += loss.detach() * len(labels)
+            count += len(labels)
+        # reported so the test sees the value the trial's worker trained with
+        return {"train_loss": (total / count).item(), "train_label_smoothing": self.settings.label_smoothing,
+                **self.evaluate_all()}
+
+
+def _build(cfg, *, data=None, seed=None, teacher_checkpoint=None, work_dir=None):
+    return TinyRunner(cfg, data, seed)
+
+
+TINY = register(Method("tiny", TinyConfig, _build, teacher="none", hyperparameters=("tiny.label_smoothing",),
+                       one_label_per_image=True, description="CE with label smoothing (a test method)"))
+
+
+def _config(tmp_path, **search):
+    cfg = {
+        "name": "tiny", "output_dir": str(tmp_path / "runs"),
+        "data": {"name": "digits", "samples_per_class": 10, "val_per_class": 5, "image_size": 12},
+        "student": {"model": "resnet8", "train": {"epochs": 2, "batch_size": 32}},
+        "tiny": {"label_smoothing": 0.05},
+        "space": {"candidates": ["identity", "flip", "cutout"]},
+        "search": {"method": "tiny", "num_samples": 2, "max_concurrent": 2, "scheduler": {"kind": "fifo"},
+                   "algorithm": "random", "resources": {"cpu": 1, "gpu": 0},
+                   "hyperparameters": {"tiny.label_smoothing": {"uniform": [0.0, 0.3]}}, **search},
+        "tracking": {"uri": f"sqlite:///{tmp_path}/m.db"},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_registered_method_is_part_of_the_schema(tmp_path):
+    cfg = load_config(_config(tmp_path))
+    assert cfg.method is TINY and cfg.section("tiny").label_smoothing == 0.05
+    with pytest.raises(ConfigError, match="tiny.label_smoothing"):
+        load_config(_config(tmp_path), {"tiny.label_smoothing": 1.5})  # its own section's bounds
+    with pytest.raises(ConfigError, match="mixes images"):
+        load_config(_config(tmp_path), {"space.candidates": ["identity", "mixup"]})  # one label per image
+    with pytest.raises(ConfigError, match="unknown hyperparameter 'kd.temperature' for method tiny"):
+        load_config(_config(tmp_path, hyperparameters={"kd.temperature": {"uniform": [2, 4]}}))
+    with pytest.raises(ConfigError, match="unknown method 'tinyy'"):
+        load_config(_config(tmp_path, method="tinyy"))
+    with pytest.raises(ConfigError, match="tinyy: unknown key"):
+        load_config(_config(tmp_path), {"tinyy.label_smoothing": 0.1})
+
+
+def test_registered_method_trains_without_ray(tmp_path, capsys):
+    from search.cli import main
+
+    assert main(["train", "tiny", str(_config(tmp_path)), "--no-progress", "--augmentation", "flip"]) == 0
+    assert (tmp_path / "runs" / "tiny" / "train-tiny" / "summary.json").is_file()
+
+
+def test_registered_method_sweeps_on_ray(tmp_path, ray_session):
+    from mlflow import MlflowClient
+    from ray import cloudpickle
+
+    from search.sweep import run_sweep
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import this test file
+    outcome = run_sweep(load_config(_config(tmp_path)), progress=False)
+    assert len(outcome.trials) == 2 and outcome.best is not None
+    assert outcome.scores == [] and outcome.survivors == ["identity", "flip(p=0.5)", "cutout"]  # no teacher, no proxy
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/m.db")
+    experiment = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([experiment.experiment_id], "tags.`augtune.stage` = 'trial'")
+    assert len(runs) == 2
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        sampled = float(run.data.params["tiny.label_smoothing"])
+        assert 0.0 <= sampled <= 0.3
+        # the value sampled on the driver reached the method's section in the worker
+        trained_with = client.get_metric_history(run.info.run_id, "train_label_smoothing")
+        assert [m.value for m in trained_with] == [pytest.approx(sampled)] * 2
+
+
+# ------------------------------------------------------------------ import cycles
+
+def _own_modules() -> dict[str, Path]:
+    modules = {}
+    for package in ("spaces", "trainables", "search"):
+        for path in (ROOT / package).rglob("*.py"):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return modules
+
+
+def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
+    """Every module of ours that `path` imports, at the top or inside a function."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        found |= {n for n in names if n in modules}
+    return found
+
+
+def test_no_module_imports_one_that_imports_it_back():
+    modules = _own_modules()
+    graph = {name: _imports(path, modules) - {name} for name, path in modules.items()}
+    # packages' __init__ files are empty: an edge to a package is an edge to nothing
+    cycles, state = [], {}
+
+    def visit(node, stack):
+        state[node] = "open"
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                cycles.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = "done"
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+    # and the layers point one way: spaces <- trainables <- search
+    for name, targets in graph.items():
+        layer = name.split(".")[0]
+        allowed = {"spaces": {"spaces"}, "trainables": {"spaces", "trainables"},
+                   "search": {"spaces", "trainables", "search"}}[layer]
+        assert all(t.split(".")[0] in allowed for t in targets), (name, targets)

@@ -1,0 +1,75 @@
+"""The method registry: what a method is, in one object.
+
+Each method module (trainables/kd.py, sla.py, ssd.py) registers one `Method`; `trainables.methods`
+imports the built-in ones. The sweep, the proxy and teacher jobs, the Ray trainable, the
+hyperparameter names and the config schema read from here, so a new method is its module (runner
++ `Method`), its loss file, a config, and one import line in trainables/methods.py.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal, Optional
+
+# where a method's teacher comes from: none; a supervised network (augtune train teacher);
+# or SSD's stages I-II (self-supervised pre-training, then LWS), run once by the sweep
+TeacherSource = Literal["none", "supervised", "ssd_stages"]
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str  # the value of search.method and the name of the config section
+    section: type  # its config section (a trainables.config.Section)
+    # (cfg: DistillConfig, data, seed, teacher_checkpoint, work_dir) -> runner with run_epoch/finished/state_dict
+    build_runner: Callable[..., Any]
+    teacher: TeacherSource = "none"
+    # names a search may set besides lr/weight_decay/momentum/batch_size/epochs and kind.param
+    hyperparameters: tuple[str, ...] = ()
+    fixed_during_run: tuple[str, ...] = ()  # of those, what cannot change mid-run (PBT, schedules)
+    one_label_per_image: bool = False  # refuses candidates that mix images or need a scoring network
+    schedulable: bool = True  # PBT and replayed schedules (a multi-stage run is not)
+    # whether a run of this config distils from the teacher (SSD from stage I trains its own)
+    uses_teacher: Callable[[Any], bool] = lambda cfg: True
+    student_artifact: bool = False  # the runner's `model` is a plain student network: sweeps log the best one
+    description: str = ""
+
+    def refuses(self, candidate) -> Optional[str]:
+        """Why this method cannot train with `candidate` (a spaces.candidates.Candidate), or None."""
+        if self.one_label_per_image and (candidate.mixes or candidate.scorer):
+            return (f"{candidate.id} mixes images or needs a scoring network; {self.name} needs one label "
+                    "per image: choose a non-mixing augmentation")
+        return None
+
+    def runner(self, cfg, *, data=None, seed: Optional[int] = None, teacher_checkpoint: Optional[str] = None,
+               work_dir: Optional[Path] = None):
+        return self.build_runner(cfg, data=data, seed=seed, teacher_checkpoint=teacher_checkpoint,
+                                 work_dir=work_dir)
+
+    def __setstate__(self, state: dict) -> None:
+        # a Method unpickled in a Ray worker (it travels with its trainable) registers itself
+        # there, so configs holding its section validate in that process too
+        for key, value in state.items():
+            object.__setattr__(self, key, value)
+        REGISTRY.setdefault(self.name, self)
+
+
+REGISTRY: dict[str, Method] = {}
+BUILTIN_NAMES = ("kd", "sla", "ssd")  # declared as fields of DistillConfig; known even before registration
+
+
+def register(method: Method) -> Method:
+    existing = REGISTRY.get(method.name)
+    if existing is not None and existing is not method and existing.build_runner is not method.build_runner:
+        raise ValueError(f"a method named {method.name!r} is already registered")
+    REGISTRY[method.name] = method
+    return method
+
+
+def get_method(name: str) -> Method:
+    if name not in REGISTRY:
+        raise ValueError(f"unknown method {name!r}; registered: {', '.join(sorted(REGISTRY)) or 'none'}")
+    return REGISTRY[name]
+
+
+def method_names() -> set[str]:
+    return set(REGISTRY) | set(BUILTIN_NAMES)
