@@ -6,7 +6,8 @@ from pathlib import Path
 from statistics import mean
 from typing import Optional
 
-from search.tracking import CANDIDATE_TAG, DIVERGED_TAG, STAGE_TAG, Tracker
+from search.tracking import DIVERGED_TAG, STAGE_TAG, Tracker
+from search.trials import completed_trials, trial_rows, usable
 
 
 @dataclass
@@ -21,38 +22,27 @@ class CandidateSummary:
 
 def summarise_trials(uri: str, experiment: str, metric: str = "val_loss",
                      parent_run_id: Optional[str] = None) -> list[CandidateSummary]:
-    """Candidates ranked by their best trial's final metric (loss: lower is better)."""
+    """Candidates ranked by their best comparable trial's final metric (loss: lower is better);
+    candidates with runs stopped early only (ASHA) follow, compared at their own length."""
     from mlflow import MlflowClient
 
     if MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment) is None:
         raise LookupError(f"no MLflow experiment named {experiment!r} at {uri}")
-    tracker = Tracker(uri, experiment)
-    query = f"tags.`{STAGE_TAG}` = 'trial' and attributes.status = 'FINISHED'"
-    if parent_run_id:
-        query += f" and tags.`mlflow.parentRunId` = '{parent_run_id}'"
-    by_candidate: dict[str, list[dict]] = {}
-    for run in tracker.runs(query):
-        value = run.data.metrics.get(f"final_{metric}")
-        if value is None:
-            continue
-        by_candidate.setdefault(run.data.tags.get(CANDIDATE_TAG, "?"), []).append({
-            "run_id": run.info.run_id, "run_name": run.info.run_name, metric: value,
-            # the held-out test figures of the same run, reported beside the selection metric
-            "test_loss": run.data.metrics.get("final_test_loss"), "test_acc": run.data.metrics.get("final_test_acc"),
-            "epochs": run.data.metrics.get("epochs_trained"), "t_stddev": run.data.metrics.get("t_stddev"),
-            "parent": run.data.tags.get("mlflow.parentRunId")})
+    rows = [r for r in trial_rows(Tracker(uri, experiment), parent_run_id) if usable(r, metric)]
+    complete = completed_trials(rows, metric)
     lower_is_better = metric.endswith("loss")
-    longest = max((r["epochs"] or 0 for runs in by_candidate.values() for r in runs), default=0)
+    by_candidate: dict[str, list[dict]] = {}
+    for row in rows:
+        by_candidate.setdefault(row["augmentation"], []).append(row)
     summaries = []
     for candidate, runs in by_candidate.items():
-        # compare runs at equal length: ASHA-stopped runs are cut short and rank after full ones
-        length = max(r["epochs"] or 0 for r in runs)
-        values = [r[metric] for r in runs if (r["epochs"] or 0) == length]
+        full = [r for r in runs if any(r is c for c in complete)]
+        length = max(r["epochs"] for r in runs)
+        compared = full or [r for r in runs if r["epochs"] == length]
+        values = [r[metric] for r in compared]
         best = min(values) if lower_is_better else max(values)
-        summaries.append(CandidateSummary(candidate, best, mean(values),
-                                          sorted(runs, key=lambda r: (-(r["epochs"] or 0), r[metric] if lower_is_better
-                                                                      else -r[metric])),
-                                          length, length == longest))
+        order = sorted(runs, key=lambda r: (-r["epochs"], r[metric] if lower_is_better else -r[metric]))
+        summaries.append(CandidateSummary(candidate, best, mean(values), order, compared[0]["epochs"], bool(full)))
     summaries.sort(key=lambda s: (not s.complete, s.best if lower_is_better else -s.best))
     return summaries
 

@@ -19,6 +19,7 @@ from typing import Optional
 import numpy as np
 
 from search.tracking import CANDIDATE_TAG, PAIR_TAG, STAGE_TAG, Tracker
+from search.trials import completed_trials, trial_rows
 
 MIN_CANDIDATES = 3
 
@@ -88,23 +89,18 @@ def _sweeps(tracker: Tracker, sweep_run_id: Optional[str]) -> list:
 def collect_points(tracker: Tracker, sweep_run_id: str) -> list[CandidatePoint]:
     proxy = {r.data.tags[CANDIDATE_TAG]: r.data.metrics for r in tracker.children(sweep_run_id, "proxy")}
     trials: dict[str, list] = {}
-    for run in tracker.children(sweep_run_id, "trial"):
-        if run.info.status == "FINISHED" and "final_test_loss" in run.data.metrics:
-            trials.setdefault(run.data.tags[CANDIDATE_TAG], []).append(run.data.metrics)
-    if not trials:
-        return []
-    full = max(m.get("epochs_trained", 0) for runs in trials.values() for m in runs)
+    for row in completed_trials(trial_rows(tracker, sweep_run_id), "test_loss"):
+        trials.setdefault(row["augmentation"], []).append(row)
     points = []
-    for candidate, runs in sorted(trials.items()):
-        complete = [m for m in runs if m.get("epochs_trained", 0) == full]  # ASHA-stopped runs are cut short
-        if not complete or candidate not in proxy:
+    for candidate, complete in sorted(trials.items()):
+        if candidate not in proxy:
             continue
-        losses = [m["final_test_loss"] for m in complete]
-        val_losses = [m["final_val_loss"] for m in complete if "final_val_loss" in m]
+        losses = [m["test_loss"] for m in complete]
+        val_losses = [m["val_loss"] for m in complete if m.get("val_loss") is not None]
         p = proxy[candidate]
         points.append(CandidatePoint(candidate, p["t_stddev"], p.get("t_stddev_low", math.nan),
                                      p.get("t_stddev_high", math.nan), mean(losses),
-                                     mean(m["final_test_acc"] for m in complete), len(complete),
+                                     mean(m["test_acc"] for m in complete), len(complete),
                                      float(np.std(losses, ddof=1)) if len(losses) > 1 else 0.0,
                                      losses, mean(val_losses) if len(val_losses) == len(losses) else math.nan,
                                      val_losses if len(val_losses) == len(losses) else []))

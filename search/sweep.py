@@ -19,6 +19,7 @@ from search.config import ConfigError, SweepConfig
 from search.jobs import check_tracking_uri, job_dir, load_checked_data, pair_name, run_proxy
 from search.proxy import ProxyScore, format_table
 from search.tracking import Tracker
+from search.trials import completed_trials, usable
 from spaces.candidates import parse_candidate
 from spaces.hyper import parse_hyperparameters
 
@@ -299,13 +300,10 @@ def collect_trials(result_grid) -> list[dict[str, Any]]:
     return rows
 
 
-def pick_best(trials: list[dict[str, Any]], metric: str, epochs: int) -> Optional[dict[str, Any]]:
-    """The best trial among those trained to the end (ASHA-stopped trials are not comparable);
-    failed and diverged trials never count."""
-    usable = [t for t in trials if t["error"] is None and not t.get("diverged") and t.get(metric) is not None
-              and math.isfinite(t[metric])]
-    finished = [t for t in usable if t["epochs"] >= epochs]
-    pool = finished or usable
+def pick_best(trials: list[dict[str, Any]], metric: str) -> Optional[dict[str, Any]]:
+    """The best trial among the comparable ones (search.trials.completed_trials): failed,
+    diverged and ASHA-stopped trials never count."""
+    pool = completed_trials(trials, metric)
     if not pool:
         return None
     sign = 1 if metric.endswith("loss") else -1
@@ -483,7 +481,7 @@ class AuditTrainer:
         metric = self.cfg.search.metric
         values: dict[str, list[float]] = {}
         for t in trials:
-            if t["error"] is None and not t["diverged"] and t.get(metric) is not None and math.isfinite(t[metric]):
+            if usable(t, metric):
                 values.setdefault(t["augmentation"], []).append(float(t[metric]))
         self.phases[index].update(values=values, seconds=sum(t["seconds"] or 0.0 for t in trials),
                                   trials=len(trials))
@@ -665,7 +663,7 @@ def run_sweep(cfg: SweepConfig, resume: bool = False, progress: bool = True) -> 
         raise
     trials = [t for grid in grids for t in collect_trials(grid)]
     close_orphans(tracker, parent)
-    best = pick_best(trials, cfg.search.metric, cfg.student.train.epochs)
+    best = pick_best(trials, cfg.search.metric)
     compute = compute_summary(trials, scores, survivors, state.get("audit_phases", []))
     # proxy_seconds is on the parent already (logged by the proxy stage): log it once
     tracker.log(parent, metrics={k: v for k, v in compute.items() if k != "proxy_seconds"}, once=True)

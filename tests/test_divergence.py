@@ -57,7 +57,7 @@ def test_nan_trial_stops_is_marked_and_left_out(tmp_path, ray_session, capsys):
     trials = {t["augmentation"]: t for t in collect_trials(tuner.fit())}
     assert trials["explodes"]["diverged"] and trials["explodes"]["epochs"] == 2  # stopped at the NaN epoch
     assert not trials["calm"]["diverged"] and trials["calm"]["epochs"] == EPOCHS
-    assert pick_best(list(trials.values()), "val_loss", EPOCHS)["augmentation"] == "calm"
+    assert pick_best(list(trials.values()), "val_loss")["augmentation"] == "calm"
     runs = {r.data.tags[CANDIDATE_TAG]: r for r in tracker.children(parent, "trial")}
     assert runs["explodes"].info.status == "FAILED" and runs["explodes"].data.tags["augtune.diverged"] == "true"
     assert runs["calm"].info.status == "FINISHED" and "augtune.diverged" not in runs["calm"].data.tags
@@ -70,6 +70,7 @@ def test_pick_best_ignores_diverged_and_nonfinite_trials():
     base = {"error": None, "epochs": 3, "test_loss": 0.1}
     trials = [{**base, "augmentation": "a", "val_loss": 0.01, "diverged": True},
               {**base, "augmentation": "b", "val_loss": math.inf, "diverged": False},
-              {**base, "augmentation": "c", "val_loss": 0.30, "diverged": False}]
-    assert pick_best(trials, "val_loss", 3)["augmentation"] == "c"
-    assert pick_best(trials[:2], "val_loss", 3) is None
+              {**base, "augmentation": "c", "val_loss": 0.30, "diverged": False},
+              {**base, "augmentation": "stopped", "val_loss": 0.001, "epochs": 1, "diverged": False}]
+    assert pick_best(trials, "val_loss")["augmentation"] == "c"  # the one stopped early is not comparable
+    assert pick_best(trials[:2], "val_loss") is None
