@@ -9,7 +9,7 @@ import torch
 
 from search.config import SweepConfig
 from trainables.data import DataBundle
-from trainables.engine import CheckpointError, load_checkpoint, save_checkpoint
+from trainables.engine import CheckpointError, load_checkpoint
 from trainables.models import Network
 from trainables.runner import run_to_completion
 from trainables.supervised import SupervisedRunner
@@ -52,10 +52,10 @@ def obtain_ssd_teacher(cfg: SweepConfig, data: DataBundle, device: torch.device,
     """SSD stages I (CE + self-supervision) and II (LWS) in the driver; the stage-II network,
     its scales folded into the classifier, is the teacher of stage III and of the proxy.
     Every epoch of both stages is logged to a child run (stage=ssd-stages) when a tracker is given."""
-    from trainables.ssd import LWSRunner, SSLStageRunner
+    from trainables.ssd import stage_checkpoint, train_teacher_stages
 
     folder = cfg.output_dir / cfg.name
-    stage2_path = folder / "ssd_stage2.pt"
+    stage2_path = stage_checkpoint(folder, 2)
     if cfg.teacher.checkpoint is not None:
         model, _ = load_checkpoint(cfg.teacher.checkpoint, data, device)
         return model.eval(), cfg.teacher.checkpoint, False
@@ -74,14 +74,7 @@ def obtain_ssd_teacher(cfg: SweepConfig, data: DataBundle, device: torch.device,
         if tracker:
             tracker.log(run_id, metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
 
-    stage1 = SSLStageRunner(cfg, data)
-    history = run_to_completion(stage1, on_epoch=lambda m: log({**m, "stage": 1}), progress=progress)
-    save_checkpoint(folder / "ssd_stage1.pt", stage1.model, cfg.teacher.model, data,
-                    extra={k: float(v) for k, v in history[-1].items() if isinstance(v, (int, float))})
-    stage2 = LWSRunner(cfg, stage1.model, "main", "stage2", data)
-    history = run_to_completion(stage2, on_epoch=lambda m: log({**m, "stage": 2}), progress=progress)
-    save_checkpoint(stage2_path, stage2.folded_network(), cfg.teacher.model, data,
-                    extra={k: float(v) for k, v in history[-1].items() if isinstance(v, (int, float))})
+    train_teacher_stages(cfg, data, folder, on_epoch=log, progress=progress)
     if tracker:
         tracker.end_run(run_id)
     model, _ = load_checkpoint(stage2_path, data, device)

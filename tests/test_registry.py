@@ -13,7 +13,6 @@ from pydantic import Field
 
 from search.config import ConfigError, load_config
 from trainables.config import Section
-from trainables.engine import autocast
 from trainables.method import Method, register
 from trainables.models import build_model
 from trainables.runner import EpochRunner
@@ -41,20 +40,12 @@ class TinyRunner(EpochRunner):
         self.model = build_model(cfg.student.model, self.data.num_classes, self.data.channels).to(self.device)
         self._setup_optimisation(self.model.parameters())
 
-    def train_epoch(self):
-        self.model.train()
-        total, count = torch.zeros(()), 0
-        for images, labels in self.batches(f"epoch {self.epoch + 1}"):
-            x = self.candidate.apply(self.pipeline.train_batch(images, self.generator), self.context)
-            with autocast(self.device, self.train_cfg.bf16):
-                logits = self.model(self.pipeline.normalise(x))
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.settings.label_smoothing)
-            self.optimise(loss)
-            total += loss.detach() * len(labels)
-            count += len(labels)
-        # reported so the test sees the value the trial's worker trained with
-        return {"train_loss": (total / count).item(), "train_label_smoothing": self.settings.label_smoothing,
-                **self.evaluate_all()}
+    def loss(self, images, labels):
+        x = self.candidate.apply(self.pipeline.train_batch(images, self.generator), self.context)
+        loss = F.cross_entropy(self.model(self.pipeline.normalise(x)).float(), labels,
+                               label_smoothing=self.settings.label_smoothing)
+        # a constant part, so the test sees the value the trial's worker trained with
+        return loss, {"label_smoothing": torch.tensor(self.settings.label_smoothing)}
 
 
 def _build(cfg, *, data=None, seed=None, teacher_checkpoint=None, work_dir=None):

@@ -116,3 +116,29 @@ def test_chain_runs_all_stages_saves_outputs_and_resumes(tmp_path):
     assert resumed.stage == 4
     final = resumed.run_epoch()
     assert final["stage"] == 4 and "test_stage1_classifier_acc" in final and "test_stage3_soft_few_acc" in final
+
+
+def test_chain_resumed_after_any_epoch_ends_exactly_as_the_uninterrupted_run(tmp_path):
+    """A restore into every stage: mid stage I, the start of II (LWS on the saved network),
+    III (the saved teacher) and IV; each resumed chain finishes with the same numbers."""
+    from trainables.ssd import SSDChainRunner
+
+    cfg = _cfg(tmp_path, start_stage=1, stage4=True, augmentation="cutmix")
+    cfg.teacher.train.epochs = 2  # a restore in the middle of stage I too
+    chain = SSDChainRunner(cfg, work_dir=tmp_path / "first")
+    states = []
+    while not chain.finished:
+        last = chain.run_epoch()
+        states.append((chain.stage, copy.deepcopy(chain.state_dict())))
+    assert [stage for stage, _ in states] == [1, 2, 3, 4, 4]  # after each epoch, the stage that runs next
+    expected = {k: v for k, v in last.items() if k.startswith(("test_", "val_", "train_"))}
+    for index, (stage, state) in enumerate(states[:-1]):
+        resumed = SSDChainRunner(cfg, work_dir=tmp_path / f"resume{index}")
+        resumed.load_state_dict(state)
+        assert resumed.stage == stage
+        while not resumed.finished:
+            final = resumed.run_epoch()
+        got = {k: v for k, v in final.items() if k in expected}
+        assert got.keys() == expected.keys()
+        for key, value in expected.items():
+            assert got[key] == value or (math.isnan(got[key]) and math.isnan(value)), (index, key)

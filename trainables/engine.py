@@ -98,6 +98,13 @@ def autocast(device: torch.device, enabled: bool = True):
     return contextlib.nullcontext()
 
 
+def full_precision(device: torch.device):
+    """Leave autocast for a small fp32 computation inside an autocast region (CUDA only)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", enabled=False)
+    return contextlib.nullcontext()
+
+
 def build_optimizer(params: Iterable, cfg: TrainConfig) -> torch.optim.SGD:
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
                            weight_decay=cfg.weight_decay)
@@ -166,8 +173,7 @@ def save_checkpoint(path: Path, model: Network, model_name: str, data: DataBundl
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    heads = {name: head.out_features for name, head in model.heads.items()}
-    payload = {"format": "augtune-model-1", "model_name": model_name, "heads": heads,
+    payload = {"format": "augtune-model-1", "model_name": model_name, "heads": head_sizes(model),
                "data": data.signature(), "mean": list(data.mean), "std": list(data.std),
                "state_dict": state, "extra": extra or {}}
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -184,9 +190,19 @@ def load_checkpoint(path: Path, data: Optional[DataBundle] = None,
     if data is not None and signature != data.signature():
         raise CheckpointError(f"checkpoint {path} was trained on data {signature}, but this config "
                               f"gives {data.signature()}; train a new one or fix data.*")
-    heads = dict(payload["heads"])
-    model = build_model(payload["model_name"], heads.pop("main"), signature["channels"])
-    for name, size in heads.items():
-        model.add_head(name, size)
+    model = build_network(payload["model_name"], payload["heads"], signature["channels"])
     model.load_state_dict(payload["state_dict"])
     return model.to(device), payload
+
+
+def head_sizes(model: Network) -> dict[str, int]:
+    return {name: head.out_features for name, head in model.heads.items()}
+
+
+def build_network(model_name: str, heads: dict[str, int], channels: int) -> Network:
+    """A network with the heads a checkpoint or a runner state records (`head_sizes`)."""
+    heads = dict(heads)
+    model = build_model(model_name, heads.pop("main"), channels)
+    for name, size in heads.items():
+        model.add_head(name, size)
+    return model

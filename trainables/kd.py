@@ -9,7 +9,7 @@ import torch
 from spaces.candidates import Context, parse_candidate
 from trainables.config import KDConfig
 from trainables.data import DataBundle
-from trainables.engine import autocast, load_checkpoint
+from trainables.engine import load_checkpoint
 from trainables.losses.kd import good_da_kd_loss
 from trainables.models import build_model
 from trainables.method import Method, register
@@ -39,28 +39,22 @@ class KDRunner(EpochRunner):
                                                 "student": self.pipeline.scorer(self.model, bf16)},
                                self.pipeline.padding)
 
-    def train_epoch(self) -> dict[str, float]:
-        self.model.train()
+    def loss(self, images, labels):
+        """ce_weight CE(s(x), y) + kd_weight [KL_T(t(x) || s(x)) + KL_T(t(x') || s(x'))], one forward
+        of teacher and student over [x; x']."""
         kd = self.kd_cfg
-        total, count = torch.zeros((), device=self.device), 0
-        for images, labels in self.batches(f"epoch {self.epoch + 1}"):
-            x = self.pipeline.train_batch(images, self.generator)
-            x_aug = self.candidate.apply(x, self.context) if kd.augmented_kd else x[:0]
-            both = self.pipeline.normalise(torch.cat([x, x_aug]))
-            n = len(x)
-            with autocast(self.device, self.train_cfg.bf16):
-                with torch.no_grad():
-                    teacher_logits = self.teacher(both)
-                student_logits = self.model(both)
-            loss = good_da_kd_loss(student_logits[:n], teacher_logits[:n], labels,
-                                   student_logits[n:] if kd.augmented_kd else None,
-                                   teacher_logits[n:] if kd.augmented_kd else None,
-                                   temperature=kd.temperature, ce_weight=kd.ce_weight, kd_weight=kd.kd_weight)
-            self.optimise(loss)
-            total += loss.detach() * n
-            count += n
-        return {"train_loss": (total / count).item(), **self.evaluate_all()}
-
+        x = self.pipeline.train_batch(images, self.generator)
+        x_aug = self.candidate.apply(x, self.context) if kd.augmented_kd else x[:0]
+        both = self.pipeline.normalise(torch.cat([x, x_aug]))
+        n = len(x)
+        with torch.no_grad():
+            teacher_logits = self.teacher(both)
+        student_logits = self.model(both)
+        loss = good_da_kd_loss(student_logits[:n], teacher_logits[:n], labels,
+                               student_logits[n:] if kd.augmented_kd else None,
+                               teacher_logits[n:] if kd.augmented_kd else None,
+                               temperature=kd.temperature, ce_weight=kd.ce_weight, kd_weight=kd.kd_weight)
+        return loss, {}
 
 def _build(cfg, *, data=None, seed=None, teacher_checkpoint=None, work_dir=None) -> KDRunner:
     return KDRunner(cfg, None, teacher_checkpoint, data=data, seed=seed)

@@ -1,9 +1,9 @@
 """An epoch-at-a-time training run, usable with or without Ray.
 
-Each method implements `EpochRunner`: build everything in `__init__`, train one epoch in
-`train_epoch` (returning its metrics), expose its resumable state. `run_to_completion` is the
-no-Ray path (`augtune train teacher`), `trainables.tune.as_trainable` the Ray Tune path; both
-drive the same object.
+A method subclasses `EpochRunner`: it builds its networks in `__init__` and writes its step as
+`loss(images, labels)`; the runner owns the loop (batches, autocast, optimiser step, on-device
+sums, evaluation of the named heads, checkpoints). `run_to_completion` is the no-Ray path
+(`augtune train ...`), `trainables.tune.as_trainable` the Ray Tune path; both drive the same object.
 """
 from __future__ import annotations
 
@@ -11,18 +11,26 @@ import time
 from typing import Any, Callable, Optional
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from trainables.config import TRAIN_KEYS, ExperimentConfig, TrainConfig
 from trainables.data import BatchFeeder, DataBundle, load_data
-from trainables.engine import (InputPipeline, build_optimizer, build_scheduler, evaluate, resolve_device,
+from trainables.engine import (InputPipeline, autocast, build_optimizer, build_scheduler, resolve_device,
                                seed_everything)
 from trainables.method import method_names
+from trainables.metrics import shot_accuracy
 
 
 class EpochRunner:
-    """Shared state: config, device, data, feeders, pipeline, generator, epoch counter.
-    Subclasses set `self.model`, `self.optimizer`, `self.scheduler` and implement `train_epoch`.
+    """Shared state: config, device, data, feeders, pipeline, generator, epoch counter; and the
+    loop. A method sets `self.model` (and `self.optimizer` / `self.scheduler` through
+    `_setup_optimisation`) and writes its step as `loss(images, labels) -> (loss, parts)`, the
+    formula of its paper on one screen; `heads(unit_images) -> {name: logits}` names what is
+    evaluated (default: the model's main head) and `deployed_head` which one is reported as
+    test_acc / test_loss. The runner does the batches, autocast, the optimiser step, on-device
+    loss sums, one evaluation of every head (with many/medium/few accuracy when the training
+    data is long-tailed) and the checkpoint of every module.
 
     Values that may change during a run (a PBT exploit, a replayed `schedule`) are set through
     `set_values`; the names given to `track` are recorded for every epoch in `schedule_log`,
@@ -31,6 +39,9 @@ class EpochRunner:
     show_progress = False
     candidate = None  # the augmentation the method applies, when it has one
     method_section: Optional[str] = None  # where `kd.temperature`-style names go
+    deployed_head = "main"
+    metric_prefix = ""  # e.g. "stage1_": metric keys become test_stage1_HEAD_acc
+    progress_label = "epoch"
 
     def __init__(self, cfg: ExperimentConfig, train: TrainConfig, data: Optional[DataBundle] = None,
                  seed: Optional[int] = None):
@@ -54,26 +65,85 @@ class EpochRunner:
         schedule = getattr(cfg, "schedule", None) or []
         self.track(name for step in schedule for name in step.values)
 
-    # -- to implement
-    def train_epoch(self) -> dict[str, float]:
+    # -- a method implements
+    def loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The batch's loss (uint8 images on the device; runs under autocast) and its named parts."""
         raise NotImplementedError
+
+    def heads(self, unit_images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Logits of every evaluated head on un-augmented images in [0, 1]."""
+        return {"main": self.model(self.pipeline.normalise(unit_images))}
+
+    def train_mode(self) -> None:
+        self.model.train()
+
+    def eval_mode(self) -> None:
+        self.model.eval()
+
+    def after_step(self) -> None:
+        """After the optimiser step (e.g. MoCo's key queue)."""
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"model": self.model}
+
+    # -- the loop
+    def train_epoch(self) -> dict[str, float]:
+        self.train_mode()
+        sums: dict[str, torch.Tensor] = {}
+        count = 0
+        for images, labels in self.batches(f"{self.progress_label} {self.epoch + 1}"):
+            with autocast(self.device, self.train_cfg.bf16):
+                loss, parts = self.loss(images, labels)
+            self.optimise(loss)
+            self.after_step()
+            n = len(labels)
+            for name, value in {"loss": loss, **parts}.items():  # summed on the device: no sync per batch
+                sums[f"train_{name}"] = sums.get(f"train_{name}", 0) + value.detach().float() * n
+            count += n
+        metrics = {name: (total / count).item() for name, total in sums.items()}
+        metrics.update(self.evaluate())
+        return metrics
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Accuracy and CE loss of every head on the test and validation splits; `SPLIT_acc` and
+        `SPLIT_loss` are the deployed head's."""
+        out: dict[str, float] = {}
+        self.eval_mode()
+        for split, feeder in (("test", self.test_feeder), ("val", self.val_feeder)):
+            if feeder is None:
+                continue
+            outputs: dict[str, list[torch.Tensor]] = {}
+            labels = []
+            for images, y in feeder:
+                with autocast(self.device, self.train_cfg.bf16):
+                    for name, logits in self.heads(self.pipeline.to_unit(images)).items():
+                        outputs.setdefault(name, []).append(logits.float())
+                labels.append(y)
+            y = torch.cat(labels)
+            named = len(outputs) > 1 or self.metric_prefix
+            for name, chunks in outputs.items():
+                prefix = f"{split}_{self.metric_prefix}{name}_" if named else f"{split}_"
+                out.update(self._scores(torch.cat(chunks), y, prefix))
+            if named:
+                deployed = f"{split}_{self.metric_prefix}{self.deployed_head}_"
+                out[f"{split}_acc"], out[f"{split}_loss"] = out[deployed + "acc"], out[deployed + "loss"]
+        self.train_mode()
+        return out
+
+    def _scores(self, logits: torch.Tensor, labels: torch.Tensor, prefix: str) -> dict[str, float]:
+        out = {f"{prefix}acc": (logits.argmax(1) == labels).float().mean().item(),
+               f"{prefix}loss": F.cross_entropy(logits, labels).item()}
+        if len(set(self.data.class_counts)) > 1:  # long-tailed: accuracy by shot group too
+            shots = shot_accuracy(logits, labels, self.data.class_counts, self.cfg.data.many_shot_threshold,
+                                  self.cfg.data.few_shot_threshold)
+            out.update({f"{prefix}{k}": v for k, v in shots.items() if k != "acc"})
+        return out
 
     # -- shared
     def _setup_optimisation(self, parameters) -> None:
         self.optimizer = build_optimizer(parameters, self.train_cfg)
         self.scheduler = build_scheduler(self.optimizer, self.train_cfg, len(self.train_feeder))
-
-    def evaluate_all(self, head: str = "main") -> dict[str, float]:
-        """test_acc/test_loss (and val_* when there is a validation split) of `self.model`."""
-        out = {}
-        for split, feeder in (("test", self.test_feeder), ("val", self.val_feeder)):
-            if feeder is not None:
-                scores = evaluate(self.model, feeder, self.pipeline, self.device, head, self.train_cfg.bf16)
-                out.update({f"{split}_{k}": v for k, v in scores.items()})
-        return out
 
     def optimise(self, loss: torch.Tensor) -> None:
         """One SGD step on `loss`, then the per-step learning-rate schedule."""

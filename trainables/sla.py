@@ -5,13 +5,11 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 from spaces import label_transforms
 from spaces.candidates import Context, parse_candidate
 from trainables.config import SLAConfig
 from trainables.data import DataBundle
-from trainables.engine import autocast
 from trainables.losses.sla import aggregate_logits, self_distillation_loss, single_logits, sla_loss
 from trainables.models import build_model
 from trainables.method import Method, register
@@ -37,6 +35,7 @@ class SLARunner(EpochRunner):
             self.model = self.model.to(memory_format=torch.channels_last)
         self._setup_optimisation(self.model.parameters())
         self.context = Context(self.generator, {}, self.pipeline.padding)
+        self.deployed_head = "sd" if self.sla.self_distillation else "agg"
 
     def _forward(self, unit_images: torch.Tensor):
         """Joint logits of the expanded batch and the single-head logits of the identity copies."""
@@ -46,53 +45,32 @@ class SLARunner(EpochRunner):
         single = self.model.heads["main"](features[: len(unit_images)])
         return joint, single
 
-    def train_epoch(self) -> dict[str, float]:
-        self.model.train()
-        total, count = torch.zeros((), device=self.device), 0
-        for images, labels in self.batches(f"epoch {self.epoch + 1}"):
-            x = self.candidate.apply(self.pipeline.train_batch(images, self.generator), self.context)
-            with autocast(self.device, self.train_cfg.bf16):
-                joint, single = self._forward(x)
-            loss = sla_loss(joint, labels, self.m, self.sla.large_loss)
-            if self.sla.self_distillation:
-                loss = loss + self_distillation_loss(single, aggregate_logits(joint.float(), self.m), labels,
-                                                     self.sla.temperature, self.sla.beta)
-            self.optimise(loss)
-            total += loss.detach() * len(labels)
-            count += len(labels)
-        metrics = {"train_loss": (total / count).item()}
-        metrics.update(self.evaluate_heads(self.test_feeder, "test"))
-        if self.val_feeder is not None:
-            metrics.update(self.evaluate_heads(self.val_feeder, "val"))
-        return metrics
+    def loss(self, images, labels):
+        """CE over the C*M joint labels of the M transformed copies, + (with self-distillation)
+        beta CE(u(x), y) + T^2 KL(aggregated || u(x))."""
+        x = self.candidate.apply(self.pipeline.train_batch(images, self.generator), self.context)
+        joint, single = self._forward(x)
+        joint_loss = sla_loss(joint, labels, self.m, self.sla.large_loss)
+        if not self.sla.self_distillation:
+            return joint_loss, {"joint": joint_loss}
+        distill = self_distillation_loss(single, aggregate_logits(joint.float(), self.m), labels,
+                                         self.sla.temperature, self.sla.beta)
+        return joint_loss + distill, {"joint": joint_loss, "self_distillation": distill}
 
-    @torch.no_grad()
-    def evaluate_heads(self, feeder, prefix: str) -> dict[str, float]:
-        """SI (identity columns), AG (aggregated) and SD (head u) accuracy and CE loss."""
-        self.model.eval()
-        outputs = {"si": [], "agg": [], "sd": []}
-        labels = []
-        for images, y in feeder:
-            with autocast(self.device, self.train_cfg.bf16):
-                joint, single = self._forward(self.pipeline.to_unit(images))
-            joint = joint.float()
-            outputs["si"].append(single_logits(joint[: len(y)], self.m))
-            outputs["agg"].append(aggregate_logits(joint, self.m))
-            outputs["sd"].append(single.float())
-            labels.append(y)
-        self.model.train()
-        y = torch.cat(labels)
-        metrics = {}
-        for name, chunks in outputs.items():
-            logits = torch.cat(chunks)
-            metrics[f"{name}_acc"] = (logits.argmax(1) == y).float().mean().item()
-            metrics[f"{name}_loss"] = F.cross_entropy(logits, y).item()
-        deployed = "sd" if self.sla.self_distillation else "agg"
-        out = {f"{prefix}_{k}": v for k, v in metrics.items()}
-        out[f"{prefix}_single_acc"] = metrics["sd_acc" if self.sla.self_distillation else "si_acc"]
-        out[f"{prefix}_acc"], out[f"{prefix}_loss"] = metrics[f"{deployed}_acc"], metrics[f"{deployed}_loss"]
+    def heads(self, unit_images):
+        """SI (identity columns), AG (aggregated over the transforms) and SD (head u)."""
+        joint, single = self._forward(unit_images)
+        joint = joint.float()
+        return {"si": single_logits(joint[: len(unit_images)], self.m), "agg": aggregate_logits(joint, self.m),
+                "sd": single}
+
+    def evaluate(self) -> dict[str, float]:
+        out = super().evaluate()
+        single = "sd" if self.sla.self_distillation else "si"
+        for split in ("test", "val"):
+            if f"{split}_{single}_acc" in out:
+                out[f"{split}_single_acc"] = out[f"{split}_{single}_acc"]
         return out
-
 
 def _build(cfg, *, data=None, seed=None, teacher_checkpoint=None, work_dir=None) -> SLARunner:
     return SLARunner(cfg, data=data, seed=seed)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -24,13 +24,12 @@ from spaces import moco
 from spaces.candidates import Context, parse_candidate
 from trainables.config import SSDConfig
 from trainables.data import DataBundle, load_data
-from trainables.engine import autocast, load_checkpoint, save_checkpoint
+from trainables.engine import build_network, full_precision, head_sizes, load_checkpoint, save_checkpoint
 from trainables.losses.kd import kl_at_temperature
 from trainables.losses.moco import masked_contrastive_loss
-from trainables.metrics import shot_accuracy
 from trainables.models import Network, build_model
 from trainables.method import Method, register
-from trainables.runner import EpochRunner
+from trainables.runner import EpochRunner, run_to_completion
 
 
 def rotate_per_sample(x: torch.Tensor, quarter_turns: torch.Tensor) -> torch.Tensor:
@@ -78,40 +77,13 @@ class _MoCoBranch(nn.Module):
         self.pointer.fill_((start + len(keys)) % size)
 
 
-def _shot_metrics(logits: torch.Tensor, labels: torch.Tensor, runner: EpochRunner, prefix: str) -> dict[str, float]:
-    data_cfg = runner.cfg.data
-    out = shot_accuracy(logits, labels, runner.data.class_counts, data_cfg.many_shot_threshold,
-                        data_cfg.few_shot_threshold)
-    result = {f"{prefix}_{k}": v for k, v in out.items()}
-    result[f"{prefix}_loss"] = F.cross_entropy(logits, labels).item()
-    return result
-
-
-def _evaluate_heads(runner: EpochRunner, forward_heads, stage: str) -> dict[str, float]:
-    """Metrics of every head on the test (and validation) split, overall and per shot group.
-    `forward_heads(images) -> {head: logits}`."""
-    metrics = {}
-    for split, feeder in (("test", runner.test_feeder), ("val", runner.val_feeder)):
-        if feeder is None:
-            continue
-        outputs: dict[str, list] = {}
-        labels = []
-        with torch.no_grad():
-            for images, y in feeder:
-                with autocast(runner.device, runner.train_cfg.bf16):
-                    heads = forward_heads(runner.pipeline.normalise(runner.pipeline.to_unit(images)))
-                for name, logits in heads.items():
-                    outputs.setdefault(name, []).append(logits.float())
-                labels.append(y)
-        y = torch.cat(labels)
-        for name, chunks in outputs.items():
-            metrics.update(_shot_metrics(torch.cat(chunks), y, runner, f"{split}_{stage}_{name}"))
-    return metrics
-
-
 # ------------------------------------------------------------------ stage I
 
 class SSLStageRunner(EpochRunner):
+    progress_label = "SSD stage I, epoch"
+    metric_prefix = "stage1_"
+    deployed_head = "classifier"
+
     def __init__(self, cfg, data: Optional[DataBundle] = None, seed: Optional[int] = None):
         super().__init__(cfg, cfg.teacher.train, data, seed)
         self.ssd = cfg.ssd
@@ -124,53 +96,42 @@ class SSLStageRunner(EpochRunner):
             self.moco = _MoCoBranch(self.model, self.ssd.moco_dim, queue, self.ssd.moco_momentum).to(self.device)
         params = list(self.model.parameters()) + (list(self.moco.projection.parameters()) if self.moco else [])
         self._setup_optimisation(params)
+        self._keys = None  # this step's MoCo keys, queued after the optimiser step
 
     def modules(self) -> dict[str, nn.Module]:
         return {"model": self.model, **({"moco": self.moco} if self.moco else {})}
 
-    def train_epoch(self) -> dict[str, float]:
-        self.model.train()
-        sums = {"train_loss": 0.0, "train_ce": 0.0, "train_rotation": 0.0, "train_moco": 0.0}
-        count = 0
-        for images, labels in self.batches(f"SSD stage I, epoch {self.epoch + 1}"):
-            unit = self.pipeline.to_unit(images)
-            x = self.pipeline.base_augment(unit, self.generator)
-            with autocast(self.device, self.train_cfg.bf16):
-                features = self.model.features(self.pipeline.normalise(x))
-                ce = F.cross_entropy(self.model.heads["main"](features).float(), labels)
-                loss, parts = ce, {"train_ce": ce}
-                if "rotation" in self.ssd.tasks:
-                    turns = torch.randint(0, 4, (len(x),), generator=self.generator, device=self.device)
-                    rotated = self.pipeline.normalise(rotate_per_sample(x, turns))
-                    rotation = F.cross_entropy(self.model(rotated, head="rotation").float(), turns)
-                    loss = loss + self.ssd.rotation_weight * rotation
-                    parts["train_rotation"] = rotation
-                if self.moco is not None:
-                    query = F.normalize(self.moco.projection(features).float(), dim=1)
-                    self.moco.update_key_encoder(self.model)
-                    keys = self.moco.keys(self.pipeline.normalise(moco.moco_v2(unit, self.generator)))
-                    contrastive = masked_contrastive_loss(query, keys, self.moco.queue.clone(),
-                                                          self.moco.queue_labels.clone(), labels,
-                                                          self.ssd.moco_temperature)
-                    loss = loss + self.ssd.moco_weight * contrastive
-                    parts["train_moco"] = contrastive
-            self.optimise(loss)
-            if self.moco is not None:
-                self.moco.enqueue(keys, labels)
-            n = len(labels)
-            sums["train_loss"] += loss.item() * n
-            for key, value in parts.items():
-                sums[key] += value.item() * n
-            count += n
-        metrics = {k: v / count for k, v in sums.items()}
-        metrics.update(self.evaluate())
-        return metrics
+    def loss(self, images, labels):
+        """CE + rotation_weight CE(rotation) + moco_weight contrastive (same-class negatives masked)."""
+        unit = self.pipeline.to_unit(images)
+        x = self.pipeline.base_augment(unit, self.generator)
+        features = self.model.features(self.pipeline.normalise(x))
+        ce = F.cross_entropy(self.model.heads["main"](features).float(), labels)
+        loss, parts = ce, {"ce": ce}
+        if "rotation" in self.ssd.tasks:
+            turns = torch.randint(0, 4, (len(x),), generator=self.generator, device=self.device)
+            rotated = self.pipeline.normalise(rotate_per_sample(x, turns))
+            rotation = F.cross_entropy(self.model(rotated, head="rotation").float(), turns)
+            loss = loss + self.ssd.rotation_weight * rotation
+            parts["rotation"] = rotation
+        if self.moco is not None:
+            query = F.normalize(self.moco.projection(features).float(), dim=1)
+            self.moco.update_key_encoder(self.model)
+            keys = self.moco.keys(self.pipeline.normalise(moco.moco_v2(unit, self.generator)))
+            contrastive = masked_contrastive_loss(query, keys, self.moco.queue.clone(), self.moco.queue_labels.clone(),
+                                                  labels, self.ssd.moco_temperature)
+            loss = loss + self.ssd.moco_weight * contrastive
+            parts["moco"] = contrastive
+            self._keys = (keys, labels)
+        return loss, parts
 
-    def evaluate(self) -> dict[str, float]:
-        self.model.eval()
-        out = _evaluate_heads(self, lambda x: {"classifier": self.model(x)}, "stage1")
-        self.model.train()
-        return out
+    def after_step(self) -> None:
+        if self._keys is not None:
+            self.moco.enqueue(*self._keys)
+            self._keys = None
+
+    def heads(self, unit_images):
+        return {"classifier": self.model(self.pipeline.normalise(unit_images))}
 
 
 # ------------------------------------------------------------------ stage II / IV
@@ -190,32 +151,36 @@ class ScaledHead(nn.Module):
 class LWSRunner(EpochRunner):
     """Only the scales train; the network stays in eval mode, so BatchNorm statistics are fixed."""
 
+    deployed_head = "lws"
+
     def __init__(self, cfg, network: Network, head: str, stage: str, data: Optional[DataBundle] = None,
                  seed: Optional[int] = None):
         super().__init__(cfg, cfg.ssd.lws, data, seed)
         self.network = network.to(self.device).eval().requires_grad_(False)
         self.head_name, self.stage = head, stage
+        self.metric_prefix, self.progress_label = f"{stage}_", f"SSD {stage} (LWS), epoch"
         self.scaled = ScaledHead(self.network.heads[head])
         self._setup_optimisation([self.scaled.scales])
 
     def modules(self) -> dict[str, nn.Module]:
         return {"scaled": self.scaled}
 
-    def train_epoch(self) -> dict[str, float]:
+    def train_mode(self) -> None:
         self.network.eval()
-        total, count = 0.0, 0
-        for images, labels in self.batches(f"SSD {self.stage} (LWS), epoch {self.epoch + 1}"):
-            x = self.pipeline.normalise(self.pipeline.train_batch(images, self.generator))
-            with torch.no_grad(), autocast(self.device, self.train_cfg.bf16):
-                features = self.network.features(x)
-            loss = F.cross_entropy(self.scaled(features.float()), labels)
-            self.optimise(loss)
-            total += loss.item() * len(labels)
-            count += len(labels)
-        metrics = {"train_loss": total / count}
-        metrics.update(_evaluate_heads(self, lambda x: {"lws": self.scaled(self.network.features(x).float())},
-                                       self.stage))
-        return metrics
+
+    def eval_mode(self) -> None:
+        self.network.eval()
+
+    def loss(self, images, labels):
+        """CE of s * (W f + b) on frozen features, class-balanced batches."""
+        x = self.pipeline.normalise(self.pipeline.train_batch(images, self.generator))
+        with torch.no_grad():
+            features = self.network.features(x)
+        with full_precision(self.device):  # the scales train in fp32
+            return F.cross_entropy(self.scaled(features.float()), labels), {}
+
+    def heads(self, unit_images):
+        return {"lws": self.scaled(self.network.features(self.pipeline.normalise(unit_images)).float())}
 
     def folded_network(self) -> Network:
         """The network with the scales multiplied into the head: s*(Wf+b) = (sW)f + sb."""
@@ -231,6 +196,9 @@ class LWSRunner(EpochRunner):
 
 class SelfDistillRunner(EpochRunner):
     method_section = "ssd"
+    progress_label = "SSD stage III, epoch"
+    metric_prefix = "stage3_"
+    deployed_head = "soft"
 
     def __init__(self, cfg, teacher: Network, data: Optional[DataBundle] = None, seed: Optional[int] = None):
         super().__init__(cfg, cfg.student.train, data, seed)
@@ -243,48 +211,69 @@ class SelfDistillRunner(EpochRunner):
         self.context = Context(self.generator, {"teacher": self.pipeline.scorer(self.teacher, self.train_cfg.bf16)},
                                self.pipeline.padding)
 
-    def train_epoch(self) -> dict[str, float]:
-        self.model.train()
-        total, count = 0.0, 0
-        for images, labels in self.batches(f"SSD stage III, epoch {self.epoch + 1}"):
-            x = self.pipeline.train_batch(images, self.generator)
-            x_aug = self.candidate.apply(x, self.context)
-            both = self.pipeline.normalise(torch.cat([x, x_aug]))
-            n = len(x)
-            with autocast(self.device, self.train_cfg.bf16):
-                with torch.no_grad():
-                    teacher_logits = self.teacher(both)
-                features = self.model.features(both)
-                hard = self.model.heads["main"](features[:n])
-                soft = self.model.heads["soft"](features)
-            ce = F.cross_entropy(hard.float(), labels)
-            kd = kl_at_temperature(soft, teacher_logits, self.ssd.temperature)  # over x and x'
-            loss = ce + self.ssd.kd_weight * kd
-            self.optimise(loss)
-            total += loss.item() * n
-            count += n
-        metrics = {"train_loss": total / count}
-        self.model.eval()
-        metrics.update(_evaluate_heads(self, self._heads, "stage3"))
-        self.model.train()
-        return metrics
+    def loss(self, images, labels):
+        """CE(hard(x), y) + kd_weight KL_T(teacher || soft) over x and x' (T = 2)."""
+        x = self.pipeline.train_batch(images, self.generator)
+        x_aug = self.candidate.apply(x, self.context)
+        both = self.pipeline.normalise(torch.cat([x, x_aug]))
+        with torch.no_grad():
+            teacher_logits = self.teacher(both)
+        features = self.model.features(both)
+        hard = self.model.heads["main"](features[: len(x)])
+        soft = self.model.heads["soft"](features)
+        ce = F.cross_entropy(hard.float(), labels)
+        kd = kl_at_temperature(soft, teacher_logits, self.ssd.temperature)
+        return ce + self.ssd.kd_weight * kd, {"ce": ce, "kd": kd}
 
-    def _heads(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        features = self.model.features(x)
+    def heads(self, unit_images):
+        features = self.model.features(self.pipeline.normalise(unit_images))
         return {"hard": self.model.heads["main"](features), "soft": self.model.heads["soft"](features)}
 
 
+# ------------------------------------------------------------------ stages, once
+
+def stage_runner(stage: int, cfg, data: DataBundle, seed: int, previous: Optional[EpochRunner] = None,
+                 teacher: Optional[Network] = None) -> EpochRunner:
+    """The runner of SSD stage 1-4; stages 2-4 start from the previous stage's runner (stage 3
+    from a loaded `teacher` when the chain starts there)."""
+    if stage == 1:
+        return SSLStageRunner(cfg, data, seed)
+    if stage == 2:
+        return LWSRunner(cfg, previous.model, "main", "stage2", data, seed)
+    if stage == 3:
+        return SelfDistillRunner(cfg, teacher if teacher is not None else previous.folded_network(), data, seed)
+    return LWSRunner(cfg, previous.model, "main", "stage4", data, seed)
+
+
+def stage_checkpoint(folder: Path, stage: int) -> Path:
+    return Path(folder) / f"ssd_stage{stage}.pt"
+
+
+def save_stage_output(folder: Path, stage: int, runner: EpochRunner, cfg, data: DataBundle,
+                      metrics: Optional[dict] = None) -> Path:
+    """A stage's network (LWS scales folded in) as a checkpoint the next stage, or a later run, loads."""
+    network = runner.folded_network() if isinstance(runner, LWSRunner) else runner.model
+    model_name = cfg.teacher.model if stage in (1, 2) else cfg.student.model
+    extra = {k: float(v) for k, v in (metrics or {}).items() if isinstance(v, (int, float))}
+    return save_checkpoint(stage_checkpoint(folder, stage), network, model_name, data, extra=extra)
+
+
+def train_teacher_stages(cfg, data: DataBundle, folder: Path, on_epoch: Optional[Callable[[dict], None]] = None,
+                         progress: bool = True) -> Path:
+    """Stages I and II to the end, without Ray (the sweep's driver, `augtune train ssd`): the
+    stage-II network, its scales folded into the classifier, is the teacher of stage III and of
+    the proxy. Returns its checkpoint (ssd_stage2.pt)."""
+    previous = None
+    for stage in (1, 2):
+        runner = stage_runner(stage, cfg, data, cfg.seed, previous)
+        history = run_to_completion(runner, on_epoch=(lambda m, s=stage: on_epoch({**m, "stage": s}))
+                                    if on_epoch else None, progress=progress)
+        save_stage_output(folder, stage, runner, cfg, data, history[-1])
+        previous = runner
+    return stage_checkpoint(folder, 2)
+
+
 # ------------------------------------------------------------------ the chain
-
-def _headline(metrics: dict[str, float], stage_key: str) -> dict[str, float]:
-    """test_acc / test_loss (and val_*) of the stage's deployed head, for schedulers and MLflow."""
-    out = {}
-    for split in ("test", "val"):
-        if f"{split}_{stage_key}_acc" in metrics:
-            out[f"{split}_acc"] = metrics[f"{split}_{stage_key}_acc"]
-            out[f"{split}_loss"] = metrics[f"{split}_{stage_key}_loss"]
-    return out
-
 
 class SSDChainRunner:
     """Stages I-IV (or III-IV from a saved stage-II teacher) as one run, one epoch per step."""
@@ -302,22 +291,9 @@ class SSDChainRunner:
             raise ValueError("ssd.start_stage 3 needs the stage-II teacher checkpoint")
         self.index, self.epoch = 0, 0
         self.completed: dict[str, float] = {}  # the last metrics of finished stages, carried forward
-        self.current = self._build(self.stages[0])
+        teacher = load_checkpoint(teacher_checkpoint, self.data)[0] if self.stages[0] == 3 else None
+        self.current = stage_runner(self.stages[0], cfg, self.data, self.seed, teacher=teacher)
         self.device = self.current.device
-
-    def _build(self, stage: int, previous: Optional[EpochRunner] = None):
-        cfg, data, seed = self.cfg, self.data, self.seed
-        if stage == 1:
-            return SSLStageRunner(cfg, data, seed)
-        if stage == 2:
-            return LWSRunner(cfg, previous.model, "main", "stage2", data, seed)
-        if stage == 3:
-            if previous is not None:
-                teacher = previous.folded_network()
-            else:
-                teacher, _ = load_checkpoint(self.teacher_checkpoint, data)
-            return SelfDistillRunner(cfg, teacher, data, seed)
-        return LWSRunner(cfg, previous.model, "main", "stage4", data, seed)
 
     @property
     def stage(self) -> int:
@@ -328,56 +304,43 @@ class SSDChainRunner:
         return self.index == len(self.stages) - 1 and self.current.finished
 
     def run_epoch(self) -> dict[str, Any]:
-        metrics = self.current.run_epoch()
+        metrics = self.current.run_epoch()  # test_acc / test_loss: the stage's deployed head
         self.epoch += 1
         stage = self.stage
-        headline = {1: "stage1_classifier", 2: "stage2_lws", 3: "stage3_soft", 4: "stage4_lws"}[stage]
-        metrics.update(_headline(metrics, headline), stage=stage, epoch=self.epoch)
+        metrics.update(stage=stage, epoch=self.epoch)
         if self.current.finished:
             self.completed.update({k: v for k, v in metrics.items() if f"_stage{stage}_" in k})
         metrics = {**self.completed, **metrics}
         if self.current.finished and self.index < len(self.stages) - 1:
-            self._save_stage_output()
+            if self.work_dir is not None:
+                save_stage_output(self.work_dir, stage, self.current, self.cfg, self.data)
             previous = self.current
             self.index += 1
-            self.current = self._build(self.stage, previous)
+            self.current = stage_runner(self.stage, self.cfg, self.data, self.seed, previous)
         return metrics
-
-    def _save_stage_output(self) -> None:
-        """Each stage's output is a checkpoint the next stage (or a later run) can load."""
-        if self.work_dir is None:
-            return
-        stage, runner = self.stage, self.current
-        network = runner.folded_network() if isinstance(runner, LWSRunner) else runner.model
-        model_name = self.cfg.teacher.model if stage in (1, 2) else self.cfg.student.model
-        save_checkpoint(self.work_dir / f"ssd_stage{stage}.pt", network, model_name, self.data)
 
     def state_dict(self) -> dict[str, Any]:
         state = {"index": self.index, "epoch": self.epoch, "current": self.current.state_dict(),
                  "completed": dict(self.completed)}
-        if self.stage in (2, 4):  # the network LWS scales sit on
-            state["lws_network"] = self.current.network.state_dict()
-        if self.stage == 3:
-            state["teacher"] = self.current.teacher.state_dict()
+        # the fixed network the stage trains on, with the heads it has, so a restore rebuilds it
+        fixed = self.current.network if self.stage in (2, 4) else self.current.teacher if self.stage == 3 else None
+        if fixed is not None:
+            state["fixed_network"] = {"heads": head_sizes(fixed), "state_dict": fixed.state_dict()}
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["index"] != self.index:
             self.index = state["index"]
             stage = self.stage
-            if stage in (2, 4):
-                name = self.cfg.teacher.model if stage == 2 else self.cfg.student.model
-                network = build_model(name, self.data.num_classes, self.data.channels)
-                if stage == 4:
-                    network.add_head("soft", self.data.num_classes)
-                network.load_state_dict(state["lws_network"])
-                self.current = LWSRunner(self.cfg, network, "main", f"stage{stage}", self.data, self.seed)
-            elif stage == 3:
-                teacher = build_model(self.cfg.teacher.model, self.data.num_classes, self.data.channels)
-                if "rotation" in self.cfg.ssd.tasks:
-                    teacher.add_head("rotation", 4)
-                teacher.load_state_dict(state["teacher"])
-                self.current = SelfDistillRunner(self.cfg, teacher, self.data, self.seed)
+            if stage in (2, 3, 4):
+                model_name = self.cfg.student.model if stage == 4 else self.cfg.teacher.model
+                saved = state["fixed_network"]
+                network = build_network(model_name, saved["heads"], self.data.channels)
+                network.load_state_dict(saved["state_dict"])
+                self.current = (SelfDistillRunner(self.cfg, network, self.data, self.seed) if stage == 3
+                                else LWSRunner(self.cfg, network, "main", f"stage{stage}", self.data, self.seed))
+            else:
+                self.current = stage_runner(1, self.cfg, self.data, self.seed)
         self.current.load_state_dict(state["current"])
         self.epoch = state["epoch"]
         self.completed = dict(state["completed"])

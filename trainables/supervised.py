@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from trainables.config import ExperimentConfig, ModelConfig
 from trainables.data import DataBundle
-from trainables.engine import autocast, save_checkpoint
+from trainables.engine import save_checkpoint
 from trainables.models import build_model
 from trainables.runner import EpochRunner
 
@@ -24,19 +24,9 @@ class SupervisedRunner(EpochRunner):
             self.model = self.model.to(memory_format=torch.channels_last)
         self._setup_optimisation(self.model.parameters())
 
-    def train_epoch(self) -> dict[str, float]:
-        self.model.train()
-        total, count = torch.zeros((), device=self.device), 0
-        for images, labels in self.batches(f"epoch {self.epoch + 1}"):
-            x = self.pipeline.normalise(self.pipeline.train_batch(images, self.generator))
-            with autocast(self.device, self.train_cfg.bf16):
-                loss = F.cross_entropy(self.model(x), labels)
-            self.optimise(loss)
-            total += loss.detach() * len(labels)
-            count += len(labels)
-        metrics = {"train_loss": (total / count).item()}
-        metrics.update(self.evaluate_all())
-        return metrics
+    def loss(self, images, labels):
+        x = self.pipeline.normalise(self.pipeline.train_batch(images, self.generator))
+        return F.cross_entropy(self.model(x).float(), labels), {}
 
     def save(self, path: Path, metrics: dict[str, Any]) -> Path:
         return save_checkpoint(path, self.model, self.model_cfg.model, self.data,
