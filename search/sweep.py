@@ -18,12 +18,12 @@ from search.audit import AuditOutcome, run_audit
 from search.config import ConfigError, SweepConfig
 from search.jobs import check_tracking_uri, job_dir, load_checked_data, pair_name, run_proxy
 from search.proxy import ProxyScore, format_table
+from search.sweep_state import STATE_FILE, SweepState
 from search.tracking import Tracker
 from search.trials import completed_trials, usable
 from spaces.candidates import parse_candidate
 from spaces.hyper import parse_hyperparameters
 
-STATE_FILE = "sweep_state.json"
 
 
 @dataclass
@@ -106,8 +106,6 @@ def init_ray(cfg: SweepConfig) -> None:
             print(f"warning: no node of this cluster has {wanted} free for one trial (search.resources); trials "
                   "wait until the autoscaler adds such a node, or forever on a fixed-size cluster")
     else:
-        import os
-
         # a private local instance on this machine: no cluster token needed
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         # per-epoch checkpoints of short trials trip this warning constantly; it is noise here
@@ -339,14 +337,14 @@ def log_best_student(cfg: SweepConfig, tracker: Tracker, parent: str, best: dict
     from search.tracking import TRIAL_TAG
     from trainables.engine import save_checkpoint
     from trainables.models import build_model
-    from trainables.tune import STATE_FILE
+    from trainables.tune import STATE_FILE as RUNNER_STATE_FILE
 
     result = next((r for g in grids for r in g if (r.metrics or {}).get("trial_id") == best["trial_id"]), None)
     runs = tracker.runs(f"tags.`{TRIAL_TAG}` = '{best['trial_id']}' and tags.`mlflow.parentRunId` = '{parent}'")
     if result is None or result.checkpoint is None or not runs:
         return
     with result.checkpoint.as_directory() as folder, tempfile.TemporaryDirectory() as tmp:
-        state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+        state = torch.load(Path(folder) / RUNNER_STATE_FILE, map_location="cpu", weights_only=True)
         student = build_model(cfg.student.model, data.num_classes, data.channels)
         student.load_state_dict(state["modules"]["model"])
         tracker.log_file(runs[0].info.run_id, save_checkpoint(Path(tmp) / "student.pt", student,
@@ -427,26 +425,25 @@ def _set_aside_unreadable(experiment_path: str) -> None:
             path.rename(path.with_name(path.name + ".unreadable"))
 
 
-def restore_or_build(cfg: SweepConfig, holder: dict[str, Any], key: str, build, teacher_path: Optional[Path],
-                     save):
-    """Tune's saved experiment named `holder[key]` restored when it can be; else a new experiment
-    (under a new name when an unusable one is in the way; `save` persists the sweep state).
+def restore_or_build(cfg: SweepConfig, name: str, build, teacher_path: Optional[Path], rename):
+    """Tune's saved experiment `name` restored when it can be; else a new experiment (under a new
+    name when an unusable one is in the way: `rename(new_name)` records it in the sweep state).
     Returns (tuner, restored)."""
     from ray import tune
 
-    path = f"{_storage(cfg).rstrip('/')}/{holder[key]}"
+    path = f"{_storage(cfg).rstrip('/')}/{name}"
     _set_aside_unreadable(path)
     if tune.Tuner.can_restore(path):
         try:
             return tune.Tuner.restore(path, trainable=method_trainable(cfg, teacher_path), resume_errored=True), True
         except Exception as exc:  # Ray raises many kinds on a damaged experiment
             print(f"warning: could not restore {path} ({type(exc).__name__}: {exc}); starting its trials again")
-            holder[key] = f"{holder[key]}-again"
-            save()
+            name = f"{name}-again"
+            rename(name)
     elif "://" not in path and Path(path).exists():
-        holder[key] = f"{holder[key]}-again"  # nothing restorable there: do not write over it
-        save()
-    return build(holder[key]), False
+        name = f"{name}-again"  # nothing restorable there: do not write over it
+        rename(name)
+    return build(name), False
 
 
 class AuditTrainer:
@@ -454,9 +451,9 @@ class AuditTrainer:
     the config's hyperparameters), each a Tune experiment of its own. Finished phases are kept in
     the sweep state, so a resumed audit replays them instead of training again."""
 
-    def __init__(self, cfg: SweepConfig, state: dict[str, Any], teacher_path: Optional[Path], callback):
+    def __init__(self, cfg: SweepConfig, state: SweepState, teacher_path: Optional[Path], callback):
         self.cfg, self.state, self.teacher_path, self.callback = cfg, state, teacher_path, callback
-        self.phases: list[dict[str, Any]] = state.setdefault("audit_phases", [])
+        self.phases = state.audit_phases
         self.calls = 0
 
     def __call__(self, candidates: list[str]) -> dict[str, list[float]]:
@@ -464,17 +461,21 @@ class AuditTrainer:
         if index < len(self.phases) and self.phases[index]["candidates"] == candidates \
                 and self.phases[index].get("values") is not None:
             return self.phases[index]["values"]
-        name = f"{self.state['ray_experiment']}-audit-{index}"
         if index == len(self.phases):
-            self.phases.append({"candidates": candidates, "name": name, "values": None})
-            _save_state(self.cfg, self.state)
+            self.phases.append({"candidates": candidates, "name": f"{self.state.ray_experiment}-audit-{index}",
+                                "values": None})
+            self.state.save(job_dir(self.cfg))
         seeds = self.cfg.search.prune.audit_seeds
         phase = self.phases[index]
+
+        def rename(name: str) -> None:
+            phase["name"] = name
+            self.state.save(job_dir(self.cfg))
+
         tuner, restored = restore_or_build(
-            self.cfg, phase, "name",
+            self.cfg, phase["name"],
             lambda experiment: build_grid_tuner(self.cfg, candidates, seeds, self.teacher_path, self.callback,
-                                                experiment), self.teacher_path,
-            lambda: _save_state(self.cfg, self.state))
+                                                experiment), self.teacher_path, rename)
         print(f"\naudit: training {', '.join(candidates)} ({seeds} seeds each, the config's hyperparameters)")
         grid = _fit(tuner, len(candidates) * seeds, restored)
         trials = collect_trials(grid)
@@ -483,23 +484,22 @@ class AuditTrainer:
         for t in trials:
             if usable(t, metric):
                 values.setdefault(t["augmentation"], []).append(float(t[metric]))
-        self.phases[index].update(values=values, seconds=sum(t["seconds"] or 0.0 for t in trials),
-                                  trials=len(trials))
-        _save_state(self.cfg, self.state)
+        phase.update(values=values, seconds=sum(t["seconds"] or 0.0 for t in trials), trials=len(trials))
+        self.state.save(job_dir(self.cfg))
         return values
 
 
-def run_audit_phase(cfg: SweepConfig, state: dict[str, Any], tracker: Tracker, teacher_path: Optional[Path],
+def run_audit_phase(cfg: SweepConfig, state: SweepState, tracker: Tracker, teacher_path: Optional[Path],
                     callback) -> AuditOutcome:
     """Sentinels from the pruned candidates, trained beside the kept ones; the verdict; the
     survivors for the search (the top_k audited candidates by the selection metric)."""
     p = cfg.search.prune
-    ranked = [row["candidate"] for row in sorted(state["scores"], key=lambda r: r["rank"])
+    ranked = [row["candidate"] for row in sorted(state.scores, key=lambda r: r["rank"])
               if not math.isnan(row["t_stddev"])]
-    outcome = run_audit(ranked, state["kept"], p.audit, AuditTrainer(cfg, state, teacher_path, callback),
+    outcome = run_audit(ranked, state.kept, p.audit, AuditTrainer(cfg, state, teacher_path, callback),
                         metric=cfg.search.metric, seed=cfg.search.seed, expand=p.on_disagreement == "expand",
-                        max_extra=p.max_extra, batch=cfg.search.max_concurrent, keep=len(state["kept"]))
-    parent = state["parent_run_id"]
+                        max_extra=p.max_extra, batch=cfg.search.max_concurrent, keep=len(state.kept))
+    parent = state.parent_run_id
     tracker.log_json(parent, "audit.json", outcome.as_dict())
     tracker.log(parent, params={"audit.sentinels": ",".join(outcome.sentinels) or "-",
                                 "audit.expanded": ",".join(outcome.expanded) or "-",
@@ -521,17 +521,17 @@ def format_audit(outcome: AuditOutcome) -> str:
     return "\n".join(lines + ["", outcome.verdict()])
 
 
-# ---------------------------------------------------------------- driver
+# ---------------------------------------------------------------- driver: stages over the typed state
 
-def _start_sweep(cfg: SweepConfig, tracker: Tracker) -> dict[str, Any]:
+def start_sweep(cfg: SweepConfig, tracker: Tracker) -> SweepState:
     """The parent run and the first state (stage 'proxy'), saved at once: a driver killed from
     here on can be resumed."""
     validate = cfg.search.validate_proxy
     parent = tracker.start_run(f"sweep:{cfg.name}", "sweep", tags={"augtune.pair": pair_name(cfg),
                                                                  "augtune.validate_proxy": str(validate)})
-    state = {"stage": "proxy", "parent_run_id": parent, "validate_proxy": validate,
-             "ray_experiment": f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"}
-    _save_state(cfg, state)
+    state = SweepState(parent_run_id=parent, validate_proxy=validate,
+                       ray_experiment=f"sweep-{time.strftime('%Y%m%d-%H%M%S')}")
+    state.save(job_dir(cfg))
     tracker.log(parent, params={"config": yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)})
     tracker.log_json(parent, "config.json", cfg.model_dump(mode="json"))
     return state
@@ -545,126 +545,86 @@ def _discard_partial_stage(tracker: Tracker, parent: str) -> None:
             tracker.client.delete_run(run.info.run_id)
 
 
-def _proxy_stage(cfg: SweepConfig, data, tracker: Tracker, state: dict[str, Any], progress: bool) -> None:
-    """Teacher and proxy (kd, ssd), pruning; the state moves on to stage 'search'."""
-    parent, validate = state["parent_run_id"], state["validate_proxy"]
+def stage_proxy_and_prune(cfg: SweepConfig, data, tracker: Tracker, state: SweepState, progress: bool) -> None:
+    """Teacher and T.stddev (methods with a teacher), pruning; the state moves on to 'search'.
+    A method without a teacher has no proxy: every candidate goes to the trials."""
+    parent = state.parent_run_id
     if cfg.method.teacher != "none":
         proxy = run_proxy(cfg, data, tracker, parent, progress)
-        print(format_table(proxy.scores))
         scores, teacher_path = proxy.scores, proxy.teacher_path
-        mode = "none" if validate else cfg.search.prune.mode
+        mode = "none" if state.validate_proxy else cfg.search.prune.mode
         survivors = prune(scores, mode, cfg.search.prune.top_k)
-    else:  # SLA has no teacher to score with: every candidate goes to the trials
+    else:
         scores, teacher_path, mode = [], None, "none"
         survivors = [c.id for c in cfg.space.resolved()]
     tracker.log_json(parent, "pruned.json", {"kept": survivors,
                                              "pruned": [s.candidate for s in scores if s.candidate not in survivors]})
     tracker.log(parent, params={"prune.mode": mode, "prune.top_k": cfg.search.prune.top_k,
                                 "survivors": ",".join(survivors)})
-    state.update(stage="search", teacher_path=str(teacher_path) if teacher_path else None,
-                 scores=[s.as_row() for s in scores], kept=survivors, survivors=survivors,
-                 audit_done=not (cfg.search.prune.audit and survivors != [s.candidate for s in scores]))
-    _save_state(cfg, state)
+    state.stage, state.teacher_path = "search", str(teacher_path) if teacher_path else None
+    state.scores, state.kept, state.survivors = [s.as_row() for s in scores], survivors, survivors
+    state.audit_done = not (cfg.search.prune.audit and survivors != [s.candidate for s in scores])
+    state.save(job_dir(cfg))
 
 
-def _load_state(cfg: SweepConfig) -> dict[str, Any]:
-    path = job_dir(cfg) / STATE_FILE
-    if not path.is_file():
-        raise ConfigError(f"--resume: no sweep to resume in {job_dir(cfg)} (no {STATE_FILE}); run without --resume")
-    return json.loads(path.read_text())
-
-
-def _save_state(cfg: SweepConfig, state: dict[str, Any]) -> None:
-    """Atomically: a driver killed mid-write leaves the previous state, never half a file."""
-    path = job_dir(cfg) / STATE_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2))
-    os.replace(tmp, path)
-
-
-def run_sweep(cfg: SweepConfig, resume: bool = False, progress: bool = True) -> SweepOutcome:
+def stage_audit(cfg: SweepConfig, state: SweepState, tracker: Tracker, teacher_path: Optional[Path],
+                score_of: dict[str, float]) -> AuditOutcome:
+    """Sentinel audit of the pruning; the survivors of the search follow its outcome."""
     from search.trial_logger import TrialLogger
 
-    cfg.check_selection_split()
-    cfg.check_resources()
-    state = _load_state(cfg) if resume else None  # raises before anything is written
-    data = load_checked_data(cfg, proxy=cfg.method.teacher != "none")
-    check_tracking_uri(cfg.tracking.uri)
-    tracker = Tracker(cfg.tracking.uri, cfg.experiment_name)
-    if state is None:
-        state = _start_sweep(cfg, tracker)
-    elif state.get("finished"):
-        # nothing left to do: report what the sweep found, log nothing again
-        done = state["finished"]
-        print(f"this sweep already finished (parent run {state['parent_run_id']}); nothing to resume")
-        if done["best"] is not None:
-            print(describe_best(done["best"], cfg.search.metric))
-        return SweepOutcome(state["parent_run_id"], [ProxyScore(**row) for row in state["scores"]],
-                            state["survivors"], done["trials"], done["best"], done["compute"], audit=state.get("audit"))
-    else:
-        tracker.client.update_run(state["parent_run_id"], status="RUNNING")
-    if state.get("stage", "search") == "proxy":
-        if resume:
-            _discard_partial_stage(tracker, state["parent_run_id"])
-        try:
-            _proxy_stage(cfg, data, tracker, state, progress)
-        except BaseException as exc:
-            tracker.end_run(state["parent_run_id"], "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
-            raise
-    parent, validate = state["parent_run_id"], state["validate_proxy"]
-    scores = [ProxyScore(**row) for row in state["scores"]]
-    teacher_path = Path(state["teacher_path"]) if state["teacher_path"] else None
-    if cfg.search.metric.startswith("test_"):
-        print(TEST_SELECTION_WARNING)
-    score_of = {s.candidate: s.t_stddev for s in scores}
-    if not cfg.method.schedulable and cfg.search.scheduler.kind == "asha":
-        print(f"note: {cfg.search.method} trials are multi-stage; ASHA compares the current stage's headline metric")
-    init_ray(cfg)
-    try:
-        if not state.get("audit_done", True):
-            audit_logger = TrialLogger(cfg.tracking.uri, cfg.experiment_name, parent, pair_name(cfg), score_of,
-                                       phase="audit")
-            audit = run_audit_phase(cfg, state, tracker, teacher_path, audit_logger)
-            print("\n" + format_audit(audit))
-            state.update(survivors=audit.survivors, audit_done=True, audit=audit.as_dict())
-            _save_state(cfg, state)
-        survivors = state["survivors"]
-        print(f"\n{cfg.search.method} trials for {len(survivors)} of {len(scores) or len(survivors)} candidates: "
-              f"{', '.join(survivors)}")
-        callback = TrialLogger(cfg.tracking.uri, cfg.experiment_name, parent, pair_name(cfg), score_of)
+    logger = TrialLogger(cfg.tracking.uri, cfg.experiment_name, state.parent_run_id, pair_name(cfg), score_of,
+                         phase="audit")
+    audit = run_audit_phase(cfg, state, tracker, teacher_path, logger)
+    state.survivors, state.audit_done, state.audit = audit.survivors, True, audit.as_dict()
+    state.save(job_dir(cfg))
+    return audit
+
+
+def stage_search(cfg: SweepConfig, state: SweepState, teacher_path: Optional[Path], score_of: dict[str, float]):
+    """The student trials on Ray (restored when the sweep is resumed), plus a top-up of the
+    trials a restored experiment lost. Returns the result grids."""
+    from search.trial_logger import TrialLogger
+
+    folder, survivors, validate = job_dir(cfg), state.survivors, state.validate_proxy
+    callback = TrialLogger(cfg.tracking.uri, cfg.experiment_name, state.parent_run_id, pair_name(cfg), score_of)
+
+    def rename(field: str):
+        def set_name(name: str) -> None:
+            setattr(state, field, name)
+            state.save(folder)
+        return set_name
+
+    tuner, restored = restore_or_build(
+        cfg, state.ray_experiment, lambda name: build_tuner(cfg, survivors, teacher_path, callback, name, validate),
+        teacher_path, rename("ray_experiment"))
+    expected = len(survivors) * cfg.search.seeds if validate else cfg.search.num_samples
+    grids = [_fit(tuner, expected, restored)]
+    missing = expected - len(grids[0])
+    if missing > 0 or state.topup_experiment:
+        # the restored experiment lost trials it had not saved yet: run them as a top-up
+        if state.topup_experiment is None:
+            state.topup_experiment, state.topup_trials = f"{state.ray_experiment}-topup", missing
+            state.save(folder)
+        print(f"\nrunning the {state.topup_trials} trial(s) the interrupted experiment lost")
+        tried = [t["augmentation"] for t in collect_trials(grids[0])]
         tuner, restored = restore_or_build(
-            cfg, state, "ray_experiment",
-            lambda name: build_tuner(cfg, survivors, teacher_path, callback, name, validate), teacher_path,
-            lambda: _save_state(cfg, state))
-        expected = len(survivors) * cfg.search.seeds if validate else cfg.search.num_samples
-        grids = [_fit(tuner, expected, restored)]
-        missing = expected - len(grids[0])
-        if missing > 0 or state.get("topup_experiment"):
-            # the restored experiment lost trials it had not saved yet: run them as a top-up
-            state.setdefault("topup_experiment", f"{state['ray_experiment']}-topup")
-            state.setdefault("topup_trials", missing)
-            _save_state(cfg, state)
-            print(f"\nrunning the {state['topup_trials']} trial(s) the interrupted experiment lost")
-            tuner, restored = restore_or_build(
-                cfg, state, "topup_experiment",
-                lambda name: build_tuner(cfg, survivors, teacher_path, callback, name, validate,
-                                         num_samples=state["topup_trials"],
-                                         tried=[t["augmentation"] for t in collect_trials(grids[0])]), teacher_path,
-                lambda: _save_state(cfg, state))
-            grids.append(_fit(tuner, state["topup_trials"], restored))
-    except SweepInterrupted as stopped:
-        # Ctrl-C: Tune saved its state and returned early
-        tracker.end_run(parent, "KILLED")
-        print(f"\nsweep interrupted ({stopped}); continue with `augtune sweep CONFIG --resume`")
-        return SweepOutcome(parent, scores, state["survivors"], [], None, {}, interrupted=True)
-    except BaseException:
-        tracker.end_run(parent, "KILLED")
-        raise
+            cfg, state.topup_experiment,
+            lambda name: build_tuner(cfg, survivors, teacher_path, callback, name, validate,
+                                     num_samples=state.topup_trials, tried=tried),
+            teacher_path, rename("topup_experiment"))
+        grids.append(_fit(tuner, state.topup_trials, restored))
+    return grids
+
+
+def stage_summarise(cfg: SweepConfig, state: SweepState, tracker: Tracker, grids, data) -> SweepOutcome:
+    """The best trial (by the selection metric), the compute spent, everything logged once to the
+    parent run; the state is marked finished."""
+    parent = state.parent_run_id
+    scores = [ProxyScore(**row) for row in state.scores]
     trials = [t for grid in grids for t in collect_trials(grid)]
     close_orphans(tracker, parent)
     best = pick_best(trials, cfg.search.metric)
-    compute = compute_summary(trials, scores, survivors, state.get("audit_phases", []))
+    compute = compute_summary(trials, scores, state.survivors, state.audit_phases)
     # proxy_seconds is on the parent already (logged by the proxy stage): log it once
     tracker.log(parent, metrics={k: v for k, v in compute.items() if k != "proxy_seconds"}, once=True)
     tracker.log_json(parent, "trials.json", trials)
@@ -676,24 +636,85 @@ def run_sweep(cfg: SweepConfig, resume: bool = False, progress: bool = True) -> 
                     tags={"augtune.best_augmentation": best["augmentation"],
                           "augtune.selected_on": "test" if cfg.search.metric.startswith("test_") else "val"},
                     once=True)
-    if best is not None and cfg.method.student_artifact:
-        log_best_student(cfg, tracker, parent, best, grids, data)
-    tracker.end_run(parent)
-    state["finished"] = {"best": best, "compute": compute, "trials": trials}
-    _save_state(cfg, state)
+        if cfg.method.student_artifact:
+            log_best_student(cfg, tracker, parent, best, grids, data)
+    state.finished = {"best": best, "compute": compute, "trials": trials}
+    return SweepOutcome(parent, scores, state.survivors, trials, best, compute, audit=state.audit)
 
-    print("\n" + format_trials(trials, score_of, cfg.search.metric))
-    diverged = [t for t in trials if t.get("diverged")]
+
+def run_sweep(cfg: SweepConfig, resume: bool = False, progress: bool = True) -> SweepOutcome:
+    """Checks -> teacher + proxy + pruning -> audit -> search -> summary, each stage recorded in
+    the sweep state; the parent run's end status is set in one place (Tracker.run_status)."""
+    cfg.check_selection_split()
+    cfg.check_resources()
+    folder = job_dir(cfg)
+    state = SweepState.load(folder) if resume else None
+    if resume and state is None:  # before anything is written
+        raise ConfigError(f"--resume: no sweep to resume in {folder} (no {STATE_FILE}); run without --resume")
+    data = load_checked_data(cfg, proxy=cfg.method.teacher != "none")
+    check_tracking_uri(cfg.tracking.uri)
+    tracker = Tracker(cfg.tracking.uri, cfg.experiment_name)
+    if state is not None and state.finished:
+        print(f"this sweep already finished (parent run {state.parent_run_id}); nothing to resume")
+        outcome = SweepOutcome(state.parent_run_id, [ProxyScore(**row) for row in state.scores], state.survivors,
+                               state.finished["trials"], state.finished["best"], state.finished["compute"],
+                               audit=state.audit)
+        if outcome.best is not None:
+            print(describe_best(outcome.best, cfg.search.metric))
+        return outcome  # nothing left to do, nothing logged again
+    if state is None:
+        state = start_sweep(cfg, tracker)
+    else:
+        tracker.client.update_run(state.parent_run_id, status="RUNNING")
+    try:
+        with tracker.run_status(state.parent_run_id, killed_by=(KeyboardInterrupt, SweepInterrupted)):
+            outcome = _run_stages(cfg, state, tracker, data, resume, progress)
+    except SweepInterrupted as stopped:  # Ctrl-C in a Tune phase: Tune saved its state and returned early
+        print(f"\nsweep interrupted ({stopped}); continue with `augtune sweep CONFIG --resume`")
+        return SweepOutcome(state.parent_run_id, [ProxyScore(**row) for row in state.scores], state.survivors,
+                            [], None, {}, interrupted=True)
+    state.save(folder)  # finished: the parent run is closed, nothing of it is logged again
+    print_outcome(cfg, outcome)
+    return outcome
+
+
+def _run_stages(cfg: SweepConfig, state: SweepState, tracker: Tracker, data, resume: bool,
+                progress: bool) -> SweepOutcome:
+    if state.stage == "proxy":
+        if resume:
+            _discard_partial_stage(tracker, state.parent_run_id)
+        stage_proxy_and_prune(cfg, data, tracker, state, progress)
+        if state.scores:
+            print(format_table([ProxyScore(**row) for row in state.scores]))
+    teacher_path = Path(state.teacher_path) if state.teacher_path else None
+    score_of = {row["candidate"]: row["t_stddev"] for row in state.scores}
+    if cfg.search.metric.startswith("test_"):
+        print(TEST_SELECTION_WARNING)
+    if not cfg.method.schedulable and cfg.search.scheduler.kind == "asha":
+        print(f"note: {cfg.search.method} trials are multi-stage; ASHA compares the current stage's headline metric")
+    init_ray(cfg)
+    if not state.audit_done:
+        print("\n" + format_audit(stage_audit(cfg, state, tracker, teacher_path, score_of)))
+    print(f"\n{cfg.search.method} trials for {len(state.survivors)} of {len(state.scores) or len(state.survivors)} "
+          f"candidates: {', '.join(state.survivors)}")
+    grids = stage_search(cfg, state, teacher_path, score_of)
+    return stage_summarise(cfg, state, tracker, grids, data)
+
+
+def print_outcome(cfg: SweepConfig, outcome: SweepOutcome) -> None:
+    score_of = {s.candidate: s.t_stddev for s in outcome.scores}
+    print("\n" + format_trials(outcome.trials, score_of, cfg.search.metric))
+    diverged = [t for t in outcome.trials if t.get("diverged")]
     if diverged:
         print(f"note: {len(diverged)} trial(s) diverged (NaN/inf loss), stopped at that epoch and left out of the best")
+    compute = outcome.compute
     audit_part = (f" + {compute['audit_seconds']:.0f} audit trial-seconds ({compute['audit_trials']:.0f} trials)"
                   if compute["audit_trials"] else "")
     print(f"\ncompute: {compute['trial_seconds']:.0f} trial-seconds + {compute['proxy_seconds']:.0f} s proxy{audit_part}; "
           f"{compute['pruned_candidates']} candidates pruned, an estimated {compute['estimated_seconds_saved']:.0f} s "
           f"({100 * compute['compute_saved_fraction']:.0f}%) saved against training every candidate")
-    if best is not None:
-        print("\n" + describe_best(best, cfg.search.metric))
-    print(f"MLflow: experiment {cfg.experiment_name!r}, parent run {parent}\n"
+    if outcome.best is not None:
+        print("\n" + describe_best(outcome.best, cfg.search.metric))
+    print(f"MLflow: experiment {cfg.experiment_name!r}, parent run {outcome.parent_run_id}\n"
           f"  mlflow ui --backend-store-uri {cfg.tracking.uri}\n"
           f"  augtune best --experiment {cfg.experiment_name} --tracking-uri {cfg.tracking.uri}")
-    return SweepOutcome(parent, scores, survivors, trials, best, compute, audit=state.get("audit"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
 
@@ -70,6 +71,21 @@ class Tracker:
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
+
+    @contextmanager
+    def run_status(self, run_id: str, killed_by: tuple[type[BaseException], ...] = (KeyboardInterrupt,)):
+        """The one place a run's end status is decided: FINISHED when the block completes,
+        KILLED when it is interrupted (`killed_by`: Ctrl-C, a stopped Tune phase), FAILED on any
+        other error. The exception goes on."""
+        try:
+            yield run_id
+        except killed_by:
+            self.end_run(run_id, "KILLED")
+            raise
+        except BaseException:
+            self.end_run(run_id, "FAILED")
+            raise
+        self.end_run(run_id, "FINISHED")
 
     def log_json(self, run_id: str, name: str, payload: Any) -> None:
         with tempfile.TemporaryDirectory() as tmp:
