@@ -46,14 +46,22 @@ def _clone(state):
     return {k: (v.clone() if torch.is_tensor(v) else v) for k, v in state.items()}
 
 
-def test_exploit_copies_the_donors_state_and_takes_the_new_values(kd_trainable, tmp_path):
-    _, _, trainable = kd_trainable
-    donor_config = {"augmentation": "cutmix", "seed": 3, "lr": 0.05, "cutmix.alpha": 1.0, "kd.temperature": 4.0}
-    donor = trainable(config=dict(donor_config))
+DONOR = {"augmentation": "cutmix", "seed": 3, "lr": 0.05, "cutmix.alpha": 1.0, "kd.temperature": 4.0}
+
+
+def _donor_after_two_epochs(trainable, folder):
+    """A population member trained 2 epochs, its checkpoint saved in `folder` (what PBT copies)."""
+    donor = trainable(config=dict(DONOR))
     donor.train(), donor.train()
-    folder = tmp_path / "donor-checkpoint"
     folder.mkdir()
     donor.save_checkpoint(str(folder))
+    return donor
+
+
+def test_exploit_copies_the_donors_state_and_takes_the_new_values(kd_trainable, tmp_path):
+    _, _, trainable = kd_trainable
+    folder = tmp_path / "donor-checkpoint"
+    donor = _donor_after_two_epochs(trainable, folder)
     weights = _clone(donor.runner.model.state_dict())
     generator = donor.runner.generator.get_state().clone()
     feeder_generator = donor.runner.train_feeder.generator.get_state().clone()
@@ -62,7 +70,7 @@ def test_exploit_copies_the_donors_state_and_takes_the_new_values(kd_trainable, 
     member = trainable(config={"augmentation": "mixup", "seed": 1, "lr": 0.02, "cutmix.alpha": 2.0,
                                "kd.temperature": 2.0})
     member.train()  # a member with a state of its own, about to be overwritten
-    new_config = {**donor_config, "lr": 0.08, "cutmix.alpha": 0.4}  # what PBT's explore gives
+    new_config = {**DONOR, "lr": 0.08, "cutmix.alpha": 0.4}  # what PBT's explore gives
     assert member.reset(dict(new_config))  # Ray's exploit on a reused actor: reset, then restore
     member.load_checkpoint(str(folder))
 
@@ -93,14 +101,10 @@ def test_a_replayed_schedule_applies_its_values_and_reproduces_the_member(kd_tra
     from trainables.kd import KDRunner
 
     experiment, teacher, trainable = kd_trainable
-    donor_config = {"augmentation": "cutmix", "seed": 3, "lr": 0.05, "cutmix.alpha": 1.0, "kd.temperature": 4.0}
-    donor = trainable(config=dict(donor_config))
-    donor.train(), donor.train()
     folder = tmp_path / "checkpoint"
-    folder.mkdir()
-    donor.save_checkpoint(str(folder))
-    member = trainable(config={**donor_config, "seed": 9})
-    member.reset({**donor_config, "lr": 0.03, "cutmix.alpha": 0.25, "kd.temperature": 2.5})
+    donor = _donor_after_two_epochs(trainable, folder)
+    member = trainable(config={**DONOR, "seed": 9})
+    member.reset({**DONOR, "lr": 0.03, "cutmix.alpha": 0.25, "kd.temperature": 2.5})
     member.load_checkpoint(str(folder))
     member_results = [member.train(), member.train()]
     assert member_results[-1]["done"]

@@ -19,7 +19,7 @@ from trainables.data import BatchFeeder, DataBundle, load_data
 from trainables.engine import (InputPipeline, autocast, build_optimizer, build_scheduler, resolve_device,
                                seed_everything)
 from trainables.method import method_names
-from trainables.metrics import shot_accuracy
+from trainables.metrics import shot_accuracy, shot_groups
 
 
 class EpochRunner:
@@ -131,10 +131,17 @@ class EpochRunner:
         self.train_mode()
         return out
 
+    @property
+    def _spans_shot_groups(self) -> bool:
+        """Whether the training classes fall into more than one of many / medium / few."""
+        groups = shot_groups(self.data.class_counts, self.cfg.data.many_shot_threshold,
+                             self.cfg.data.few_shot_threshold)
+        return sum(1 for classes in groups.values() if classes) > 1
+
     def _scores(self, logits: torch.Tensor, labels: torch.Tensor, prefix: str) -> dict[str, float]:
         out = {f"{prefix}acc": (logits.argmax(1) == labels).float().mean().item(),
                f"{prefix}loss": F.cross_entropy(logits, labels).item()}
-        if len(set(self.data.class_counts)) > 1:  # long-tailed: accuracy by shot group too
+        if self._spans_shot_groups:  # long-tailed: accuracy by shot group too
             shots = shot_accuracy(logits, labels, self.data.class_counts, self.cfg.data.many_shot_threshold,
                                   self.cfg.data.few_shot_threshold)
             out.update({f"{prefix}{k}": v for k, v in shots.items() if k != "acc"})
