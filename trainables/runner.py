@@ -7,6 +7,7 @@ sums, evaluation of the named heads, checkpoints). `run_to_completion` is the no
 """
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Callable, Optional
 
@@ -110,7 +111,8 @@ class EpochRunner:
         `SPLIT_loss` are the deployed head's."""
         out: dict[str, float] = {}
         self.eval_mode()
-        for split, feeder in (("test", self.test_feeder), ("val", self.val_feeder)):
+        # validation first: Ray's trial table shows the first metrics, and trials are chosen by val
+        for split, feeder in (("val", self.val_feeder), ("test", self.test_feeder)):
             if feeder is None:
                 continue
             outputs: dict[str, list[torch.Tensor]] = {}
@@ -144,7 +146,8 @@ class EpochRunner:
         if self._spans_shot_groups:  # long-tailed: accuracy by shot group too
             shots = shot_accuracy(logits, labels, self.data.class_counts, self.cfg.data.many_shot_threshold,
                                   self.cfg.data.few_shot_threshold)
-            out.update({f"{prefix}{k}": v for k, v in shots.items() if k != "acc"})
+            # a group with no classes (e.g. no class above many_shot_threshold) has no accuracy
+            out.update({f"{prefix}{k}": v for k, v in shots.items() if k != "acc" and not math.isnan(v)})
         return out
 
     # -- shared
