@@ -32,7 +32,7 @@ def main() -> None:
     from ray import tune
 
     from search.config import load_config
-    from search.sweep import build_grid_tuner
+    from search.tuners import build_grid_tuner
     from trainables.data import load_data
     from trainables.engine import save_checkpoint
     from trainables.models import build_model

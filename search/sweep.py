@@ -4,9 +4,7 @@ Ray Tune (Optuna TPE + ASHA, or PBT) -> MLflow -> the best augmentation.
 On a cluster's head node, search/submit.py runs it as a script (`ray submit cluster.yaml
 search/submit.py -- CONFIG`).
 """
-import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +19,8 @@ from search.proxy import ProxyScore, format_table
 from search.sweep_state import STATE_FILE, SweepState
 from search.tracking import Tracker
 from search.trials import completed_trials, usable
-from spaces.candidates import parse_candidate
-from spaces.hyper import parse_hyperparameters
-
+from search.tuners import (SweepInterrupted, build_grid_tuner, build_tuner, collect_trials, fit_phase, init_ray,
+                           restore_or_build)
 
 
 @dataclass
@@ -53,250 +50,7 @@ def prune(scores: list[ProxyScore], mode: str, top_k: int) -> list[str]:
     return [s.candidate for s in ranked if (s.low if not math.isnan(s.low) else s.t_stddev) <= bound]
 
 
-# ---------------------------------------------------------------- search space
-
-def _family(candidate_id: str) -> str:
-    return parse_candidate(candidate_id).kind
-
-
-class AugmentationSpace:
-    """Optuna define-by-run space: the augmentation kind, then (only for kinds with several
-    surviving variants) which variant, then the hyperparameters. Returns the candidate id as a
-    constant. A class, not a closure, so Ray can pickle the searcher for resuming."""
-
-    def __init__(self, survivors: list[str], hyperparameters: dict[str, Any]):
-        self.families: dict[str, list[str]] = {}
-        for cid in survivors:
-            self.families.setdefault(_family(cid), []).append(cid)
-        self.hyperparameters = hyperparameters
-
-    def __call__(self, trial) -> dict[str, Any]:
-        family = trial.suggest_categorical("augmentation_kind", list(self.families))
-        variants = self.families[family]
-        chosen = trial.suggest_categorical(f"{family}.variant", variants) if len(variants) > 1 else variants[0]
-        for h in parse_hyperparameters(self.hyperparameters):
-            h.suggest(trial)
-        return {"augmentation": chosen}
-
-    def first_points(self) -> list[dict[str, Any]]:
-        """Every survivor once before TPE takes over."""
-        points = []
-        for family, variants in self.families.items():
-            for cid in variants:
-                point = {"augmentation_kind": family}
-                if len(variants) > 1:
-                    point[f"{family}.variant"] = cid
-                points.append(point)
-        return points
-
-
-# ---------------------------------------------------------------- Ray
-
-def init_ray(cfg: SweepConfig) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    if cfg.search.ray_address:
-        ray.init(address=cfg.search.ray_address, log_to_driver=False)
-        wanted = {"CPU": cfg.search.resources.get("cpu", 1.0), "GPU": cfg.search.resources.get("gpu", 0.0)}
-        nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-        if not any(all(node.get(k, 0.0) >= v for k, v in wanted.items() if v) for node in nodes):
-            # an autoscaling cluster may still add such a node; a fixed one never will
-            print(f"warning: no node of this cluster has {wanted} free for one trial (search.resources); trials "
-                  "wait until the autoscaler adds such a node, or forever on a fixed-size cluster")
-    else:
-        # a private local instance on this machine: no cluster token needed
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        # per-epoch checkpoints of short trials trip this warning constantly; it is noise here
-        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-        ray.init(include_dashboard=False, log_to_driver=False)
-
-
-def _storage(cfg: SweepConfig) -> str:
-    if cfg.search.storage_path:
-        return cfg.search.storage_path
-    return str((job_dir(cfg) / "ray").resolve())
-
-
-def method_trainable(cfg: SweepConfig, teacher_path: Optional[Path], track: Sequence[str] = ()):
-    """The method's trainable with its fixed inputs and per-trial resources; `track` names the
-    values each epoch records (PBT schedules)."""
-    from ray import tune
-
-    from trainables.tune import trainable_of
-
-    resources = {"cpu": cfg.search.resources.get("cpu", 1.0), "gpu": cfg.search.resources.get("gpu", 0.0)}
-    fixed: dict[str, Any] = {"experiment": cfg.distill_dict()}
-    if track:
-        fixed["track"] = list(track)
-    if cfg.method.teacher != "none":
-        fixed["teacher_checkpoint"] = str(Path(teacher_path).resolve())
-    with_fixed = tune.with_parameters(trainable_of(cfg.method), **fixed)
-    return tune.with_resources(with_fixed, resources)
-
-
-class ClipToDomains:
-    """PBT's explore scales a value by 0.8 or 1.2 without looking at its domain; bring every
-    value back inside the declared bounds (and to whole numbers for int domains)."""
-
-    def __init__(self, hyperparameters: dict[str, Any]):
-        self.bounds = {h.name: (h.form, h.args) for h in parse_hyperparameters(hyperparameters)
-                       if h.form in ("uniform", "loguniform", "int")}
-
-    def __call__(self, config: dict[str, Any]) -> dict[str, Any]:
-        for name, (form, (low, high)) in self.bounds.items():
-            if name in config:
-                value = min(max(config[name], low), high)
-                config[name] = int(round(value)) if form == "int" else float(value)
-        return config
-
-
-def build_pbt_tuner(cfg: SweepConfig, survivors: list[str], teacher_path: Optional[Path], callback,
-                    experiment_name: str, num_samples: Optional[int] = None):
-    """A population of `num_samples` trials. The first members start from the proxy's ranking
-    (one per surviving candidate, best first, at that candidate's own parameter values); the rest
-    draw a candidate and values at random. Every `perturbation_interval` epochs, the bottom
-    quantile copies a top member's checkpoint (weights, optimiser, generators, the schedule so
-    far) and config, then perturbs the values within their domains: each member's values over
-    the epochs are its schedule."""
-    import random
-
-    from ray import tune
-    from ray.tune.schedulers import PopulationBasedTraining
-    from ray.tune.search import BasicVariantGenerator
-
-    from spaces.candidates import numeric_params
-
-    s, sched = cfg.search, cfg.search.scheduler
-    samples = num_samples or s.num_samples
-    hypers = parse_hyperparameters(s.hyperparameters)
-    mutations = {h.name: list(h.args) if h.form == "choice" else h.tune_domain() for h in hypers
-                 if h.form != "constant"}
-    param_space = {"augmentation": tune.choice(survivors), "seed": tune.randint(0, 2**31 - 1),
-                   **{h.name: h.tune_domain() for h in hypers}}
-    first = []
-    for rank, candidate_id in enumerate(survivors[:samples]):
-        candidate = parse_candidate(candidate_id)
-        own = {name: candidate.params[name.split(".", 1)[1]] for name in mutations
-               if name in numeric_params() and name.startswith(candidate.kind + ".")
-               and candidate.params.get(name.split(".", 1)[1]) is not None}
-        first.append({"augmentation": candidate_id, "seed": cfg.seed + rank, **own})
-    random.seed(s.seed + (1 if num_samples else 0))  # PBT's explore draws from Python's random
-    scheduler = PopulationBasedTraining(
-        time_attr="training_iteration", perturbation_interval=sched.perturbation_interval,
-        hyperparam_mutations=mutations, quantile_fraction=sched.quantile_fraction,
-        resample_probability=sched.resample_probability, custom_explore_fn=ClipToDomains(s.hyperparameters),
-        synch=False)  # Ray's synchronous mode lost members' epochs in tests (2.60): the asynchronous one
-    # no concurrency limit: every member exists from the start (resources bound how many train at
-    # once), so the first members do not exploit among themselves before the others begin
-    sampler = BasicVariantGenerator(points_to_evaluate=first, random_state=s.seed + (1 if num_samples else 0))
-    tune_config = tune.TuneConfig(metric=s.metric, mode="min" if s.metric.endswith("loss") else "max",
-                                  search_alg=sampler, scheduler=scheduler, num_samples=samples,
-                                  reuse_actors=s.reuse_actors)
-    trainable = method_trainable(cfg, teacher_path, track=list(mutations))
-    # a member may restore a donor's boundary checkpoint after the donor has trained one more interval
-    return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,
-                      run_config=_run_config(cfg, experiment_name, callback,
-                                             keep_checkpoints=sched.perturbation_interval + 2))
-
-
-def _run_config(cfg: SweepConfig, experiment_name: str, callback, keep_checkpoints: Optional[int] = 2):
-    from ray import tune
-
-    return tune.RunConfig(
-        name=experiment_name, storage_path=_storage(cfg), callbacks=[callback], verbose=1,
-        checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=1, num_to_keep=keep_checkpoints,
-                                                checkpoint_at_end=True),
-        failure_config=tune.FailureConfig(max_failures=1))
-
-
-def build_grid_tuner(cfg: SweepConfig, candidates: list[str], seeds: int, teacher_path: Optional[Path], callback,
-                     experiment_name: str):
-    """Every candidate x seed at the config's own hyperparameters, trained to the end (no early
-    stopping): the same budget for each. Validation sweeps and sentinel audits use it."""
-    from ray import tune
-    from ray.tune.schedulers import FIFOScheduler
-
-    s = cfg.search
-    mode = "min" if s.metric.endswith("loss") else "max"
-    param_space = {"augmentation": tune.grid_search(candidates),
-                   "seed": tune.grid_search([cfg.seed + i for i in range(seeds)])}
-    tune_config = tune.TuneConfig(metric=s.metric, mode=mode, num_samples=1, scheduler=FIFOScheduler(),
-                                  max_concurrent_trials=s.max_concurrent, reuse_actors=s.reuse_actors)
-    return tune.Tuner(method_trainable(cfg, teacher_path), param_space=param_space, tune_config=tune_config,
-                      run_config=_run_config(cfg, experiment_name, callback))
-
-
-def build_tuner(cfg: SweepConfig, survivors: list[str], teacher_path: Optional[Path], callback, experiment_name: str,
-                validate: bool, num_samples: Optional[int] = None, tried: Sequence[str] = ()):
-    """The search phase's tuner. A top-up (`num_samples` left to run after a restore lost some)
-    skips the first points of augmentations already `tried` and draws with another seed, so it
-    does not repeat trials the restored experiment holds."""
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
-
-    from search.tolerant_optuna import TolerantOptunaSearch
-
-    s = cfg.search
-    samples = num_samples or s.num_samples
-    metric, mode = s.metric, ("min" if s.metric.endswith("loss") else "max")
-    trainable = method_trainable(cfg, teacher_path)
-    epochs = cfg.student.train.epochs
-    if validate:
-        return build_grid_tuner(cfg, survivors, s.seeds, teacher_path, callback, experiment_name)
-    if s.scheduler.kind == "pbt":
-        return build_pbt_tuner(cfg, survivors, teacher_path, callback, experiment_name, num_samples)
-    else:
-        scheduler = (ASHAScheduler(time_attr="training_iteration", metric=metric, mode=mode, max_t=epochs,
-                                   grace_period=min(s.scheduler.grace_period, epochs),
-                                   reduction_factor=s.scheduler.reduction_factor)
-                     if s.scheduler.kind == "asha" else FIFOScheduler())
-        if s.algorithm == "optuna":
-            space = AugmentationSpace(survivors, s.hyperparameters)
-            first = [p for p in space.first_points() if p.get(f"{p['augmentation_kind']}.variant",
-                                                                 space.families[p["augmentation_kind"]][0]) not in tried]
-            searcher = TolerantOptunaSearch(space=space, metric=metric, mode=mode, points_to_evaluate=first[:samples],
-                                            seed=s.seed + (1 if num_samples else 0))
-            param_space = {}
-            tune_config = tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent),
-                                          scheduler=scheduler, num_samples=samples,
-                                          reuse_actors=s.reuse_actors)
-        else:  # random search: independent draws of the candidate and every hyperparameter
-            param_space = {"augmentation": tune.choice(survivors),
-                           **{h.name: h.tune_domain() for h in parse_hyperparameters(s.hyperparameters)}}
-            sampler = BasicVariantGenerator(random_state=s.seed + (1 if num_samples else 0),
-                                            max_concurrent=s.max_concurrent)
-            tune_config = tune.TuneConfig(search_alg=sampler, scheduler=scheduler, num_samples=samples,
-                                          reuse_actors=s.reuse_actors)
-    return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,
-                      run_config=_run_config(cfg, experiment_name, callback))
-
-
 # ---------------------------------------------------------------- results
-
-def collect_trials(result_grid) -> list[dict[str, Any]]:
-    rows = []
-    for result in result_grid:
-        metrics = result.metrics or {}
-        config = result.config or {}
-        rows.append({
-            "trial_id": metrics.get("trial_id"),
-            "augmentation": config.get("augmentation"),
-            "seed": config.get("seed"),
-            "hyperparameters": {k: v for k, v in config.items()
-                                if k not in ("augmentation", "seed")
-                                and not k.endswith(".variant") and k != "augmentation_kind"},
-            "epochs": metrics.get("epoch", 0),
-            "test_loss": metrics.get("test_loss"), "test_acc": metrics.get("test_acc"),
-            "val_loss": metrics.get("val_loss"), "val_acc": metrics.get("val_acc"),
-            "seconds": metrics.get("time_total_s", 0.0),
-            "diverged": bool(metrics.get("diverged", False)),
-            "error": str(result.error) if result.error else None,
-        })
-    return rows
-
 
 def pick_best(trials: list[dict[str, Any]], metric: str) -> Optional[dict[str, Any]]:
     """The best trial among the comparable ones (search.trials.completed_trials): failed,
@@ -396,56 +150,6 @@ def close_orphans(tracker: Tracker, parent: str) -> int:
 
 # ---------------------------------------------------------------- sentinel audit
 
-class SweepInterrupted(Exception):
-    """Ctrl-C during a Tune phase: Tune saved its state; `--resume` continues."""
-
-
-def _fit(tuner, expected: int, restored: bool = False):
-    grid = tuner.fit()
-    unfinished = grid.num_terminated + grid.num_errors < len(grid)
-    if unfinished or (len(grid) < expected and not restored):
-        raise SweepInterrupted(f"{grid.num_terminated} of {expected} trials finished")
-    return grid  # a restored experiment may end short (trials it had not saved): the caller tops up
-
-
-def _set_aside_unreadable(experiment_path: str) -> None:
-    """A driver killed while Ray wrote its state can leave empty or half-written state files,
-    and Ray then restarts the experiment from nothing. Move those aside (suffix .unreadable),
-    so the restore uses the newest readable state. Local storage only."""
-    folder = Path(experiment_path)
-    if "://" in experiment_path or not folder.is_dir():
-        return
-    for path in list(folder.glob("experiment_state-*.json")) + list(folder.glob("search_gen_state-*.json")):
-        try:
-            json.loads(path.read_text())
-        except (ValueError, OSError):
-            path.rename(path.with_name(path.name + ".unreadable"))
-    for path in folder.glob("searcher-state-*.pkl"):
-        if path.stat().st_size == 0:
-            path.rename(path.with_name(path.name + ".unreadable"))
-
-
-def restore_or_build(cfg: SweepConfig, name: str, build, teacher_path: Optional[Path], rename):
-    """Tune's saved experiment `name` restored when it can be; else a new experiment (under a new
-    name when an unusable one is in the way: `rename(new_name)` records it in the sweep state).
-    Returns (tuner, restored)."""
-    from ray import tune
-
-    path = f"{_storage(cfg).rstrip('/')}/{name}"
-    _set_aside_unreadable(path)
-    if tune.Tuner.can_restore(path):
-        try:
-            return tune.Tuner.restore(path, trainable=method_trainable(cfg, teacher_path), resume_errored=True), True
-        except Exception as exc:  # Ray raises many kinds on a damaged experiment
-            print(f"warning: could not restore {path} ({type(exc).__name__}: {exc}); starting its trials again")
-            name = f"{name}-again"
-            rename(name)
-    elif "://" not in path and Path(path).exists():
-        name = f"{name}-again"  # nothing restorable there: do not write over it
-        rename(name)
-    return build(name), False
-
-
 class AuditTrainer:
     """The audit's `train(candidates)` on Ray: one grid phase per call (candidates x audit seeds at
     the config's hyperparameters), each a Tune experiment of its own. Finished phases are kept in
@@ -477,7 +181,7 @@ class AuditTrainer:
             lambda experiment: build_grid_tuner(self.cfg, candidates, seeds, self.teacher_path, self.callback,
                                                 experiment), self.teacher_path, rename)
         print(f"\naudit: training {', '.join(candidates)} ({seeds} seeds each, the config's hyperparameters)")
-        grid = _fit(tuner, len(candidates) * seeds, restored)
+        grid = fit_phase(tuner, len(candidates) * seeds, restored)
         trials = collect_trials(grid)
         metric = self.cfg.search.metric
         values: dict[str, list[float]] = {}
@@ -598,7 +302,7 @@ def stage_search(cfg: SweepConfig, state: SweepState, teacher_path: Optional[Pat
         cfg, state.ray_experiment, lambda name: build_tuner(cfg, survivors, teacher_path, callback, name, validate),
         teacher_path, rename("ray_experiment"))
     expected = len(survivors) * cfg.search.seeds if validate else cfg.search.num_samples
-    grids = [_fit(tuner, expected, restored)]
+    grids = [fit_phase(tuner, expected, restored)]
     missing = expected - len(grids[0])
     if missing > 0 or state.topup_experiment:
         # the restored experiment lost trials it had not saved yet: run them as a top-up
@@ -612,7 +316,7 @@ def stage_search(cfg: SweepConfig, state: SweepState, teacher_path: Optional[Pat
             lambda name: build_tuner(cfg, survivors, teacher_path, callback, name, validate,
                                      num_samples=state.topup_trials, tried=tried),
             teacher_path, rename("topup_experiment"))
-        grids.append(_fit(tuner, state.topup_trials, restored))
+        grids.append(fit_phase(tuner, state.topup_trials, restored))
     return grids
 
 

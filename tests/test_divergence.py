@@ -5,7 +5,8 @@ import sys
 
 
 from search.cli import main
-from search.sweep import collect_trials, pick_best
+from search.sweep import pick_best
+from search.tuners import collect_trials
 from search.tracking import CANDIDATE_TAG, Tracker
 from search.trial_logger import TrialLogger
 

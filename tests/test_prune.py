@@ -4,7 +4,8 @@ import sys
 from pathlib import Path
 
 from search.proxy import ProxyScore
-from search.sweep import AugmentationSpace, prune
+from search.sweep import prune
+from search.tuners import AugmentationSpace
 
 
 def _score(name, value, low, high):

@@ -43,10 +43,7 @@ class KDRunner(EpochRunner):
         """ce_weight CE(s(x), y) + kd_weight [KL_T(t(x) || s(x)) + KL_T(t(x') || s(x'))], one forward
         of teacher and student over [x; x']."""
         kd = self.kd_cfg
-        x = self.pipeline.train_batch(images, self.generator)
-        x_aug = self.candidate.apply(x, self.context) if kd.augmented_kd else x[:0]
-        both = self.pipeline.normalise(torch.cat([x, x_aug]))
-        n = len(x)
+        both, n = self.two_views(images, augmented=kd.augmented_kd)
         with torch.no_grad():
             teacher_logits = self.teacher(both)
         student_logits = self.model(both)

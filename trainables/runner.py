@@ -151,6 +151,13 @@ class EpochRunner:
         return out
 
     # -- shared
+    def two_views(self, images: torch.Tensor, augmented: bool = True) -> tuple[torch.Tensor, int]:
+        """[x; x'] normalised, for one forward of each network over both views: x the loader view
+        (crop+flip), x' = candidate(x) (none when not `augmented`). Returns the batch and len(x)."""
+        x = self.pipeline.train_batch(images, self.generator)
+        x_aug = self.candidate.apply(x, self.context) if augmented else x[:0]
+        return self.pipeline.normalise(torch.cat([x, x_aug])), len(x)
+
     def _setup_optimisation(self, parameters) -> None:
         self.optimizer = build_optimizer(parameters, self.train_cfg)
         self.scheduler = build_scheduler(self.optimizer, self.train_cfg, len(self.train_feeder))

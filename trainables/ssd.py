@@ -213,13 +213,11 @@ class SelfDistillRunner(EpochRunner):
 
     def loss(self, images, labels):
         """CE(hard(x), y) + kd_weight KL_T(teacher || soft) over x and x' (T = 2)."""
-        x = self.pipeline.train_batch(images, self.generator)
-        x_aug = self.candidate.apply(x, self.context)
-        both = self.pipeline.normalise(torch.cat([x, x_aug]))
+        both, n = self.two_views(images)
         with torch.no_grad():
             teacher_logits = self.teacher(both)
         features = self.model.features(both)
-        hard = self.model.heads["main"](features[: len(x)])
+        hard = self.model.heads["main"](features[:n])
         soft = self.model.heads["soft"](features)
         ce = F.cross_entropy(hard.float(), labels)
         kd = kl_at_temperature(soft, teacher_logits, self.ssd.temperature)
