@@ -29,14 +29,14 @@ def summarise_trials(uri: str, experiment: str, metric: str = "val_loss",
     if MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment) is None:
         raise LookupError(f"no MLflow experiment named {experiment!r} at {uri}")
     rows = [r for r in trial_rows(Tracker(uri, experiment), parent_run_id) if usable(r, metric)]
-    complete = completed_trials(rows, metric)
+    complete = {r["run_id"] for r in completed_trials(rows, metric)}
     lower_is_better = metric.endswith("loss")
     by_candidate: dict[str, list[dict]] = {}
     for row in rows:
         by_candidate.setdefault(row["augmentation"], []).append(row)
     summaries = []
     for candidate, runs in by_candidate.items():
-        full = [r for r in runs if any(r is c for c in complete)]
+        full = [r for r in runs if r["run_id"] in complete]
         length = max(r["epochs"] for r in runs)
         compared = full or [r for r in runs if r["epochs"] == length]
         values = [r[metric] for r in compared]

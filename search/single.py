@@ -8,7 +8,6 @@ network, augtune's checkpoint format), summary.json, and mlflow_run_id when `--t
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -18,8 +17,9 @@ from tqdm.auto import tqdm
 from search.config import ConfigError, SweepConfig
 from search.jobs import check_tracking_uri, load_checked_data, pair_name
 from search.tracking import CANDIDATE_TAG, PAIR_TAG, Tracker
-from trainables.engine import resolve_device, save_checkpoint
+from trainables.engine import resolve_device, save_atomic, save_checkpoint
 from trainables.methods import REGISTRY, get_method
+
 
 def run_folder(cfg: SweepConfig, method: str) -> Path:
     return cfg.output_dir / cfg.name / f"train-{method}"
@@ -63,12 +63,6 @@ def _epochs_done(runner) -> int:
     if hasattr(runner, "lengths"):
         return sum(runner.lengths[s] for s in runner.stages[:runner.index]) + runner.epoch
     return runner.epoch
-
-
-def _save_atomic(payload: Any, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
 
 
 def train_single(cfg: SweepConfig, method: str, augmentation: Optional[str] = None, seed: Optional[int] = None,
@@ -120,7 +114,7 @@ def train_single(cfg: SweepConfig, method: str, augmentation: Optional[str] = No
     try:
         while not runner.finished:
             metrics = runner.run_epoch()
-            _save_atomic(runner.state_dict(), state_path)
+            save_atomic(runner.state_dict(), state_path)
             if tracker:
                 tracker.log(run_id, metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
                             step=_epochs_done(runner))

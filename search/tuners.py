@@ -111,6 +111,11 @@ class ClipToDomains:
         return config
 
 
+def _search_seed(cfg: SweepConfig, top_up: Optional[int]) -> int:
+    """search.seed, or another one for a top-up, so it does not draw the trials it replaces again."""
+    return cfg.search.seed + (1 if top_up else 0)
+
+
 def build_pbt_tuner(cfg: SweepConfig, survivors: list[str], teacher_path: Optional[Path], callback,
                     experiment_name: str, num_samples: Optional[int] = None):
     """A population of `num_samples` trials. The first members start from the proxy's ranking
@@ -141,7 +146,7 @@ def build_pbt_tuner(cfg: SweepConfig, survivors: list[str], teacher_path: Option
                if name in numeric_params() and name.startswith(candidate.kind + ".")
                and candidate.params.get(name.split(".", 1)[1]) is not None}
         first.append({"augmentation": candidate_id, "seed": cfg.seed + rank, **own})
-    random.seed(s.seed + (1 if num_samples else 0))  # PBT's explore draws from Python's random
+    random.seed(_search_seed(cfg, num_samples))  # PBT's explore draws from Python's random
     scheduler = PopulationBasedTraining(
         time_attr="training_iteration", perturbation_interval=sched.perturbation_interval,
         hyperparam_mutations=mutations, quantile_fraction=sched.quantile_fraction,
@@ -149,7 +154,7 @@ def build_pbt_tuner(cfg: SweepConfig, survivors: list[str], teacher_path: Option
         synch=False)  # Ray's synchronous mode lost members' epochs in tests (2.60): the asynchronous one
     # no concurrency limit: every member exists from the start (resources bound how many train at
     # once), so the first members do not exploit among themselves before the others begin
-    sampler = BasicVariantGenerator(points_to_evaluate=first, random_state=s.seed + (1 if num_samples else 0))
+    sampler = BasicVariantGenerator(points_to_evaluate=first, random_state=_search_seed(cfg, num_samples))
     tune_config = tune.TuneConfig(metric=s.metric, mode="min" if s.metric.endswith("loss") else "max",
                                   search_alg=sampler, scheduler=scheduler, num_samples=samples,
                                   reuse_actors=s.reuse_actors)
@@ -199,36 +204,33 @@ def build_tuner(cfg: SweepConfig, survivors: list[str], teacher_path: Optional[P
     from search.tolerant_optuna import TolerantOptunaSearch
 
     s = cfg.search
-    samples = num_samples or s.num_samples
-    metric, mode = s.metric, ("min" if s.metric.endswith("loss") else "max")
-    trainable = method_trainable(cfg, teacher_path)
-    epochs = cfg.student.train.epochs
     if validate:
         return build_grid_tuner(cfg, survivors, s.seeds, teacher_path, callback, experiment_name)
     if s.scheduler.kind == "pbt":
         return build_pbt_tuner(cfg, survivors, teacher_path, callback, experiment_name, num_samples)
-    else:
-        scheduler = (ASHAScheduler(time_attr="training_iteration", metric=metric, mode=mode, max_t=epochs,
-                                   grace_period=min(s.scheduler.grace_period, epochs),
-                                   reduction_factor=s.scheduler.reduction_factor)
-                     if s.scheduler.kind == "asha" else FIFOScheduler())
-        if s.algorithm == "optuna":
-            space = AugmentationSpace(survivors, s.hyperparameters)
-            first = [p for p in space.first_points() if p.get(f"{p['augmentation_kind']}.variant",
-                                                                 space.families[p["augmentation_kind"]][0]) not in tried]
-            searcher = TolerantOptunaSearch(space=space, metric=metric, mode=mode, points_to_evaluate=first[:samples],
-                                            seed=s.seed + (1 if num_samples else 0))
-            param_space = {}
-            tune_config = tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent),
-                                          scheduler=scheduler, num_samples=samples,
-                                          reuse_actors=s.reuse_actors)
-        else:  # random search: independent draws of the candidate and every hyperparameter
-            param_space = {"augmentation": tune.choice(survivors),
-                           **{h.name: h.tune_domain() for h in parse_hyperparameters(s.hyperparameters)}}
-            sampler = BasicVariantGenerator(random_state=s.seed + (1 if num_samples else 0),
-                                            max_concurrent=s.max_concurrent)
-            tune_config = tune.TuneConfig(search_alg=sampler, scheduler=scheduler, num_samples=samples,
-                                          reuse_actors=s.reuse_actors)
+    samples = num_samples or s.num_samples
+    metric, mode = s.metric, ("min" if s.metric.endswith("loss") else "max")
+    epochs = cfg.student.train.epochs
+    scheduler = (ASHAScheduler(time_attr="training_iteration", metric=metric, mode=mode, max_t=epochs,
+                               grace_period=min(s.scheduler.grace_period, epochs),
+                               reduction_factor=s.scheduler.reduction_factor)
+                 if s.scheduler.kind == "asha" else FIFOScheduler())
+    if s.algorithm == "optuna":
+        space = AugmentationSpace(survivors, s.hyperparameters)
+        first = [p for p in space.first_points() if p.get(f"{p['augmentation_kind']}.variant",
+                                                             space.families[p["augmentation_kind"]][0]) not in tried]
+        searcher = TolerantOptunaSearch(space=space, metric=metric, mode=mode, points_to_evaluate=first[:samples],
+                                        seed=_search_seed(cfg, num_samples))
+        param_space = {}
+        tune_config = tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent),
+                                      scheduler=scheduler, num_samples=samples, reuse_actors=s.reuse_actors)
+    else:  # random search: independent draws of the candidate and every hyperparameter
+        param_space = {"augmentation": tune.choice(survivors),
+                       **{h.name: h.tune_domain() for h in parse_hyperparameters(s.hyperparameters)}}
+        sampler = BasicVariantGenerator(random_state=_search_seed(cfg, num_samples), max_concurrent=s.max_concurrent)
+        tune_config = tune.TuneConfig(search_alg=sampler, scheduler=scheduler, num_samples=samples,
+                                      reuse_actors=s.reuse_actors)
+    trainable = method_trainable(cfg, teacher_path)
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,
                       run_config=_run_config(cfg, experiment_name, callback))
 

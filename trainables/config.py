@@ -312,6 +312,17 @@ class DistillConfig(ExperimentConfig):
 TRAIN_KEYS = ("lr", "weight_decay", "momentum", "batch_size", "epochs")
 
 
+def value_kind(name: str) -> str:
+    """Where a trial's or a schedule's value `name` goes: 'augmentation' (the method's candidate),
+    'train' (student.train: lr, ...), 'section' (a method's settings: kd.temperature, ...) or
+    'candidate' (a parameter of the candidate of that kind: cutmix.alpha, ...)."""
+    if name == "augmentation":
+        return "augmentation"
+    if name in TRAIN_KEYS:
+        return "train"
+    return "section" if name.partition(".")[0] in method_names() else "candidate"
+
+
 def check_schedule_value(cfg: DistillConfig, name: str, value, where: str) -> None:
     """Refuse a value a run cannot switch to mid-way, naming `where` it came from."""
     from spaces.candidates import numeric_params, parse_candidate
@@ -323,7 +334,8 @@ def check_schedule_value(cfg: DistillConfig, name: str, value, where: str) -> No
     def refuse(reason: str):
         raise ValueError(f"{where}: {reason}")
 
-    if name == "augmentation":
+    kind = value_kind(name)
+    if kind == "augmentation":
         if not isinstance(value, str):
             refuse("give a candidate id such as cutmix(alpha=1.0)")
         try:
@@ -334,11 +346,10 @@ def check_schedule_value(cfg: DistillConfig, name: str, value, where: str) -> No
     if not changeable_during_run(name, method_settings, fixed):
         refuse(f"{name} cannot change during a run; schedulable: augmentation, lr, weight_decay, momentum, "
                "the methods' numeric settings (e.g. kd.temperature) and kind.param candidate parameters")
-    param = numeric_params().get(name)
     try:
-        if param is not None:
-            param.check(value, name.split(".")[0])
-        elif name in TRAIN_KEYS:
+        if kind == "candidate":
+            numeric_params()[name].check(value, name.split(".")[0])
+        elif kind == "train":
             TrainConfig.model_validate({**cfg.student.train.model_dump(), name: value})
         else:
             section, field = name.split(".", 1)
@@ -361,14 +372,15 @@ def apply_trial_values(experiment: dict, config: dict, method: Optional[str] = N
     method = method or out.get("search", {}).get("method", "kd")
     candidate_values = {}
     for key, value in config.items():
-        section, _, name = key.partition(".")
-        if key == "augmentation":
+        kind = value_kind(key)
+        if kind == "augmentation":
             out.setdefault(method, {})["augmentation"] = value
-        elif section in method_names() and name:
-            out.setdefault(section, {})[name] = value
-        elif key in TRAIN_KEYS:
+        elif kind == "train":
             out.setdefault("student", {}).setdefault("train", {})[key] = value
-        elif name:
+        elif kind == "section":
+            section, _, name = key.partition(".")
+            out.setdefault(section, {})[name] = value
+        elif "." in key:  # kind.param; other keys (seed, Optuna's own) are not settings
             candidate_values[key] = value
     if candidate_values:
         section = out.setdefault(method, {})

@@ -176,9 +176,16 @@ def save_checkpoint(path: Path, model: Network, model_name: str, data: DataBundl
     payload = {"format": "augtune-model-1", "model_name": model_name, "heads": head_sizes(model),
                "data": data.signature(), "mean": list(data.mean), "std": list(data.std),
                "state_dict": state, "extra": extra or {}}
+    return save_atomic(payload, path)
+
+
+def save_atomic(payload: Any, path: Path) -> Path:
+    """torch.save through a temporary file: a process killed mid-write leaves the previous file,
+    never half a checkpoint."""
+    path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(payload, tmp)
-    os.replace(tmp, path)  # never leave a half-written checkpoint behind
+    os.replace(tmp, path)
     return path
 
 

@@ -16,6 +16,10 @@ from typing import Any, Callable, Literal, Optional
 TeacherSource = Literal["none", "supervised", "ssd_stages"]
 
 
+def always(cfg) -> bool:
+    return True
+
+
 @dataclass(frozen=True)
 class Method:
     name: str  # the value of search.method and the name of the config section
@@ -29,7 +33,7 @@ class Method:
     one_label_per_image: bool = False  # refuses candidates that mix images or need a scoring network
     schedulable: bool = True  # PBT and replayed schedules (a multi-stage run is not)
     # whether a run of this config distils from the teacher (SSD from stage I trains its own)
-    uses_teacher: Callable[[Any], bool] = lambda cfg: True
+    uses_teacher: Callable[[Any], bool] = always
     student_artifact: bool = False  # the runner's `model` is a plain student network: sweeps log the best one
     description: str = ""
 

@@ -15,11 +15,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from trainables.config import TRAIN_KEYS, ExperimentConfig, TrainConfig
+from trainables.config import ExperimentConfig, TrainConfig, value_kind
 from trainables.data import BatchFeeder, DataBundle, load_data
 from trainables.engine import (InputPipeline, autocast, build_optimizer, build_scheduler, resolve_device,
                                seed_everything)
-from trainables.method import method_names
 from trainables.metrics import shot_accuracy, shot_groups
 
 
@@ -209,12 +208,12 @@ class EpochRunner:
         return values
 
     def value_of(self, name: str) -> Any:
-        if name == "augmentation":
+        kind, (section, _, field) = value_kind(name), name.partition(".")
+        if kind == "augmentation":
             return self.candidate.id if self.candidate is not None else None
-        if name in TRAIN_KEYS:
+        if kind == "train":
             return getattr(self.train_cfg, name)
-        section, _, field = name.partition(".")
-        if section in method_names():
+        if kind == "section":
             return getattr(self.cfg.section(section), field)
         if self.candidate is not None and self.candidate.kind == section:
             return self.candidate.params.get(field)
@@ -232,9 +231,9 @@ class EpochRunner:
             self.candidate = with_values(self.candidate, values)
         for name, value in values.items():
             section, _, field = name.partition(".")
-            if name in TRAIN_KEYS:
+            if value_kind(name) == "train":
                 setattr(self.train_cfg, name, value)
-            elif section in method_names() and field != "augmentation":
+            elif value_kind(name) == "section" and field != "augmentation":
                 setattr(self.cfg.section(section), field, value)
         self.apply_optimiser_settings()
 
