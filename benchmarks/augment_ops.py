@@ -33,7 +33,7 @@ def _timed(fn, repeats: int, device: torch.device) -> float:
 def augmentation_table(device: torch.device, batch: int, side: int, repeats: int) -> list[tuple]:
     import torchvision.transforms.v2 as T
 
-    from spaces.candidates import Context, parse_candidate
+    from augtune.spaces.candidates import Context, parse_candidate
 
     pad, hole = side // 8, side // 4
     per_image = {
@@ -67,13 +67,13 @@ def augmentation_table(device: torch.device, batch: int, side: int, repeats: int
 
 def proxy_vs_epoch(device: torch.device) -> list[tuple]:
     """Proxy seconds per candidate (official 10 passes and a 3-pass early stop) vs one KD epoch."""
-    from search.config import SweepConfig
-    from search.proxy import score_candidates
-    from search.teacher import train_teacher
-    from spaces.candidates import parse_candidate
-    from trainables.data import load_data
-    from trainables.engine import load_checkpoint
-    from trainables.kd import KDRunner
+    from augtune.search.config import SweepConfig
+    from augtune.search.proxy import score_candidates
+    from augtune.search.teacher import train_teacher
+    from augtune.spaces.candidates import parse_candidate
+    from augtune.trainables.data import load_data
+    from augtune.trainables.engine import load_checkpoint
+    from augtune.trainables.kd import KDRunner
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -33,7 +33,7 @@ BF16_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, 
 
 
 def synthetic_bundle(images: int, side: int, classes: int = 100):
-    from trainables.data import DataBundle, ImageSet
+    from augtune.trainables.data import DataBundle, ImageSet
 
     generator = torch.Generator().manual_seed(0)
     def image_set(n):
@@ -44,10 +44,10 @@ def synthetic_bundle(images: int, side: int, classes: int = 100):
 
 
 def kd_runner(args, device: torch.device, folder: Path, *, augmentation="identity", two_views=False):
-    from trainables.config import DistillConfig
-    from trainables.engine import save_checkpoint
-    from trainables.kd import KDRunner
-    from trainables.models import build_model
+    from augtune.trainables.config import DistillConfig
+    from augtune.trainables.engine import save_checkpoint
+    from augtune.trainables.kd import KDRunner
+    from augtune.trainables.models import build_model
 
     data = synthetic_bundle(args.images, args.side)
     teacher = build_model(args.teacher, data.num_classes, 3)
@@ -94,8 +94,8 @@ def baseline_images_per_second(runner, data, epochs: int, workers: int, device: 
     """The same KD step fed by a DataLoader with PIL transforms in worker processes."""
     import torchvision.transforms as T
 
-    from trainables.engine import autocast
-    from trainables.losses.kd import good_da_kd_loss
+    from augtune.trainables.engine import autocast
+    from augtune.trainables.losses.kd import good_da_kd_loss
 
     transform = T.Compose([T.RandomCrop(data.image_size, padding=data.image_size // 8), T.RandomHorizontalFlip(),
                            T.ToTensor(), T.Normalize(data.mean, data.std)])
@@ -132,7 +132,7 @@ def baseline_images_per_second(runner, data, epochs: int, workers: int, device: 
 def kd_step_flops(runner, device: torch.device) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
-    from trainables.engine import autocast
+    from augtune.trainables.engine import autocast
 
     x = torch.rand(runner.train_cfg.batch_size, 3, runner.data.image_size, runner.data.image_size, device=device)
     x = runner.pipeline.normalise(x)
@@ -197,10 +197,10 @@ def packing(args, device: torch.device, counts: list[int]) -> list[tuple[int, fl
 
 
 def proxy_seconds_per_candidate(device: torch.device, passes: int) -> float:
-    from search.config import load_config
-    from search.proxy import score_candidates
-    from trainables.data import load_data
-    from trainables.models import build_model
+    from augtune.search.config import load_config
+    from augtune.search.proxy import score_candidates
+    from augtune.trainables.data import load_data
+    from augtune.trainables.models import build_model
 
     cfg = load_config(ROOT / "configs" / "digits_sweep.yaml")
     data = load_data(cfg.data)

@@ -14,11 +14,11 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from search.config import load_config
-from trainables.runner import run_to_completion
-from trainables.sla import SLARunner
-from trainables.ssd import SSDChainRunner
-from trainables.supervised import SupervisedRunner
+from augtune.search.config import load_config
+from augtune.trainables.runner import run_to_completion
+from augtune.trainables.sla import SLARunner
+from augtune.trainables.ssd import SSDChainRunner
+from augtune.trainables.supervised import SupervisedRunner
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -31,12 +31,12 @@ def main() -> None:
     parser.add_argument("--side", type=int, default=16, help="image side (the embedded default is 16)")
     args = parser.parse_args()
 
-    from search.config import load_config
-    from search.proxy import score_candidates
-    from trainables.data import load_data
-    from trainables.engine import save_checkpoint
-    from trainables.kd import KDRunner
-    from trainables.models import build_model
+    from augtune.search.config import load_config
+    from augtune.search.proxy import score_candidates
+    from augtune.trainables.data import load_data
+    from augtune.trainables.engine import save_checkpoint
+    from augtune.trainables.kd import KDRunner
+    from augtune.trainables.models import build_model
 
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as tmp:

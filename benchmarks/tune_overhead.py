@@ -31,11 +31,11 @@ def main() -> None:
     import torch
     from ray import tune
 
-    from search.config import load_config
-    from search.tuners import build_grid_tuner
-    from trainables.data import load_data
-    from trainables.engine import save_checkpoint
-    from trainables.models import build_model
+    from augtune.search.config import load_config
+    from augtune.search.tuners import build_grid_tuner
+    from augtune.trainables.data import load_data
+    from augtune.trainables.engine import save_checkpoint
+    from augtune.trainables.models import build_model
 
     ray.init(num_cpus=args.concurrency, include_dashboard=False, log_to_driver=False)
     rows = []

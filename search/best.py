@@ -6,8 +6,8 @@ from pathlib import Path
 from statistics import mean
 from typing import Optional
 
-from search.tracking import DIVERGED_TAG, STAGE_TAG, Tracker
-from search.trials import completed_trials, trial_rows, usable
+from augtune.search.tracking import DIVERGED_TAG, STAGE_TAG, Tracker
+from augtune.search.trials import completed_trials, trial_rows, usable
 
 
 @dataclass
@@ -103,8 +103,8 @@ def export_best(uri: str, experiment: str, path: Path, metric: str = "val_loss")
 
     import yaml
 
-    from trainables.config import apply_trial_values
-    from trainables.methods import REGISTRY
+    from augtune.trainables.config import apply_trial_values
+    from augtune.trainables.methods import REGISTRY
 
     best = best_augmentation(uri, experiment, metric)
     tracker = Tracker(uri, experiment)
@@ -126,7 +126,7 @@ def export_best(uri: str, experiment: str, path: Path, metric: str = "val_loss")
         if seed is not None:
             config["seed"] = seed
         if "schedule.json" in artifacts:  # replayed epoch by epoch by augtune train
-            from search.schedule import to_steps
+            from augtune.search.schedule import to_steps
 
             rows = json.loads(Path(tracker.client.download_artifacts(run.info.run_id, "schedule.json",
                                                                      tmp)).read_text())

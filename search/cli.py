@@ -11,10 +11,10 @@ EXIT_BAD_INPUT = 2
 
 
 def _train_teacher(args) -> int:
-    from search.config import load_config
-    from search.jobs import load_checked_data
-    from search.teacher import default_teacher_path, train_teacher
-    from trainables.engine import evaluate_split, load_checkpoint, resolve_device
+    from augtune.search.config import load_config
+    from augtune.search.jobs import load_checked_data
+    from augtune.search.teacher import default_teacher_path, train_teacher
+    from augtune.trainables.engine import evaluate_split, load_checkpoint, resolve_device
 
     cfg = load_config(args.config, _overrides(args))
     data = load_checked_data(cfg, proxy=False)
@@ -32,13 +32,13 @@ def _train_teacher(args) -> int:
 
 
 def _train_method(args) -> int:
-    from search.config import load_config
-    from search.single import run_folder, train_single
+    from augtune.search.config import load_config
+    from augtune.search.single import run_folder, train_single
 
     cfg = load_config(args.config, _overrides(args))
     if args.threads is not None:
         if args.threads < 1:
-            from search.config import ConfigError
+            from augtune.search.config import ConfigError
             raise ConfigError(f"--threads: give a positive number, got {args.threads}")
         import torch
         torch.set_num_threads(args.threads)  # a trial's thread count reproduces its numbers exactly on CPU
@@ -50,8 +50,8 @@ def _train_method(args) -> int:
 
 
 def _proxy(args) -> int:
-    from search.config import load_config
-    from search.jobs import proxy_command
+    from augtune.search.config import load_config
+    from augtune.search.jobs import proxy_command
 
     cfg = load_config(args.config, _overrides(args))
     proxy_command(cfg, progress=not args.no_progress)
@@ -59,8 +59,8 @@ def _proxy(args) -> int:
 
 
 def _sweep(args) -> int:
-    from search.config import load_config
-    from search.sweep import run_sweep
+    from augtune.search.config import load_config
+    from augtune.search.sweep import run_sweep
 
     overrides = _overrides(args)
     if args.validate_proxy:
@@ -73,15 +73,15 @@ def _sweep(args) -> int:
 
 
 def _best(args) -> int:
-    from search.best import format_left_out, format_summary, left_out, summarise_trials
-    from search.sweep import TEST_SELECTION_WARNING
+    from augtune.search.best import format_left_out, format_summary, left_out, summarise_trials
+    from augtune.search.sweep import TEST_SELECTION_WARNING
 
     if args.metric.startswith("test_") and not args.select_on_test:
         print(f"augtune: error: --metric {args.metric} picks the best augmentation on the test set, which biases "
               "its reported score; use --metric val_loss (the default) or add --select-on-test to accept that",
               file=sys.stderr)
         return EXIT_BAD_INPUT
-    from search.jobs import check_tracking_uri
+    from augtune.search.jobs import check_tracking_uri
 
     check_tracking_uri(args.tracking_uri, must_exist=True)
     try:
@@ -104,7 +104,7 @@ def _best(args) -> int:
         print(f"  run {run['run_id']}  {run['run_name']}  {args.metric}={run[args.metric]:.4f}{test}  "
               f"epochs={run['epochs']:.0f}")
     if args.export:
-        from search.best import export_best
+        from augtune.search.best import export_best
 
         written = export_best(args.tracking_uri, args.experiment, Path(args.export), args.metric)
         print(f"\nexported the best trial's config to {written['config']}"
@@ -120,9 +120,9 @@ def _best(args) -> int:
 
 
 def _report(args) -> int:
-    from search.report import ReportError, write_report
+    from augtune.search.report import ReportError, write_report
 
-    from search.jobs import check_tracking_uri
+    from augtune.search.jobs import check_tracking_uri
 
     check_tracking_uri(args.tracking_uri, must_exist=True)
     output = Path(args.output) if args.output else Path("reports") / args.experiment
@@ -151,7 +151,7 @@ def _overrides(args) -> dict:
     """--set key.path=value pairs; values are read as YAML (numbers, lists, booleans)."""
     out = {}
     for item in getattr(args, "set", None) or []:
-        from search.config import ConfigError, read_yaml
+        from augtune.search.config import ConfigError, read_yaml
 
         key, sep, value = item.partition("=")
         if not sep or not key or not all(key.split(".")):
@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     teacher = with_config(train_sub.add_parser("teacher", help="train and save a teacher"))
     teacher.add_argument("--output", help="checkpoint path (default OUTPUT_DIR/NAME/teacher.pt)")
     teacher.set_defaults(handler=_train_teacher)
-    from trainables.methods import REGISTRY
+    from augtune.trainables.methods import REGISTRY
 
     for method in sorted(REGISTRY):
         single = with_config(train_sub.add_parser(method, help=f"one {method} run without Ray (resumable)"))
@@ -218,8 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from search.config import ConfigError
-    from trainables.engine import CheckpointError
+    from augtune.search.config import ConfigError
+    from augtune.trainables.engine import CheckpointError
 
     args = build_parser().parse_args(argv)
     try:

@@ -8,10 +8,10 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from spaces.candidates import DEFAULT_CANDIDATES, expand_candidates
-from spaces.hyper import check_names, parse_hyperparameters
-from trainables.config import DistillConfig, Section, check_checkpoint_file
-from trainables.methods import REGISTRY, get_method
+from augtune.spaces.candidates import DEFAULT_CANDIDATES, expand_candidates
+from augtune.spaces.hyper import check_names, parse_hyperparameters
+from augtune.trainables.config import DistillConfig, Section, check_checkpoint_file
+from augtune.trainables.methods import REGISTRY, get_method
 
 
 class ConfigError(ValueError):
@@ -186,7 +186,7 @@ class SweepConfig(DistillConfig):
     def _search_domains_within_bounds(self) -> "SweepConfig":
         """Every value a search can reach (bounds, choices, constants) must be a valid setting,
         or trials would die (or be silently dropped) at run time."""
-        from trainables.config import apply_trial_values
+        from augtune.trainables.config import apply_trial_values
 
         base = self.model_dump(mode="json", include=set(DistillConfig.model_fields))
         for h in parse_hyperparameters(self.search.hyperparameters):
@@ -202,7 +202,7 @@ class SweepConfig(DistillConfig):
 
     @model_validator(mode="after")
     def _pbt(self) -> "SweepConfig":
-        from spaces.hyper import changeable_during_run
+        from augtune.spaces.hyper import changeable_during_run
 
         s = self.search
         if s.scheduler.kind != "pbt":

@@ -10,12 +10,12 @@ from typing import Callable, Optional
 
 import torch
 
-from search.config import SweepConfig
-from search.proxy import ProxyScore, format_table, score_candidates
-from search.teacher import obtain_method_teacher
-from search.tracking import Tracker, log_proxy_scores
-from trainables.data import DataBundle
-from trainables.engine import InputPipeline, evaluate_split, load_checkpoint, resolve_device
+from augtune.search.config import SweepConfig
+from augtune.search.proxy import ProxyScore, format_table, score_candidates
+from augtune.search.teacher import obtain_method_teacher
+from augtune.search.tracking import Tracker, log_proxy_scores
+from augtune.trainables.data import DataBundle
+from augtune.trainables.engine import InputPipeline, evaluate_split, load_checkpoint, resolve_device
 
 
 @dataclass
@@ -30,8 +30,8 @@ class ProxyOutcome:
 def load_checked_data(cfg: SweepConfig, proxy: bool = True) -> DataBundle:
     """The config's data, with loading problems (missing or corrupt files, impossible counts)
     turned into ConfigErrors naming the field, and the proxy's batching checked against it."""
-    from search.config import ConfigError
-    from trainables.data import load_data
+    from augtune.search.config import ConfigError
+    from augtune.trainables.data import load_data
 
     try:
         data = load_data(cfg.data)
@@ -57,7 +57,7 @@ def check_tracking_uri(uri: str, must_exist: bool = False) -> None:
     import urllib.error
     import urllib.request
 
-    from search.config import ConfigError, TrackingConfig
+    from augtune.search.config import ConfigError, TrackingConfig
 
     try:
         TrackingConfig(uri=uri)

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from spaces.candidates import Candidate, Context
-from trainables.data import BatchFeeder, DataBundle
-from trainables.engine import InputPipeline
+from augtune.spaces.candidates import Candidate, Context
+from augtune.trainables.data import BatchFeeder, DataBundle
+from augtune.trainables.engine import InputPipeline
 
 
 def t_stddev(group_means: np.ndarray) -> float:

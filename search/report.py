@@ -18,8 +18,8 @@ from typing import Optional
 
 import numpy as np
 
-from search.tracking import CANDIDATE_TAG, PAIR_TAG, STAGE_TAG, Tracker
-from search.trials import completed_trials, trial_rows
+from augtune.search.tracking import CANDIDATE_TAG, PAIR_TAG, STAGE_TAG, Tracker
+from augtune.search.trials import completed_trials, trial_rows
 
 MIN_CANDIDATES = 3
 
@@ -126,7 +126,7 @@ def pruning_analysis(points: list[CandidatePoint], survivors: Optional[list[str]
 def trust_analysis(points: list[CandidatePoint], correlations: list[Correlation], top_k: int = 3) -> dict:
     """How far these numbers let one trust the proxy (search.trust): for test loss (the paper's
     protocol) and, where logged, validation loss."""
-    from search.trust import noise_ceiling, seed_bootstrap, separability, topk_regret, verdict
+    from augtune.search.trust import noise_ceiling, seed_bootstrap, separability, topk_regret, verdict
 
     names = [p.candidate for p in points]
     proxy = [p.t_stddev for p in points]

@@ -14,11 +14,11 @@ from typing import Any, Callable, Optional
 import torch
 from tqdm.auto import tqdm
 
-from search.config import ConfigError, SweepConfig
-from search.jobs import check_tracking_uri, load_checked_data, pair_name
-from search.tracking import CANDIDATE_TAG, PAIR_TAG, Tracker
-from trainables.engine import resolve_device, save_atomic, save_checkpoint
-from trainables.methods import REGISTRY, get_method
+from augtune.search.config import ConfigError, SweepConfig
+from augtune.search.jobs import check_tracking_uri, load_checked_data, pair_name
+from augtune.search.tracking import CANDIDATE_TAG, PAIR_TAG, Tracker
+from augtune.trainables.engine import resolve_device, save_atomic, save_checkpoint
+from augtune.trainables.methods import REGISTRY, get_method
 
 
 def run_folder(cfg: SweepConfig, method: str) -> Path:
@@ -26,7 +26,7 @@ def run_folder(cfg: SweepConfig, method: str) -> Path:
 
 
 def _check_augmentation(method, augmentation: str) -> None:
-    from spaces.candidates import parse_candidate
+    from augtune.spaces.candidates import parse_candidate
 
     try:
         candidate = parse_candidate(augmentation)
@@ -40,7 +40,7 @@ def _check_augmentation(method, augmentation: str) -> None:
 def build_runner(cfg: SweepConfig, method_name: str, augmentation: str, seed: int, data, progress: bool):
     """The method's runner (from the registry), its teacher obtained (loaded, or trained once)
     where it needs one."""
-    from search.teacher import obtain_method_teacher
+    from augtune.search.teacher import obtain_method_teacher
 
     method = get_method(method_name)
     section = cfg.section(method_name)

@@ -12,14 +12,14 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
-from search.audit import AuditOutcome, run_audit
-from search.config import ConfigError, SweepConfig
-from search.jobs import check_tracking_uri, job_dir, load_checked_data, pair_name, run_proxy
-from search.proxy import ProxyScore, format_table
-from search.sweep_state import STATE_FILE, SweepState
-from search.tracking import Tracker
-from search.trials import completed_trials, usable
-from search.tuners import (SweepInterrupted, build_grid_tuner, build_tuner, collect_trials, fit_phase, init_ray,
+from augtune.search.audit import AuditOutcome, run_audit
+from augtune.search.config import ConfigError, SweepConfig
+from augtune.search.jobs import check_tracking_uri, job_dir, load_checked_data, pair_name, run_proxy
+from augtune.search.proxy import ProxyScore, format_table
+from augtune.search.sweep_state import STATE_FILE, SweepState
+from augtune.search.tracking import Tracker
+from augtune.search.trials import completed_trials, usable
+from augtune.search.tuners import (SweepInterrupted, build_grid_tuner, build_tuner, collect_trials, fit_phase, init_ray,
                            restore_or_build)
 
 
@@ -88,10 +88,10 @@ def log_best_student(cfg: SweepConfig, tracker: Tracker, parent: str, best: dict
 
     import torch
 
-    from search.tracking import TRIAL_TAG
-    from trainables.engine import save_checkpoint
-    from trainables.models import build_model
-    from trainables.tune import STATE_FILE as RUNNER_STATE_FILE
+    from augtune.search.tracking import TRIAL_TAG
+    from augtune.trainables.engine import save_checkpoint
+    from augtune.trainables.models import build_model
+    from augtune.trainables.tune import STATE_FILE as RUNNER_STATE_FILE
 
     result = next((r for g in grids for r in g if (r.metrics or {}).get("trial_id") == best["trial_id"]), None)
     runs = tracker.runs(f"tags.`{TRIAL_TAG}` = '{best['trial_id']}' and tags.`mlflow.parentRunId` = '{parent}'")
@@ -274,7 +274,7 @@ def stage_proxy_and_prune(cfg: SweepConfig, data, tracker: Tracker, state: Sweep
 def stage_audit(cfg: SweepConfig, state: SweepState, tracker: Tracker, teacher_path: Optional[Path],
                 score_of: dict[str, float]) -> AuditOutcome:
     """Sentinel audit of the pruning; the survivors of the search follow its outcome."""
-    from search.trial_logger import TrialLogger
+    from augtune.search.trial_logger import TrialLogger
 
     logger = TrialLogger(cfg.tracking.uri, cfg.experiment_name, state.parent_run_id, pair_name(cfg), score_of,
                          phase="audit")
@@ -287,7 +287,7 @@ def stage_audit(cfg: SweepConfig, state: SweepState, tracker: Tracker, teacher_p
 def stage_search(cfg: SweepConfig, state: SweepState, teacher_path: Optional[Path], score_of: dict[str, float]):
     """The student trials on Ray (restored when the sweep is resumed), plus a top-up of the
     trials a restored experiment lost. Returns the result grids."""
-    from search.trial_logger import TrialLogger
+    from augtune.search.trial_logger import TrialLogger
 
     folder, survivors, validate = job_dir(cfg), state.survivors, state.validate_proxy
     callback = TrialLogger(cfg.tracking.uri, cfg.experiment_name, state.parent_run_id, pair_name(cfg), score_of)

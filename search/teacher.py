@@ -7,12 +7,12 @@ from typing import Optional
 
 import torch
 
-from search.config import SweepConfig
-from trainables.data import DataBundle
-from trainables.engine import CheckpointError, load_checkpoint
-from trainables.models import Network
-from trainables.runner import run_to_completion
-from trainables.supervised import SupervisedRunner
+from augtune.search.config import SweepConfig
+from augtune.trainables.data import DataBundle
+from augtune.trainables.engine import CheckpointError, load_checkpoint
+from augtune.trainables.models import Network
+from augtune.trainables.runner import run_to_completion
+from augtune.trainables.supervised import SupervisedRunner
 
 
 def default_teacher_path(cfg: SweepConfig) -> Path:
@@ -52,7 +52,7 @@ def obtain_ssd_teacher(cfg: SweepConfig, data: DataBundle, device: torch.device,
     """SSD stages I (CE + self-supervision) and II (LWS) in the driver; the stage-II network,
     its scales folded into the classifier, is the teacher of stage III and of the proxy.
     Every epoch of both stages is logged to a child run (stage=ssd-stages) when a tracker is given."""
-    from trainables.ssd import stage_checkpoint, train_teacher_stages
+    from augtune.trainables.ssd import stage_checkpoint, train_teacher_stages
 
     folder = cfg.output_dir / cfg.name
     stage2_path = stage_checkpoint(folder, 2)

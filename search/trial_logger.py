@@ -16,7 +16,7 @@ from typing import Mapping, Optional
 
 from ray.tune import Callback
 
-from search.tracking import (CANDIDATE_TAG, DIVERGED_TAG, PAIR_TAG, PHASE_TAG, SCHEDULE_TAG, TRIAL_TAG,
+from augtune.search.tracking import (CANDIDATE_TAG, DIVERGED_TAG, PAIR_TAG, PHASE_TAG, SCHEDULE_TAG, TRIAL_TAG,
                              Tracker)
 
 CURVE_PREFIXES = ("train_", "test_", "val_", "stage", "schedule.")
@@ -102,7 +102,7 @@ class TrialLogger(Callback):
         params logged at its start are its first values, kept as they were)."""
         import tempfile
 
-        from search import schedule
+        from augtune.search import schedule
 
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable, Mapping, Optional
 
-from search.tracking import CANDIDATE_TAG, PARENT_TAG, STAGE_TAG, Tracker
+from augtune.search.tracking import CANDIDATE_TAG, PARENT_TAG, STAGE_TAG, Tracker
 
 FINAL_METRICS = ("val_loss", "val_acc", "test_loss", "test_acc")
 

@@ -6,10 +6,10 @@ import os
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from search.config import SweepConfig
-from search.jobs import job_dir
-from spaces.candidates import parse_candidate
-from spaces.hyper import parse_hyperparameters
+from augtune.search.config import SweepConfig
+from augtune.search.jobs import job_dir
+from augtune.spaces.candidates import parse_candidate
+from augtune.spaces.hyper import parse_hyperparameters
 
 
 # ---------------------------------------------------------------- search space
@@ -83,7 +83,7 @@ def method_trainable(cfg: SweepConfig, teacher_path: Optional[Path], track: Sequ
     values each epoch records (PBT schedules)."""
     from ray import tune
 
-    from trainables.tune import trainable_of
+    from augtune.trainables.tune import trainable_of
 
     resources = {"cpu": cfg.search.resources.get("cpu", 1.0), "gpu": cfg.search.resources.get("gpu", 0.0)}
     fixed: dict[str, Any] = {"experiment": cfg.distill_dict()}
@@ -130,7 +130,7 @@ def build_pbt_tuner(cfg: SweepConfig, survivors: list[str], teacher_path: Option
     from ray.tune.schedulers import PopulationBasedTraining
     from ray.tune.search import BasicVariantGenerator
 
-    from spaces.candidates import numeric_params
+    from augtune.spaces.candidates import numeric_params
 
     s, sched = cfg.search, cfg.search.scheduler
     samples = num_samples or s.num_samples
@@ -201,7 +201,7 @@ def build_tuner(cfg: SweepConfig, survivors: list[str], teacher_path: Optional[P
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
-    from search.tolerant_optuna import TolerantOptunaSearch
+    from augtune.search.tolerant_optuna import TolerantOptunaSearch
 
     s = cfg.search
     if validate:

@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import torch
 
-from spaces import autoaugment, moco, ops
+from augtune.spaces import autoaugment, moco, ops
 
 
 @dataclass(frozen=True)

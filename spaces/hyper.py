@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Collection, Mapping
 
-from spaces import candidates
+from augtune.spaces import candidates
 
 # names every method reads from its trial config (student.train); a method adds its own settings
 # (e.g. kd.temperature, declared by its registry entry) and `kind.param` names (e.g. cutmix.alpha)

@@ -8,7 +8,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from spaces import autoaugment, ops
+from augtune.spaces import autoaugment, ops
 
 
 def _u(n, low, high, generator, device):

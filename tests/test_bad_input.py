@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from search.cli import main
+from augtune.search.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = yaml.safe_load((ROOT / "configs" / "digits_sweep.yaml").read_text())

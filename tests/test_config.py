@@ -3,7 +3,7 @@ import textwrap
 
 import pytest
 
-from search.cli import main
+from augtune.search.cli import main
 
 GOOD = """
 name: cfgtest
@@ -78,7 +78,7 @@ def test_missing_config_file_and_bad_yaml(tmp_path, capsys):
 def test_shipped_configs_validate():
     from pathlib import Path
 
-    from search.config import load_config
+    from augtune.search.config import load_config
 
     for path in sorted(Path("configs").glob("*.yaml")):
         if path.name == "cluster.yaml":

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from fixtures import trust_cifar_fixture, write_cifar, write_image_folder
-from trainables.config import DataConfig
-from trainables.data import BatchFeeder, load_data, long_tail_counts, sample_order
+from augtune.trainables.config import DataConfig
+from augtune.trainables.data import BatchFeeder, load_data, long_tail_counts, sample_order
 
 
 def test_digits_split_is_fixed_stratified_and_real():

@@ -4,11 +4,11 @@ import math
 import sys
 
 
-from search.cli import main
-from search.sweep import pick_best
-from search.tuners import collect_trials
-from search.tracking import CANDIDATE_TAG, Tracker
-from search.trial_logger import TrialLogger
+from augtune.search.cli import main
+from augtune.search.sweep import pick_best
+from augtune.search.tuners import collect_trials
+from augtune.search.tracking import CANDIDATE_TAG, Tracker
+from augtune.search.trial_logger import TrialLogger
 
 EPOCHS = 5
 
@@ -44,7 +44,7 @@ def _build(config, cache, trial):
 def test_nan_trial_stops_is_marked_and_left_out(tmp_path, ray_session, capsys):
     from ray import cloudpickle, tune
 
-    from trainables.tune import as_trainable
+    from augtune.trainables.tune import as_trainable
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     uri = f"sqlite:///{tmp_path}/m.db"

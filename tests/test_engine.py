@@ -3,14 +3,14 @@ import math
 import pytest
 import torch
 
-from search.config import load_config
-from search.cli import main
-from trainables.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
-from trainables.data import BatchFeeder, load_data
-from trainables.engine import (CheckpointError, InputPipeline, evaluate, load_checkpoint, lr_factor,
+from augtune.search.config import load_config
+from augtune.search.cli import main
+from augtune.trainables.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
+from augtune.trainables.data import BatchFeeder, load_data
+from augtune.trainables.engine import (CheckpointError, InputPipeline, evaluate, load_checkpoint, lr_factor,
                                save_checkpoint)
-from trainables.models import build_model
-from trainables.supervised import SupervisedRunner
+from augtune.trainables.models import build_model
+from augtune.trainables.supervised import SupervisedRunner
 
 
 def test_step_schedule_with_warmup():

@@ -13,10 +13,10 @@ DIGITS = {"name": "digits", "samples_per_class": 20, "val_per_class": 5, "image_
 
 
 def _teacher(tmp_path):
-    from trainables.data import load_data
-    from trainables.config import DataConfig
-    from trainables.engine import save_checkpoint
-    from trainables.models import build_model
+    from augtune.trainables.data import load_data
+    from augtune.trainables.config import DataConfig
+    from augtune.trainables.engine import save_checkpoint
+    from augtune.trainables.models import build_model
 
     data = load_data(DataConfig(**DIGITS))
     torch.manual_seed(0)
@@ -26,7 +26,7 @@ def _teacher(tmp_path):
 @pytest.mark.parametrize("name", ["crop_flip", "cutout", "autoaugment", "randaugment", "trivialaugment", "mixup",
                                   "cutmix"])
 def test_ops_on_device_are_per_sample_and_seeded(name):
-    from spaces.candidates import Context, parse_candidate
+    from augtune.spaces.candidates import Context, parse_candidate
 
     x = torch.rand(64, 3, 32, 32, device=CUDA)
     def run(seed):
@@ -38,8 +38,8 @@ def test_ops_on_device_are_per_sample_and_seeded(name):
 
 
 def test_kd_epoch_bf16_channels_last(tmp_path):
-    from trainables.config import DistillConfig
-    from trainables.kd import KDRunner
+    from augtune.trainables.config import DistillConfig
+    from augtune.trainables.kd import KDRunner
 
     teacher, data = _teacher(tmp_path)
     cfg = DistillConfig.model_validate({"device": "cuda", "data": DIGITS, "output_dir": str(tmp_path),
@@ -51,9 +51,9 @@ def test_kd_epoch_bf16_channels_last(tmp_path):
 
 
 def test_sla_and_ssd_epochs_on_cuda(tmp_path):
-    from trainables.config import DistillConfig
-    from trainables.sla import SLARunner
-    from trainables.ssd import SSDChainRunner
+    from augtune.trainables.config import DistillConfig
+    from augtune.trainables.sla import SLARunner
+    from augtune.trainables.ssd import SSDChainRunner
 
     cfg = DistillConfig.model_validate({"device": "cuda", "data": DIGITS, "output_dir": str(tmp_path),
                                         "student": {"model": "resnet8", "train": {"epochs": 1, "batch_size": 32}},
@@ -67,9 +67,9 @@ def test_sla_and_ssd_epochs_on_cuda(tmp_path):
 
 
 def test_proxy_on_cuda_equals_its_joint_forward_reference(tmp_path):
-    from search.proxy import score_candidates
-    from spaces.candidates import parse_candidate
-    from trainables.models import build_model
+    from augtune.search.proxy import score_candidates
+    from augtune.spaces.candidates import parse_candidate
+    from augtune.trainables.models import build_model
 
     _, data = _teacher(tmp_path)
     torch.manual_seed(0)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from trainables.models import MODEL_REGISTRY, NATIVE_INPUT_SIZE, build_model
+from augtune.trainables.models import MODEL_REGISTRY, NATIVE_INPUT_SIZE, build_model
 
 HE_ET_AL_PARAMS = {"resnet20": 0.27e6, "resnet32": 0.46e6, "resnet44": 0.66e6, "resnet56": 0.85e6,
                    "resnet110": 1.7e6}

@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from spaces import autoaugment, ops
-from spaces.candidates import Context, expand_candidates, parse_candidate
+from augtune.spaces import autoaugment, ops
+from augtune.spaces.candidates import Context, expand_candidates, parse_candidate
 
 
 def _gen(seed=0):

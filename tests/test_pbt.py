@@ -6,13 +6,13 @@ import json
 import pytest
 import torch
 
-from search.config import ConfigError, load_config
-from search.schedule import to_steps
+from augtune.search.config import ConfigError, load_config
+from augtune.search.schedule import to_steps
 from tests.sweep_helpers import runs_by_stage, write_sweep_config
-from trainables.config import DistillConfig
-from trainables.data import load_data
-from trainables.engine import lr_factor, save_checkpoint
-from trainables.models import build_model
+from augtune.trainables.config import DistillConfig
+from augtune.trainables.data import load_data
+from augtune.trainables.engine import lr_factor, save_checkpoint
+from augtune.trainables.models import build_model
 
 TRACK = ["lr", "cutmix.alpha", "kd.temperature"]
 
@@ -30,7 +30,7 @@ def _experiment(tmp_path, epochs=4) -> DistillConfig:
 def kd_trainable(tmp_path, ray_session):
     from ray import tune
 
-    from trainables.tune import KDTrainable
+    from augtune.trainables.tune import KDTrainable
 
     experiment = _experiment(tmp_path)
     data = load_data(experiment.data)
@@ -98,7 +98,7 @@ def test_exploit_copies_the_donors_state_and_takes_the_new_values(kd_trainable, 
 
 
 def test_a_replayed_schedule_applies_its_values_and_reproduces_the_member(kd_trainable, tmp_path):
-    from trainables.kd import KDRunner
+    from augtune.trainables.kd import KDRunner
 
     experiment, teacher, trainable = kd_trainable
     folder = tmp_path / "checkpoint"
@@ -161,7 +161,7 @@ def test_pbt_config_is_checked(tmp_path, search, message):
 def test_pbt_sweep_keeps_one_run_per_member_and_logs_schedules(tmp_path, ray_session):
     from mlflow import MlflowClient
 
-    from search.sweep import run_sweep
+    from augtune.search.sweep import run_sweep
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     path = write_sweep_config(
@@ -199,7 +199,7 @@ def test_pbt_sweep_keeps_one_run_per_member_and_logs_schedules(tmp_path, ray_ses
                     assert 0.2 <= row[name] <= 2.0
     assert exploited >= 1  # with half the population below the top half, some member copied another
     # the best member, exported from MLflow with its schedule, replays bit for bit without Ray
-    from search.cli import main
+    from augtune.search.cli import main
 
     exported = tmp_path / "best.yaml"
     assert main(["best", "--experiment", "pbt", "--tracking-uri", uri, "--export", str(exported)]) == 0

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from search.proxy import bootstrap_interval, score_candidates, t_stddev
-from spaces.candidates import parse_candidate
-from trainables.config import DataConfig
-from trainables.data import load_data
-from trainables.models import build_model
+from augtune.search.proxy import bootstrap_interval, score_candidates, t_stddev
+from augtune.spaces.candidates import parse_candidate
+from augtune.trainables.config import DataConfig
+from augtune.trainables.data import load_data
+from augtune.trainables.models import build_model
 
 
 class RecordingTeacher(torch.nn.Module):
@@ -144,10 +144,10 @@ def test_forward_batching_does_not_change_the_score(data):
 def _joint_forward_reference(net, candidates, data, passes, group_batches, batch_size, seed=0):
     """T.stddev as computed before the original view was shared: every candidate on its own,
     one forward of [x; x'] per batch."""
-    from search.proxy import _Stream
-    from spaces.candidates import Context
-    from trainables.data import BatchFeeder
-    from trainables.engine import InputPipeline
+    from augtune.search.proxy import _Stream
+    from augtune.spaces.candidates import Context
+    from augtune.trainables.data import BatchFeeder
+    from augtune.trainables.engine import InputPipeline
 
     device = torch.device("cpu")
     pipeline = InputPipeline(data, device)

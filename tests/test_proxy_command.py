@@ -5,7 +5,7 @@ import json
 
 import yaml
 
-from search.cli import main
+from augtune.search.cli import main
 from sweep_helpers import runs_by_stage
 
 

@@ -11,11 +11,11 @@ import torch.nn.functional as F
 import yaml
 from pydantic import Field
 
-from search.config import ConfigError, load_config
-from trainables.config import Section
-from trainables.method import Method, register
-from trainables.models import build_model
-from trainables.runner import EpochRunner
+from augtune.search.config import ConfigError, load_config
+from augtune.trainables.config import Section
+from augtune.trainables.method import Method, register
+from augtune.trainables.models import build_model
+from augtune.trainables.runner import EpochRunner
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,7 +32,7 @@ class TinyRunner(EpochRunner):
 
     def __init__(self, cfg, data=None, seed=None):
         super().__init__(cfg, cfg.student.train, data, seed)
-        from spaces.candidates import Context, parse_candidate
+        from augtune.spaces.candidates import Context, parse_candidate
 
         self.settings = cfg.section("tiny")
         self.candidate = parse_candidate(self.settings.augmentation)
@@ -89,7 +89,7 @@ def test_registered_method_is_part_of_the_schema(tmp_path):
 
 
 def test_registered_method_trains_without_ray(tmp_path, capsys):
-    from search.cli import main
+    from augtune.search.cli import main
 
     assert main(["train", "tiny", str(_config(tmp_path)), "--no-progress", "--augmentation", "flip"]) == 0
     assert (tmp_path / "runs" / "tiny" / "train-tiny" / "summary.json").is_file()
@@ -99,7 +99,7 @@ def test_registered_method_sweeps_on_ray(tmp_path, ray_session):
     from mlflow import MlflowClient
     from ray import cloudpickle
 
-    from search.sweep import run_sweep
+    from augtune.search.sweep import run_sweep
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import this test file
     outcome = run_sweep(load_config(_config(tmp_path)), progress=False)
@@ -125,7 +125,7 @@ def _own_modules() -> dict[str, Path]:
     for package in ("spaces", "trainables", "search"):
         for path in (ROOT / package).rglob("*.py"):
             parts = path.relative_to(ROOT).with_suffix("").parts
-            modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+            modules[".".join(("augtune",) + (parts[:-1] if parts[-1] == "__init__" else parts))] = path
     return modules
 
 
@@ -163,7 +163,21 @@ def test_no_module_imports_one_that_imports_it_back():
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
     # and the layers point one way: spaces <- trainables <- search
     for name, targets in graph.items():
-        layer = name.split(".")[0]
+        layer = name.split(".")[1]
         allowed = {"spaces": {"spaces"}, "trainables": {"spaces", "trainables"},
                    "search": {"spaces", "trainables", "search"}}[layer]
-        assert all(t.split(".")[0] in allowed for t in targets), (name, targets)
+        assert all(t.split(".")[1] in allowed for t in targets), (name, targets)
+
+
+def test_every_module_imports_through_the_augtune_namespace():
+    """`search`, `spaces` and `trainables` are folder names only: an import of the bare name
+    would pick up another installed package of that name (Hugging Face's `spaces`)."""
+    bare = []
+    for path in [*_own_modules().values(), *(ROOT / "tests").rglob("*.py"), *(ROOT / "benchmarks").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0
+                     else [])
+            bare += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] in ("search", "spaces",
+                                                                                           "trainables")]
+    assert not bare, bare

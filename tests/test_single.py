@@ -5,7 +5,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from search.cli import main
+from augtune.search.cli import main
 
 BASE = {"name": "single", "seed": 0,
         "data": {"name": "digits", "samples_per_class": 12, "val_per_class": 5, "image_size": 12},
@@ -30,8 +30,8 @@ class Stop(Exception):
 
 
 def test_interrupted_kd_run_resumes_to_the_same_result(tmp_path, capsys):
-    from search.config import load_config
-    from search.single import run_folder, train_single
+    from augtune.search.config import load_config
+    from augtune.search.single import run_folder, train_single
 
     straight = _config(tmp_path, "straight")
     assert main(["train", "kd", str(straight), "--augmentation", "cutmix", "--no-progress"]) == 0
@@ -49,7 +49,7 @@ def test_interrupted_kd_run_resumes_to_the_same_result(tmp_path, capsys):
     a, b = _summary(tmp_path, "straight"), _summary(tmp_path, "interrupted")
     assert a["epochs"] == b["epochs"] == 3
     assert a["val_loss"] == b["val_loss"] and a["test_loss"] == b["test_loss"]  # bit for bit on CPU
-    from trainables.engine import load_checkpoint
+    from augtune.trainables.engine import load_checkpoint
     student, _ = load_checkpoint(b["student_checkpoint"])
     assert sum(p.numel() for p in student.parameters()) > 0
 

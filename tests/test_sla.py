@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from spaces import label_transforms
-from trainables.losses.sla import (aggregate_logits, joint_labels, self_distillation_loss, single_logits,
+from augtune.spaces import label_transforms
+from augtune.trainables.losses.sla import (aggregate_logits, joint_labels, self_distillation_loss, single_logits,
                                    sla_loss)
 
 
@@ -69,8 +69,8 @@ def test_sd_target_is_detached():
 
 
 def test_sla_runner_epoch_reports_all_heads():
-    from trainables.config import DistillConfig
-    from trainables.sla import SLARunner
+    from augtune.trainables.config import DistillConfig
+    from augtune.trainables.sla import SLARunner
 
     cfg = DistillConfig.model_validate({"data": {"name": "digits", "samples_per_class": 10},
                                         "student": {"model": "resnet8", "train": {"epochs": 1, "batch_size": 25}},
@@ -86,8 +86,8 @@ def test_sla_runner_epoch_reports_all_heads():
 def test_sla_rejects_mixing_base_and_colour_on_greyscale():
     from pydantic import ValidationError
 
-    from trainables.config import DistillConfig
-    from trainables.sla import SLARunner
+    from augtune.trainables.config import DistillConfig
+    from augtune.trainables.sla import SLARunner
 
     with pytest.raises(ValidationError, match="greyscale"):
         DistillConfig.model_validate({"data": {"name": "digits"}, "sla": {"transforms": "colour"}})

@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from trainables.config import DistillConfig
-from trainables.losses.moco import masked_contrastive_loss
-from trainables.metrics import shot_accuracy, shot_groups
+from augtune.trainables.config import DistillConfig
+from augtune.trainables.losses.moco import masked_contrastive_loss
+from augtune.trainables.metrics import shot_accuracy, shot_groups
 
 
 def _cfg(tmp_path=None, **ssd):
@@ -58,7 +58,7 @@ def test_shot_groups_and_accuracy_match_hand_count():
 
 
 def test_stage_two_changes_only_the_scales():
-    from trainables.ssd import LWSRunner, SSLStageRunner
+    from augtune.trainables.ssd import LWSRunner, SSLStageRunner
 
     cfg = _cfg()
     stage1 = SSLStageRunner(cfg)
@@ -78,8 +78,8 @@ def test_stage_two_changes_only_the_scales():
 
 
 def test_moco_key_encoder_follows_momentum_rule():
-    from trainables.ssd import _MoCoBranch
-    from trainables.models import build_model
+    from augtune.trainables.ssd import _MoCoBranch
+    from augtune.trainables.models import build_model
 
     model = build_model("resnet8", 10, 1)
     branch = _MoCoBranch(model, 16, 32, momentum=0.9)
@@ -96,7 +96,7 @@ def test_moco_key_encoder_follows_momentum_rule():
 
 
 def test_chain_runs_all_stages_saves_outputs_and_resumes(tmp_path):
-    from trainables.ssd import SSDChainRunner
+    from augtune.trainables.ssd import SSDChainRunner
 
     cfg = _cfg(tmp_path, start_stage=1, stage4=True, augmentation="cutmix")
     chain = SSDChainRunner(cfg, work_dir=tmp_path)
@@ -121,7 +121,7 @@ def test_chain_runs_all_stages_saves_outputs_and_resumes(tmp_path):
 def test_chain_resumed_after_any_epoch_ends_exactly_as_the_uninterrupted_run(tmp_path):
     """A restore into every stage: mid stage I, the start of II (LWS on the saved network),
     III (the saved teacher) and IV; each resumed chain finishes with the same numbers."""
-    from trainables.ssd import SSDChainRunner
+    from augtune.trainables.ssd import SSDChainRunner
 
     cfg = _cfg(tmp_path, start_stage=1, stage4=True, augmentation="cutmix")
     cfg.teacher.train.epochs = 2  # a restore in the middle of stage I too

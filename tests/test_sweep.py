@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from search.best import best_augmentation
-from search.cli import main
-from search.config import load_config
-from search.sweep import run_sweep
+from augtune.search.best import best_augmentation
+from augtune.search.cli import main
+from augtune.search.config import load_config
+from augtune.search.sweep import run_sweep
 from sweep_helpers import EIGHT_CANDIDATES, runs_by_stage, write_sweep_config
 
 
@@ -118,7 +118,7 @@ def audited_sweep(tmp_path_factory, ray_session):
 def test_audit_trains_sentinels_and_logs_a_verdict_that_matches_the_numbers(audited_sweep, capsys):
     from scipy import stats
 
-    from search.audit import beats, pooled_sd
+    from augtune.search.audit import beats, pooled_sd
 
     uri, outcome = audited_sweep
     audit = outcome.audit
@@ -198,8 +198,8 @@ def test_method_sweeps_log_their_heads(tmp_path, ray_session, method):
 def test_teacher_trainable_runs_under_tune(tmp_path, ray_session):
     from ray import tune
 
-    from trainables.config import ExperimentConfig
-    from trainables.tune import TeacherTrainable
+    from augtune.trainables.config import ExperimentConfig
+    from augtune.trainables.tune import TeacherTrainable
 
     experiment = ExperimentConfig.model_validate({
         "data": {"name": "digits", "samples_per_class": 10},
@@ -229,7 +229,7 @@ def test_exported_best_trial_reproduces_exactly_without_ray(pruned_sweep, tmp_pa
 
     import torch
 
-    from trainables.engine import load_checkpoint
+    from augtune.trainables.engine import load_checkpoint
 
     cfg, uri, outcome = pruned_sweep
     exported = tmp_path / "best.yaml"

@@ -11,8 +11,8 @@ from typing import Literal, Optional, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from trainables.method import BUILTIN_NAMES, REGISTRY, method_names
-from trainables.models import MODEL_REGISTRY
+from augtune.trainables.method import BUILTIN_NAMES, REGISTRY, method_names
+from augtune.trainables.models import MODEL_REGISTRY
 
 
 def _is_count(annotation) -> bool:
@@ -39,7 +39,7 @@ class Section(BaseModel):
 
 def check_checkpoint_file(path: Path) -> None:
     """Refuse, at load time, a checkpoint that is missing or not augtune's (before anything runs)."""
-    from trainables.checkpoint_io import CheckpointError, read_checkpoint
+    from augtune.trainables.checkpoint_io import CheckpointError, read_checkpoint
 
     if not path.is_file():
         raise ValueError(f"checkpoint {path} does not exist; train one first "
@@ -189,7 +189,7 @@ class KDConfig(Section):
     @field_validator("augmentation")
     @classmethod
     def _known_augmentation(cls, value: str) -> str:
-        from spaces.candidates import parse_candidate
+        from augtune.spaces.candidates import parse_candidate
 
         parse_candidate(value)  # raises ValueError naming the problem
         return value
@@ -325,8 +325,8 @@ def value_kind(name: str) -> str:
 
 def check_schedule_value(cfg: DistillConfig, name: str, value, where: str) -> None:
     """Refuse a value a run cannot switch to mid-way, naming `where` it came from."""
-    from spaces.candidates import numeric_params, parse_candidate
-    from spaces.hyper import changeable_during_run
+    from augtune.spaces.candidates import numeric_params, parse_candidate
+    from augtune.spaces.hyper import changeable_during_run
 
     method_settings = {n for m in REGISTRY.values() for n in m.hyperparameters}
     fixed = {n for m in REGISTRY.values() for n in m.fixed_during_run}
@@ -366,7 +366,7 @@ def apply_trial_values(experiment: dict, config: dict, method: Optional[str] = N
     of that kind. `method` defaults to the config's search.method (else kd)."""
     import copy
 
-    from spaces.candidates import parse_candidate, with_values
+    from augtune.spaces.candidates import parse_candidate, with_values
 
     out = copy.deepcopy(experiment)
     method = method or out.get("search", {}).get("method", "kd")

@@ -13,11 +13,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from spaces import ops
-from trainables.checkpoint_io import CheckpointError, read_checkpoint  # noqa: F401 (re-exported)
-from trainables.config import TrainConfig
-from trainables.data import DataBundle
-from trainables.models import Network, build_model
+from augtune.spaces import ops
+from augtune.trainables.checkpoint_io import CheckpointError, read_checkpoint  # noqa: F401 (re-exported)
+from augtune.trainables.config import TrainConfig
+from augtune.trainables.data import DataBundle
+from augtune.trainables.models import Network, build_model
 
 
 def resolve_device(choice: str = "auto") -> torch.device:
@@ -158,7 +158,7 @@ def evaluate(model: torch.nn.Module, feeder, pipeline: InputPipeline, device: to
 def evaluate_split(model: torch.nn.Module, data: DataBundle, device: torch.device, split: str = "test",
                    batch_size: int = 512) -> dict[str, float]:
     """Accuracy and CE loss of a network on one split, outside any runner."""
-    from trainables.data import BatchFeeder
+    from augtune.trainables.data import BatchFeeder
 
     feeder = BatchFeeder(getattr(data, split), batch_size, device, shuffle=False)
     return evaluate(model, feeder, InputPipeline(data, device), device)

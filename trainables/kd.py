@@ -6,14 +6,14 @@ from typing import Optional
 
 import torch
 
-from spaces.candidates import Context, parse_candidate
-from trainables.config import KDConfig
-from trainables.data import DataBundle
-from trainables.engine import load_checkpoint
-from trainables.losses.kd import good_da_kd_loss
-from trainables.models import build_model
-from trainables.method import Method, register
-from trainables.runner import EpochRunner
+from augtune.spaces.candidates import Context, parse_candidate
+from augtune.trainables.config import KDConfig
+from augtune.trainables.data import DataBundle
+from augtune.trainables.engine import load_checkpoint
+from augtune.trainables.losses.kd import good_da_kd_loss
+from augtune.trainables.models import build_model
+from augtune.trainables.method import Method, register
+from augtune.trainables.runner import EpochRunner
 
 
 class KDRunner(EpochRunner):

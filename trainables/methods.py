@@ -2,8 +2,8 @@
 (`trainables.method.REGISTRY`). A new method adds its module's import here."""
 from __future__ import annotations
 
-from trainables import kd, sla, ssd
-from trainables.method import REGISTRY, Method, get_method
+from augtune.trainables import kd, sla, ssd
+from augtune.trainables.method import REGISTRY, Method, get_method
 
 BUILTIN: tuple[Method, ...] = (kd.METHOD, sla.METHOD, ssd.METHOD)
 

@@ -3,7 +3,7 @@
 A method subclasses `EpochRunner`: it builds its networks in `__init__` and writes its step as
 `loss(images, labels)`; the runner owns the loop (batches, autocast, optimiser step, on-device
 sums, evaluation of the named heads, checkpoints). `run_to_completion` is the no-Ray path
-(`augtune train ...`), `trainables.tune.as_trainable` the Ray Tune path; both drive the same object.
+(`augtune train ...`), `augtune.trainables.tune.as_trainable` the Ray Tune path; both drive the same object.
 """
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from trainables.config import ExperimentConfig, TrainConfig, value_kind
-from trainables.data import BatchFeeder, DataBundle, load_data
-from trainables.engine import (InputPipeline, autocast, build_optimizer, build_scheduler, resolve_device,
+from augtune.trainables.config import ExperimentConfig, TrainConfig, value_kind
+from augtune.trainables.data import BatchFeeder, DataBundle, load_data
+from augtune.trainables.engine import (InputPipeline, autocast, build_optimizer, build_scheduler, resolve_device,
                                seed_everything)
-from trainables.metrics import shot_accuracy, shot_groups
+from augtune.trainables.metrics import shot_accuracy, shot_groups
 
 
 class EpochRunner:
@@ -222,7 +222,7 @@ class EpochRunner:
     def set_values(self, values: dict[str, Any]) -> None:
         """Switch to `values` from the next batch on: the augmentation first, then its
         parameters, the optimiser's lr / weight decay / momentum, the method's settings."""
-        from spaces.candidates import parse_candidate, with_values
+        from augtune.spaces.candidates import parse_candidate, with_values
 
         if "augmentation" in values and self.candidate is not None:
             self.candidate = parse_candidate(values["augmentation"])

@@ -6,14 +6,14 @@ from typing import Optional
 
 import torch
 
-from spaces import label_transforms
-from spaces.candidates import Context, parse_candidate
-from trainables.config import SLAConfig
-from trainables.data import DataBundle
-from trainables.losses.sla import aggregate_logits, self_distillation_loss, single_logits, sla_loss
-from trainables.models import build_model
-from trainables.method import Method, register
-from trainables.runner import EpochRunner
+from augtune.spaces import label_transforms
+from augtune.spaces.candidates import Context, parse_candidate
+from augtune.trainables.config import SLAConfig
+from augtune.trainables.data import DataBundle
+from augtune.trainables.losses.sla import aggregate_logits, self_distillation_loss, single_logits, sla_loss
+from augtune.trainables.models import build_model
+from augtune.trainables.method import Method, register
+from augtune.trainables.runner import EpochRunner
 
 
 class SLARunner(EpochRunner):

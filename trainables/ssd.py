@@ -20,16 +20,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from spaces import moco
-from spaces.candidates import Context, parse_candidate
-from trainables.config import SSDConfig
-from trainables.data import DataBundle, load_data
-from trainables.engine import build_network, full_precision, head_sizes, load_checkpoint, save_checkpoint
-from trainables.losses.kd import kl_at_temperature
-from trainables.losses.moco import masked_contrastive_loss
-from trainables.models import Network, build_model
-from trainables.method import Method, register
-from trainables.runner import EpochRunner, run_to_completion
+from augtune.spaces import moco
+from augtune.spaces.candidates import Context, parse_candidate
+from augtune.trainables.config import SSDConfig
+from augtune.trainables.data import DataBundle, load_data
+from augtune.trainables.engine import build_network, full_precision, head_sizes, load_checkpoint, save_checkpoint
+from augtune.trainables.losses.kd import kl_at_temperature
+from augtune.trainables.losses.moco import masked_contrastive_loss
+from augtune.trainables.models import Network, build_model
+from augtune.trainables.method import Method, register
+from augtune.trainables.runner import EpochRunner, run_to_completion
 
 
 def rotate_per_sample(x: torch.Tensor, quarter_turns: torch.Tensor) -> torch.Tensor:

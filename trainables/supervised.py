@@ -7,11 +7,11 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
-from trainables.config import ExperimentConfig, ModelConfig
-from trainables.data import DataBundle
-from trainables.engine import save_checkpoint
-from trainables.models import build_model
-from trainables.runner import EpochRunner
+from augtune.trainables.config import ExperimentConfig, ModelConfig
+from augtune.trainables.data import DataBundle
+from augtune.trainables.engine import save_checkpoint
+from augtune.trainables.models import build_model
+from augtune.trainables.runner import EpochRunner
 
 
 class SupervisedRunner(EpochRunner):

@@ -20,9 +20,9 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from ray import tune
 
-from trainables import methods
-from trainables.config import apply_trial_values
-from trainables.runner import EpochRunner
+from augtune.trainables import methods
+from augtune.trainables.config import apply_trial_values
+from augtune.trainables.runner import EpochRunner
 
 STATE_FILE = "runner.pt"
 
@@ -31,7 +31,7 @@ def _method_config(config: dict[str, Any], experiment: dict[str, Any], section: 
     """The trial's DistillConfig: the fixed experiment plus the sampled values; the trial's
     candidate ("augmentation", with any sampled `kind.param` values) goes to the method's own
     augmentation field."""
-    from trainables.config import DistillConfig
+    from augtune.trainables.config import DistillConfig
 
     return DistillConfig.model_validate(apply_trial_values(experiment, config, section))
 
@@ -45,8 +45,8 @@ class DataCache:
     def get(self, data_section: dict[str, Any]):
         import json
 
-        from trainables.config import DataConfig
-        from trainables.data import load_data
+        from augtune.trainables.config import DataConfig
+        from augtune.trainables.data import load_data
 
         key = json.dumps(data_section, sort_keys=True, default=str)
         if key not in self.bundles:
@@ -91,8 +91,8 @@ def as_trainable(build_runner: Callable[..., EpochRunner], name: str) -> type[tu
 
 
 def _teacher_runner(config: dict[str, Any], experiment: dict[str, Any], cache: DataCache, trial: str) -> EpochRunner:
-    from trainables.config import ExperimentConfig
-    from trainables.supervised import SupervisedRunner
+    from augtune.trainables.config import ExperimentConfig
+    from augtune.trainables.supervised import SupervisedRunner
 
     cfg = ExperimentConfig.model_validate(experiment)
     if "lr" in config:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from trainables.losses.kd import kl_at_temperature
+from augtune.trainables.losses.kd import kl_at_temperature
 
 
 def joint_labels(labels: torch.Tensor, num_transforms: int) -> torch.Tensor:
