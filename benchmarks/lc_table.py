@@ -31,7 +31,6 @@ PROTOCOL (fixed before any run; do not change it after seeing numbers)
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import multiprocessing
 import os
@@ -191,49 +190,42 @@ def proxy(out: Path, regimes: list[str]) -> None:
 # ---------------------------------------------------------------- the compact table
 
 def build(out: Path, table: Path) -> None:
-    """OUT's logs -> one gzipped JSON (format documented in augtune/search/learning_curves.py)."""
-    from augtune.search.learning_curves import FORMAT, VERSION
+    """OUT's logs -> the compact table (format: augtune/search/learning_curves.py)."""
+    import numpy as np
+
+    from augtune.search.learning_curves import Regime, write_table
 
     runs, proxies = read_jsonl(out / "runs.jsonl"), read_jsonl(out / "proxy.jsonl")
-    document = {"format": FORMAT, "version": VERSION, "protocol": "benchmarks/lc_table.py",
-                "machine": f"{platform.machine()}, {os.cpu_count()} cores, cpu", "regimes": {}}
+    regimes = {}
     for regime in REGIMES:
         cfg = regime_config(regime, out)
         candidates = [c.id for c in cfg.space.resolved()]
         epochs = cfg.student.train.epochs
-        teacher_file = out / f"teacher-{data_key(regime)}.json"
-        teacher = json.loads(teacher_file.read_text()) if teacher_file.is_file() else {}
-
-        def empty_curve():
-            return [[None] * len(SEEDS) for _ in candidates]
-
-        curves = {m: empty_curve() for m in CURVE_METRICS}
+        curves = {m: np.full((len(candidates), len(SEEDS), epochs), np.nan) for m in CURVE_METRICS}
         workers, commits = set(), set()
         for row in runs:
-            if row["regime"] != regime or row["candidate"] not in candidates or row["seed"] not in SEEDS:
-                continue
-            ci, si = candidates.index(row["candidate"]), SEEDS.index(row["seed"])
-            for m in CURVE_METRICS:
-                curves[m][ci][si] = [round(v, 6) for v in row[m]]
-            workers.add(row.get("workers"))
-            commits.add(row.get("commit"))
+            if row["regime"] == regime and row["candidate"] in candidates and row["seed"] in SEEDS:
+                for m in CURVE_METRICS:
+                    curves[m][candidates.index(row["candidate"]), SEEDS.index(row["seed"])] = row[m]
+                workers.add(row.get("workers"))
+                commits.add(row.get("commit"))
         proxy_rows = sorted((r for r in proxies if r["regime"] == regime), key=lambda r: r["proxy_seed"])
-        names = sorted({k for r in proxy_rows for s in r["scores"].values() for k in s})
-        document["regimes"][regime] = {
-            "overrides": REGIMES[regime], "epochs": epochs, "candidates": candidates, "seeds": list(SEEDS),
-            "teacher": {k: teacher.get(k) for k in ("seconds", "train_images", "test", "val")},
-            "curves": curves, "run_workers": sorted(w for w in workers if w), "commits": sorted(c for c in commits if c),
-            "proxy_seeds": [r["proxy_seed"] for r in proxy_rows],
-            "proxy": {name: [[r["scores"].get(c, {}).get(name) for r in proxy_rows] for c in candidates]
-                      for name in names},
-            "proxy_seconds": [[r["seconds"].get(c) for r in proxy_rows] for c in candidates],
-        }
-    table.parent.mkdir(parents=True, exist_ok=True)
-    payload = json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
-    # mtime 0: the same logs give the same bytes
-    table.write_bytes(gzip.compress(payload, mtime=0))
-    filled = sum(1 for r in document["regimes"].values() for c in r["curves"]["val_loss"] for s in c if s)
-    total = sum(len(r["candidates"]) * len(SEEDS) for r in document["regimes"].values())
+        names = sorted({k for r in proxy_rows for scores in r["scores"].values() for k in scores})
+        nan = float("nan")
+        proxy = {name: np.array([[r["scores"].get(c, {}).get(name, nan) for r in proxy_rows] for c in candidates],
+                                dtype=float).reshape(len(candidates), len(proxy_rows)) for name in names}
+        seconds = (np.array([[r["seconds"].get(c, nan) for r in proxy_rows] for c in candidates], dtype=float)
+                   if proxy_rows else None)
+        teacher_file = out / f"teacher-{data_key(regime)}.json"
+        teacher = json.loads(teacher_file.read_text()) if teacher_file.is_file() else {}
+        meta = {"overrides": REGIMES[regime], "proxy_seeds": [r["proxy_seed"] for r in proxy_rows],
+                "teacher": {k: teacher.get(k) for k in ("seconds", "train_images", "test", "val")},
+                "run_workers": sorted(w for w in workers if w), "commits": sorted(c for c in commits if c)}
+        regimes[regime] = Regime(regime, candidates, list(SEEDS), epochs, curves, proxy, seconds, meta)
+    write_table(table, regimes, protocol="benchmarks/lc_table.py",
+                machine=f"{platform.machine()}, {os.cpu_count()} cores, cpu, torch threads 1 per run")
+    filled = sum(int(r.ran().sum()) for r in regimes.values())
+    total = sum(len(r.candidates) * len(SEEDS) for r in regimes.values())
     print(f"{table}: {filled}/{total} runs, {table.stat().st_size / 1024:.0f} KiB")
 
 

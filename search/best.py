@@ -6,6 +6,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Optional
 
+from augtune.search.metric import lower_is_better
 from augtune.search.tracking import DIVERGED_TAG, STAGE_TAG, Tracker
 from augtune.search.trials import completed_trials, trial_rows, usable
 
@@ -30,7 +31,7 @@ def summarise_trials(uri: str, experiment: str, metric: str = "val_loss",
         raise LookupError(f"no MLflow experiment named {experiment!r} at {uri}")
     rows = [r for r in trial_rows(Tracker(uri, experiment), parent_run_id) if usable(r, metric)]
     complete = {r["run_id"] for r in completed_trials(rows, metric)}
-    lower_is_better = metric.endswith("loss")
+    lower = lower_is_better(metric)
     by_candidate: dict[str, list[dict]] = {}
     for row in rows:
         by_candidate.setdefault(row["augmentation"], []).append(row)
@@ -40,10 +41,10 @@ def summarise_trials(uri: str, experiment: str, metric: str = "val_loss",
         length = max(r["epochs"] for r in runs)
         compared = full or [r for r in runs if r["epochs"] == length]
         values = [r[metric] for r in compared]
-        best = min(values) if lower_is_better else max(values)
-        order = sorted(runs, key=lambda r: (-r["epochs"], r[metric] if lower_is_better else -r[metric]))
+        best = min(values) if lower else max(values)
+        order = sorted(runs, key=lambda r: (-r["epochs"], r[metric] if lower else -r[metric]))
         summaries.append(CandidateSummary(candidate, best, mean(values), order, compared[0]["epochs"], bool(full)))
-    summaries.sort(key=lambda s: (not s.complete, s.best if lower_is_better else -s.best))
+    summaries.sort(key=lambda s: (not s.complete, s.best if lower else -s.best))
     return summaries
 
 

@@ -44,6 +44,9 @@ class ProxyConfig(Section):
     bootstrap: int = Field(1000, ge=0, description="bootstrap resamples for the interval (0: none)")
     confidence: float = Field(0.95, gt=0.0, lt=1.0)
     student_checkpoint: Optional[Path] = Field(None, description="needed by entropy=student picks")
+    score: Literal["t_stddev", "entropy", "kl", "agreement", "accuracy"] = Field(
+        "t_stddev", description="which teacher-only score ranks the candidates (all are computed in the same "
+                                "forward passes; see search/proxy.py ZOO for each one's direction)")
 
     @field_validator("student_checkpoint")
     @classmethod
@@ -180,6 +183,9 @@ class SweepConfig(DistillConfig):
         if prune.audit and prune.mode == "top_k" and prune.audit > pruned:
             raise ValueError(f"search.prune.audit: {prune.audit} sentinels, but only {pruned} candidates "
                              f"are pruned; use at most {pruned}")
+        if prune.mode == "overlap" and self.proxy.score != "t_stddev":
+            raise ValueError(f"search.prune.mode: overlap compares T.stddev's bootstrap intervals, and proxy.score is "
+                             f"{self.proxy.score}; use mode top_k, or proxy.score: t_stddev")
         return self
 
     @model_validator(mode="after")

@@ -7,12 +7,14 @@ For each candidate: stream shuffled crop+flip batches of the training set throug
 group means. Lower predicts a lower student test loss.
 
 Beyond the paper: a bootstrap interval over groups, and an early stop once the ranking of all
-candidates has not changed for a few passes. Candidates are scored in lock-step pass by pass on
+candidates has not changed for a few passes. The proxy zoo (ZOO) is computed from the same softmax
+vectors, so it costs no teacher forward of its own. Candidates are scored in lock-step pass by pass on
 the same data order (common random numbers), each with its own augmentation generator; the
 teacher's output on the shared original view is computed once per batch, not once per candidate.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional, Sequence
@@ -60,6 +62,30 @@ def bootstrap_interval(group_means: np.ndarray, resamples: int, confidence: floa
     return float(np.quantile(stats, quantiles[0])), float(np.quantile(stats, quantiles[1]))
 
 
+# The zoo: teacher-only scores from the softmax vectors T.stddev already computes (p on x, q on
+# x' = candidate(x), labels y), each with the direction fixed in advance that is predicted to
+# mean a better student. "lower" ranks lowest first, "higher" highest first.
+ZOO = {
+    "t_stddev": "lower",  # the paper's: stable mean predictions across groups
+    "entropy": "higher",  # mean H(q)/log C: Good-DA / CutMixPick pick high-entropy (informative) x'
+    "kl": "higher",  # mean KL(p || q): how much new information x' carries for the teacher
+    "agreement": "lower",  # mean [argmax p == argmax q]: the same rationale, as a rate
+    "accuracy": "higher",  # mean [argmax q == y]: the teacher's targets on x' stay correct
+}
+PROXY_SCORES = tuple(ZOO)
+
+
+def zoo_sums(p: torch.Tensor, q: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-batch sums of the zoo's per-image terms (float64 on the device; no sync)."""
+    p, q = p.double(), q.double()
+    log_p, log_q = p.clamp_min(1e-12).log(), q.clamp_min(1e-12).log()
+    classes = q.shape[1]
+    return {"entropy": (-(q * log_q).sum(1) / math.log(classes)).sum(),
+            "kl": (p * (log_p - log_q)).sum(1).sum(),
+            "agreement": (p.argmax(1) == q.argmax(1)).double().sum(),
+            "accuracy": (q.argmax(1) == labels).double().sum()}
+
+
 @dataclass
 class _Stream:
     """Per-candidate accumulator: softmax vectors of the current group, finished group means."""
@@ -71,6 +97,16 @@ class _Stream:
     batches_in_group: int = 0
     group_means: list = field(default_factory=list)
     seconds: float = 0.0
+    zoo_totals: dict = field(default_factory=dict)
+    zoo_count: int = 0
+
+    def add_zoo(self, p: torch.Tensor, q: torch.Tensor, labels: torch.Tensor) -> None:
+        for name, total in zoo_sums(p, q, labels).items():
+            self.zoo_totals[name] = self.zoo_totals.get(name, 0) + total
+        self.zoo_count += len(q)
+
+    def zoo(self) -> dict[str, float]:
+        return {name: float(total) / self.zoo_count for name, total in self.zoo_totals.items()}
 
     def add(self, probs: torch.Tensor, group_batches: int) -> None:
         total = probs.double().sum(0)
@@ -92,11 +128,25 @@ class ProxyScore:
     passes: int
     seconds: float
     rank: int = 0
+    zoo: dict = field(default_factory=dict)  # the other ZOO scores, by name
+
+    def value(self, name: str) -> float:
+        return self.t_stddev if name == "t_stddev" else self.zoo.get(name, float("nan"))
 
     def as_row(self) -> dict:
         return {"rank": self.rank, "candidate": self.candidate, "t_stddev": self.t_stddev,
                 "low": self.low, "high": self.high, "groups": self.groups, "passes": self.passes,
-                "seconds": self.seconds}
+                "seconds": self.seconds, "zoo": dict(self.zoo)}
+
+
+def rank_scores(scores: list[ProxyScore], by: str = "t_stddev") -> list[ProxyScore]:
+    """Best first by the proxy `by` in its ZOO direction (NaN last, ties by name); sets `rank`."""
+    sign = 1.0 if ZOO[by] == "lower" else -1.0
+    scores = sorted(scores, key=lambda s: (math.isnan(s.value(by)), sign * np.nan_to_num(s.value(by)),
+                                           s.candidate))
+    for rank, score in enumerate(scores, 1):
+        score.rank = rank
+    return scores
 
 
 def _probabilities(teacher_logits: Callable, batches: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -115,8 +165,10 @@ def score_candidates(teacher: torch.nn.Module, candidates: Sequence[Candidate], 
                      bootstrap: int = 1000, confidence: float = 0.95, stop_when_stable: bool = False,
                      min_passes: int = 2, stable_passes: int = 2, seed: int = 0,
                      extra_scorers: Optional[Mapping[str, Callable]] = None, progress: bool = True,
-                     bf16: bool = True, forward_batches: Optional[int] = None) -> list[ProxyScore]:
-    """Score every candidate; returns them ranked by T.stddev (lowest first). The teacher sees
+                     bf16: bool = True, forward_batches: Optional[int] = None,
+                     rank_by: str = "t_stddev") -> list[ProxyScore]:
+    """Score every candidate; returns them ranked by `rank_by` (a ZOO name; default T.stddev,
+    lowest first), the zoo's other scores in each ProxyScore.zoo. The teacher sees
     `forward_batches` batches (default: one group) per forward: the original view x once for all
     candidates, then each candidate's x'."""
     forward_batches = forward_batches or group_batches
@@ -126,7 +178,7 @@ def score_candidates(teacher: torch.nn.Module, candidates: Sequence[Candidate], 
     feeder = BatchFeeder(data.train, batch_size, device, drop_last=len(data.train) > batch_size, seed=seed)
     streams = [_Stream(c, torch.Generator(device=device).manual_seed(seed * 100_003 + i))
                for i, c in enumerate(candidates)]
-    contexts = [Context(stream.generator, scorers, pipeline.padding) for stream in streams]
+    contexts = [Context(stream.generator, scorers, pipeline.padding, sources=[]) for stream in streams]
     base_generator = torch.Generator(device=device)
     bar = tqdm(total=passes * len(candidates) * len(feeder), desc="T.stddev", unit="batch",
                disable=not progress, dynamic_ncols=True)
@@ -135,7 +187,7 @@ def score_candidates(teacher: torch.nn.Module, candidates: Sequence[Candidate], 
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    def flush(originals: list[torch.Tensor], augmented: list[list[torch.Tensor]]) -> None:
+    def flush(originals: list[torch.Tensor], labels: list[torch.Tensor], augmented: list[list[tuple]]) -> None:
         """Forward the original view once for all candidates, each candidate's x' apart; the
         original view's cost is shared equally between the candidates."""
         if not originals:
@@ -146,12 +198,16 @@ def score_candidates(teacher: torch.nn.Module, candidates: Sequence[Candidate], 
         shared = (time.perf_counter() - start) / len(streams)
         for stream, views in zip(streams, augmented):
             start = time.perf_counter()
-            for p_x, p_aug in zip(original_probs, _probabilities(teacher_logits, views)):
+            for p_x, p_aug, y, (_, source) in zip(original_probs, _probabilities(teacher_logits, [v for v, _ in views]),
+                                                  labels, views):
                 stream.add(torch.cat([p_x, p_aug]), group_batches)
+                # x'_i is paired with the x it was made from (a pick draws some x more than once)
+                stream.add_zoo(p_x if source is None else p_x[source], p_aug, y if source is None else y[source])
             sync()
             stream.seconds += time.perf_counter() - start + shared
             views.clear()
         originals.clear()
+        labels.clear()
 
     history: list[tuple[str, ...]] = []
     done_passes = 0
@@ -161,20 +217,23 @@ def score_candidates(teacher: torch.nn.Module, candidates: Sequence[Candidate], 
             feeder.generator.manual_seed(seed * 7919 + pass_index)
             base_generator.manual_seed(seed * 7919 + pass_index)
             originals: list[torch.Tensor] = []
-            augmented: list[list[torch.Tensor]] = [[] for _ in streams]
-            for images, _ in feeder:
+            labels: list[torch.Tensor] = []
+            augmented: list[list[tuple]] = [[] for _ in streams]  # (x', the x index of each, or None)
+            for images, y in feeder:
                 start = time.perf_counter()
                 x = pipeline.base_augment(pipeline.to_unit(images), base_generator)
                 originals.append(x)
+                labels.append(y)
                 shared = (time.perf_counter() - start) / len(streams)
                 for stream, context, views in zip(streams, contexts, augmented):
                     start = time.perf_counter()
-                    views.append(stream.candidate.apply(x, context))
+                    context.sources.clear()
+                    views.append((stream.candidate.apply(x, context), context.sources[-1] if context.sources else None))
                     stream.seconds += time.perf_counter() - start + shared
                     bar.update(1)
                 if len(originals) == forward_batches:
-                    flush(originals, augmented)
-            flush(originals, augmented)
+                    flush(originals, labels, augmented)
+            flush(originals, labels, augmented)
             done_passes = pass_index + 1
             history.append(_ranking(streams))
             if (stop_when_stable and done_passes >= max(min_passes, stable_passes + 1)
@@ -186,17 +245,20 @@ def score_candidates(teacher: torch.nn.Module, candidates: Sequence[Candidate], 
         means = np.asarray(stream.group_means)
         low, high = bootstrap_interval(means, bootstrap, confidence, seed=seed + i)
         scores.append(ProxyScore(stream.candidate.id, t_stddev(means), low, high, len(means), done_passes,
-                                 stream.seconds))
-    scores.sort(key=lambda s: (np.nan_to_num(s.t_stddev, nan=np.inf), s.candidate))
-    for rank, score in enumerate(scores, 1):
-        score.rank = rank
-    return scores
+                                 stream.seconds, zoo=stream.zoo()))
+    return rank_scores(scores, rank_by)
 
 
 def format_table(scores: Sequence[ProxyScore]) -> str:
+    """Ranked rows: T.stddev with its interval, then the zoo side by side (the same passes)."""
     width = max([len(s.candidate) for s in scores] + [9])
-    lines = [f"{'rank':>4}  {'candidate':<{width}}  {'T.stddev':>10}  {'interval':>23}  {'seconds':>8}"]
+    zoo = [name for name in ZOO if name != "t_stddev" and any(name in s.zoo for s in scores)]
+    lines = [f"{'rank':>4}  {'candidate':<{width}}  {'T.stddev':>10}  {'interval':>23}  "
+             + "".join(f"{name + ('+' if ZOO[name] == 'higher' else '-'):>11}" for name in zoo) + f"{'seconds':>9}"]
     for s in scores:
         interval = f"[{s.low:.6f}, {s.high:.6f}]"
-        lines.append(f"{s.rank:>4}  {s.candidate:<{width}}  {s.t_stddev:>10.6f}  {interval:>23}  {s.seconds:>8.2f}")
+        lines.append(f"{s.rank:>4}  {s.candidate:<{width}}  {s.t_stddev:>10.6f}  {interval:>23}  "
+                     + "".join(f"{s.zoo.get(name, float('nan')):>11.4f}" for name in zoo) + f"{s.seconds:>9.2f}")
+    if zoo:
+        lines.append("zoo (same forward passes): + higher predicts a better student, - lower")
     return "\n".join(lines)

@@ -41,6 +41,7 @@ class CandidatePoint:
     test_losses: list = field(default_factory=list)  # one per seed
     val_loss: float = float("nan")
     val_losses: list = field(default_factory=list)
+    zoo: dict = field(default_factory=dict)  # the proxy zoo's other scores (search/proxy.py ZOO)
 
 
 @dataclass
@@ -64,6 +65,7 @@ class PairReport:
     correlations: list[Correlation]
     pruning: dict = field(default_factory=dict)
     trust: dict = field(default_factory=dict)  # seed-bootstrap intervals, noise ceiling, regret, verdict
+    zoo: list = field(default_factory=list)  # zoo_analysis rows
 
 
 def correlate(x: list[float], y: list[float], target: str) -> Correlation:
@@ -103,8 +105,31 @@ def collect_points(tracker: Tracker, sweep_run_id: str) -> list[CandidatePoint]:
                                      mean(m["test_acc"] for m in complete), len(complete),
                                      float(np.std(losses, ddof=1)) if len(losses) > 1 else 0.0,
                                      losses, mean(val_losses) if len(val_losses) == len(losses) else math.nan,
-                                     val_losses if len(val_losses) == len(losses) else []))
+                                     val_losses if len(val_losses) == len(losses) else [],
+                                     {k.removeprefix("proxy."): v for k, v in p.items() if k.startswith("proxy.")}))
     return points
+
+
+def zoo_analysis(points: list[CandidatePoint], resamples: int = 2000) -> list[dict]:
+    """How well each zoo score predicted this sweep's students: Spearman and Kendall with the
+    mean test loss, signed so that + means the score's predicted direction held (ZOO), with 95%
+    seed-bootstrap intervals."""
+    from augtune.search.proxy import ZOO
+    from augtune.search.trust import seed_bootstrap
+
+    rows = []
+    for name, direction in ZOO.items():
+        values = [p.t_stddev if name == "t_stddev" else p.zoo.get(name, math.nan) for p in points]
+        if any(v is None or math.isnan(v) for v in values) or len(set(values)) < 2:
+            continue
+        # lower-is-better scores should rise with the loss; higher-is-better ones fall with it
+        sign = 1.0 if direction == "lower" else -1.0
+        corr = correlate([sign * v for v in values], [p.test_loss for p in points], "test_loss")
+        interval = seed_bootstrap([sign * v for v in values], [p.test_losses for p in points], resamples)
+        rows.append({"score": name, "direction": direction, "spearman": corr.spearman,
+                     "spearman_interval": list(interval["spearman"]), "kendall": corr.kendall,
+                     "kendall_interval": list(interval["kendall"]), "n": corr.n})
+    return rows
 
 
 def pruning_analysis(points: list[CandidatePoint], survivors: Optional[list[str]], all_candidates: int) -> dict:
@@ -174,7 +199,7 @@ def build_reports(uri: str, experiment: str, sweep_run_id: Optional[str] = None)
                                                             "trial_seconds", "proxy_seconds") if k in sweep.data.metrics})
         top_k = int(sweep.data.params.get("prune.top_k", 3))
         reports.append(PairReport(pair, sweep.info.run_id, validate, points, correlations, pruning,
-                                  trust_analysis(points, correlations, top_k)))
+                                  trust_analysis(points, correlations, top_k), zoo_analysis(points)))
     if not reports:
         raise ReportError(f"experiment {experiment!r} has no sweep runs")
     return reports
@@ -239,6 +264,17 @@ def _regret_rows(report: PairReport) -> list[list[str]]:
              f"{r['compute_fraction']:.0%}"] for r in rows]
 
 
+ZOO_HEADER = ["proxy", "better when", "Spearman (+ = as predicted)", "Kendall", "n"]
+
+
+def _zoo_rows(report: PairReport) -> list[list[str]]:
+    def cell(value, interval):
+        return f"{value:+.2f} [{interval[0]:+.2f}, {interval[1]:+.2f}]"
+
+    return [[r["score"], r["direction"], cell(r["spearman"], r["spearman_interval"]),
+             cell(r["kendall"], r["kendall_interval"]), str(r["n"])] for r in report.zoo]
+
+
 def _trust_lines(report: PairReport) -> list[str]:
     lines = []
     for target, t in report.trust.items():
@@ -294,6 +330,10 @@ def markdown(reports: list[PairReport], images: dict[str, str]) -> str:
         if _regret_rows(r):
             out += ["", "| " + " | ".join(REGRET_HEADER) + " |", "|" + "---|" * len(REGRET_HEADER)]
             out += ["| " + " | ".join(row) + " |" for row in _regret_rows(r)]
+        if _zoo_rows(r):
+            out += ["", "The proxy zoo against this sweep's students (test loss; 95% seed-bootstrap intervals):", "",
+                    "| " + " | ".join(ZOO_HEADER) + " |", "|" + "---|" * len(ZOO_HEADER)]
+            out += ["| " + " | ".join(row) + " |" for row in _zoo_rows(r)]
         out += ["", *_trust_lines(r), "", *_pruning_lines(r), "", f"![scatter]({images[r.sweep_run_id]})", ""]
     return "\n".join(out)
 
@@ -313,6 +353,7 @@ def html_page(reports: list[PairReport], image_paths: dict[str, Path]) -> str:
         parts += [f"<h2>{html.escape(r.pair)}</h2><p>sweep run <code>{r.sweep_run_id}</code></p>",
                   table(HEADER, _table_rows(r)), table(POINT_HEADER, _point_rows(r)),
                   table(REGRET_HEADER, _regret_rows(r)) if _regret_rows(r) else "",
+                  table(ZOO_HEADER, _zoo_rows(r)) if _zoo_rows(r) else "",
                   "".join(f"<p>{html.escape(line)}</p>" for line in _trust_lines(r)),
                   "".join(f"<p>{html.escape(line)}</p>" for line in _pruning_lines(r)),
                   f"<img alt='scatter' src='data:image/png;base64,{png}'>"]

@@ -12,7 +12,8 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
-from augtune.search.audit import AuditOutcome, run_audit
+from augtune.search.metric import metric_sign
+from augtune.search.prune import AuditOutcome, proxy_cut, run_audit
 from augtune.search.config import ConfigError, SweepConfig
 from augtune.search.jobs import check_tracking_uri, job_dir, load_checked_data, pair_name, run_proxy
 from augtune.search.proxy import ProxyScore, format_table
@@ -35,21 +36,6 @@ class SweepOutcome:
     audit: Optional[dict[str, Any]] = None  # AuditOutcome.as_dict() when the pruning was audited
 
 
-# ---------------------------------------------------------------- pruning
-
-def prune(scores: list[ProxyScore], mode: str, top_k: int) -> list[str]:
-    """Candidates that go on to student trials, best proxy score first."""
-    ranked = [s for s in scores if not math.isnan(s.t_stddev)]
-    if mode == "none":
-        return [s.candidate for s in ranked]
-    if mode == "top_k":
-        return [s.candidate for s in ranked[:top_k]]
-    # overlap: every candidate whose interval reaches down into the best one's
-    best = ranked[0]
-    bound = best.high if not math.isnan(best.high) else best.t_stddev
-    return [s.candidate for s in ranked if (s.low if not math.isnan(s.low) else s.t_stddev) <= bound]
-
-
 # ---------------------------------------------------------------- results
 
 def pick_best(trials: list[dict[str, Any]], metric: str) -> Optional[dict[str, Any]]:
@@ -58,7 +44,7 @@ def pick_best(trials: list[dict[str, Any]], metric: str) -> Optional[dict[str, A
     pool = completed_trials(trials, metric)
     if not pool:
         return None
-    sign = 1 if metric.endswith("loss") else -1
+    sign = metric_sign(metric)
     return min(pool, key=lambda t: sign * t[metric])
 
 
@@ -71,7 +57,7 @@ def format_trials(trials: list[dict[str, Any]], scores: dict[str, float], metric
     width = max([len(t["augmentation"] or "") for t in trials] + [12])
     lines = [f"{'augmentation':<{width}}  {'T.stddev':>9}  {'epochs':>6}  {'val_loss':>8}  {'val_acc':>7}  "
              f"{'test_loss':>9}  {'test_acc':>8}  hyperparameters"]
-    sign = 1 if metric.endswith("loss") else -1
+    sign = metric_sign(metric)
     for t in sorted(trials, key=lambda t: (t.get(metric) is None, sign * (t.get(metric) or 0))):
         hyper = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t["hyperparameters"].items())
         lines.append(f"{t['augmentation']:<{width}}  {scores.get(t['augmentation'], float('nan')):>9.6f}  "
@@ -117,25 +103,42 @@ TEST_SELECTION_WARNING = ("warning: trials were chosen by a test metric (search.
                           "score is optimistically biased. Choose by val_loss for an unbiased test figure.")
 
 
+def epoch_seconds_by_candidate(trials: Sequence[dict[str, Any]]) -> dict[str, list[float]]:
+    """Measured seconds per epoch of every trial that trained, by candidate."""
+    out: dict[str, list[float]] = {}
+    for t in trials:
+        if t.get("epochs") and t.get("seconds"):
+            out.setdefault(t["augmentation"], []).append(t["seconds"] / t["epochs"])
+    return out
+
+
 def compute_summary(trials: list[dict[str, Any]], scores: list[ProxyScore], survivors: list[str],
-                    audit_phases: Sequence[dict[str, Any]] = ()) -> dict[str, float]:
-    """What the sweep spent (proxy, audit and search trials) against an exhaustive search that
-    gives every candidate the search's per-candidate budget."""
+                    audit_phases: Sequence[dict[str, Any]] = (), full_epochs: int = 0) -> dict[str, float]:
+    """What the sweep spent (proxy, audit and search trials, expansions included) against the
+    replay benchmark's reference: one full-length run of every candidate, at the seconds per
+    epoch measured in this sweep (a candidate never trained: the mean over those that were)."""
     trial_seconds = sum(t["seconds"] or 0.0 for t in trials)
     audit_seconds = sum(p.get("seconds", 0.0) for p in audit_phases)
     audited = {c for p in audit_phases for c in p.get("values") or {}}
     proxy_seconds = sum(s.seconds for s in scores)
-    per_candidate = trial_seconds / max(len(survivors), 1)
-    candidates = len(scores) or len(survivors)
-    exhaustive = per_candidate * candidates  # the same trial budget for every candidate
+    names = [s.candidate for s in scores] or list(survivors)
+    measured = epoch_seconds_by_candidate(trials)
+    for phase in audit_phases:
+        for candidate, seconds in (phase.get("epoch_seconds") or {}).items():
+            measured.setdefault(candidate, []).extend(seconds)
+    per_epoch = {c: sum(v) / len(v) for c, v in measured.items() if v}
+    fallback = sum(per_epoch.values()) / len(per_epoch) if per_epoch else 0.0
+    exhaustive = full_epochs * sum(per_epoch.get(c, fallback) for c in names)
     spent = trial_seconds + proxy_seconds + audit_seconds
     trained = set(survivors) | audited
     return {"trial_seconds": trial_seconds, "proxy_seconds": proxy_seconds, "audit_seconds": audit_seconds,
-            "trials": len(trials), "audit_trials": sum(p.get("trials", 0) for p in audit_phases),
-            "candidates": candidates, "trained_candidates": len(trained),
-            "pruned_candidates": candidates - len(trained),
+            "spent_seconds": spent, "trials": len(trials),
+            "audit_trials": sum(p.get("trials", 0) for p in audit_phases),
+            "candidates": len(names), "trained_candidates": len(trained),
+            "pruned_candidates": len(names) - len(trained),
             "estimated_exhaustive_seconds": exhaustive,
             "estimated_seconds_saved": exhaustive - spent,
+            "compute_fraction": spent / exhaustive if exhaustive > 0 else float("nan"),
             "compute_saved_fraction": (exhaustive - spent) / exhaustive if exhaustive > 0 else 0.0}
 
 
@@ -188,7 +191,8 @@ class AuditTrainer:
         for t in trials:
             if usable(t, metric):
                 values.setdefault(t["augmentation"], []).append(float(t[metric]))
-        phase.update(values=values, seconds=sum(t["seconds"] or 0.0 for t in trials), trials=len(trials))
+        phase.update(values=values, seconds=sum(t["seconds"] or 0.0 for t in trials), trials=len(trials),
+                     epoch_seconds=epoch_seconds_by_candidate(trials))
         self.state.save(job_dir(self.cfg))
         return values
 
@@ -198,8 +202,8 @@ def run_audit_phase(cfg: SweepConfig, state: SweepState, tracker: Tracker, teach
     """Sentinels from the pruned candidates, trained beside the kept ones; the verdict; the
     survivors for the search (the top_k audited candidates by the selection metric)."""
     p = cfg.search.prune
-    ranked = [row["candidate"] for row in sorted(state.scores, key=lambda r: r["rank"])
-              if not math.isnan(row["t_stddev"])]
+    ranked = proxy_cut(sorted((ProxyScore(**row) for row in state.scores), key=lambda s: s.rank), "none", 0,
+                       by=cfg.proxy.score)
     outcome = run_audit(ranked, state.kept, p.audit, AuditTrainer(cfg, state, teacher_path, callback),
                         metric=cfg.search.metric, seed=cfg.search.seed, expand=p.on_disagreement == "expand",
                         max_extra=p.max_extra, batch=cfg.search.max_concurrent, keep=len(state.kept))
@@ -216,7 +220,7 @@ def run_audit_phase(cfg: SweepConfig, state: SweepState, tracker: Tracker, teach
 
 def format_audit(outcome: AuditOutcome) -> str:
     width = max([len(c) for c in outcome.values] + [9])
-    sign = 1 if outcome.metric.endswith("loss") else -1
+    sign = metric_sign(outcome.metric)
     lines = [f"{'candidate':<{width}}  {'role':<8}  {'proxy rank':>10}  {'mean ' + outcome.metric:>13}  seeds"]
     for c in sorted(outcome.values, key=lambda c: sign * outcome.mean(c)):
         role = "kept" if c in outcome.kept else ("sentinel" if c in outcome.sentinels else "expanded")
@@ -257,7 +261,7 @@ def stage_proxy_and_prune(cfg: SweepConfig, data, tracker: Tracker, state: Sweep
         proxy = run_proxy(cfg, data, tracker, parent, progress)
         scores, teacher_path = proxy.scores, proxy.teacher_path
         mode = "none" if state.validate_proxy else cfg.search.prune.mode
-        survivors = prune(scores, mode, cfg.search.prune.top_k)
+        survivors = proxy_cut(scores, mode, cfg.search.prune.top_k, by=cfg.proxy.score)
     else:
         scores, teacher_path, mode = [], None, "none"
         survivors = [c.id for c in cfg.space.resolved()]
@@ -328,7 +332,9 @@ def stage_summarise(cfg: SweepConfig, state: SweepState, tracker: Tracker, grids
     trials = [t for grid in grids for t in collect_trials(grid)]
     close_orphans(tracker, parent)
     best = pick_best(trials, cfg.search.metric)
-    compute = compute_summary(trials, scores, state.survivors, state.audit_phases)
+    # full length = the longest trial (a multi-stage method counts its stages' epochs)
+    full_epochs = max([t.get("epochs") or 0 for t in trials] + [cfg.student.train.epochs])
+    compute = compute_summary(trials, scores, state.survivors, state.audit_phases, full_epochs)
     # proxy_seconds is on the parent already (logged by the proxy stage): log it once
     tracker.log(parent, metrics={k: v for k, v in compute.items() if k != "proxy_seconds"}, once=True)
     tracker.log_json(parent, "trials.json", trials)
@@ -405,18 +411,29 @@ def _run_stages(cfg: SweepConfig, state: SweepState, tracker: Tracker, data, res
     return stage_summarise(cfg, state, tracker, grids, data)
 
 
+def format_compute(compute: dict[str, float]) -> str:
+    """What the sweep spent against training every candidate once in full (the replay
+    benchmark's reference), from the per-epoch seconds this sweep measured."""
+    parts = [f"proxy {compute['proxy_seconds']:.0f} s"]
+    if compute.get("audit_trials"):
+        parts.append(f"audit {compute['audit_seconds']:.0f} s over {compute['audit_trials']:.0f} trials")
+    parts.append(f"search {compute['trial_seconds']:.0f} s over {compute['trials']:.0f} trials")
+    spent = compute.get("spent_seconds", compute["trial_seconds"] + compute["proxy_seconds"] + compute["audit_seconds"])
+    line = f"compute: {spent:.0f} s spent ({', '.join(parts)})"
+    if compute.get("estimated_exhaustive_seconds"):
+        line += (f" = {compute['compute_fraction']:.0%} of training each of the {compute['candidates']:.0f} candidates "
+                 f"once in full (an estimated {compute['estimated_exhaustive_seconds']:.0f} s at the seconds per "
+                 f"epoch measured here); {compute['pruned_candidates']:.0f} candidates never trained")
+    return line
+
+
 def print_outcome(cfg: SweepConfig, outcome: SweepOutcome) -> None:
     score_of = {s.candidate: s.t_stddev for s in outcome.scores}
     print("\n" + format_trials(outcome.trials, score_of, cfg.search.metric))
     diverged = [t for t in outcome.trials if t.get("diverged")]
     if diverged:
         print(f"note: {len(diverged)} trial(s) diverged (NaN/inf loss), stopped at that epoch and left out of the best")
-    compute = outcome.compute
-    audit_part = (f" + {compute['audit_seconds']:.0f} audit trial-seconds ({compute['audit_trials']:.0f} trials)"
-                  if compute["audit_trials"] else "")
-    print(f"\ncompute: {compute['trial_seconds']:.0f} trial-seconds + {compute['proxy_seconds']:.0f} s proxy{audit_part}; "
-          f"{compute['pruned_candidates']} candidates pruned, an estimated {compute['estimated_seconds_saved']:.0f} s "
-          f"({100 * compute['compute_saved_fraction']:.0f}%) saved against training every candidate")
+    print("\n" + format_compute(outcome.compute))
     if outcome.best is not None:
         print("\n" + describe_best(outcome.best, cfg.search.metric))
     print(f"MLflow: experiment {cfg.experiment_name!r}, parent run {outcome.parent_run_id}\n"

@@ -110,7 +110,8 @@ class Tracker:
 
 def log_proxy_scores(tracker: Tracker, parent_id: str, scores: Iterable, pair: str,
                      settings: Mapping[str, Any]) -> dict[str, str]:
-    """One child run per candidate: tag stage=proxy, metrics t_stddev and its bounds."""
+    """One child run per candidate: tag stage=proxy, metrics t_stddev and its bounds, and the
+    zoo's scores as `proxy.NAME`."""
     run_ids = {}
     for score in scores:
         run_id = tracker.start_run(f"proxy:{score.candidate}", "proxy", parent_id,
@@ -118,7 +119,8 @@ def log_proxy_scores(tracker: Tracker, parent_id: str, scores: Iterable, pair: s
         tracker.log(run_id, metrics={"t_stddev": score.t_stddev, "t_stddev_low": score.low,
                                      "t_stddev_high": score.high, "proxy_rank": score.rank,
                                      "proxy_groups": score.groups, "proxy_passes": score.passes,
-                                     "proxy_seconds": score.seconds},
+                                     "proxy_seconds": score.seconds,
+                                     **{f"proxy.{name}": value for name, value in score.zoo.items()}},
                     params={"candidate": score.candidate, **settings})
         tracker.end_run(run_id)
         run_ids[score.candidate] = run_id

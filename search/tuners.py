@@ -8,6 +8,7 @@ from typing import Any, Optional, Sequence
 
 from augtune.search.config import SweepConfig
 from augtune.search.jobs import job_dir
+from augtune.search.metric import metric_mode
 from augtune.spaces.candidates import parse_candidate
 from augtune.spaces.hyper import parse_hyperparameters
 
@@ -155,7 +156,7 @@ def build_pbt_tuner(cfg: SweepConfig, survivors: list[str], teacher_path: Option
     # no concurrency limit: every member exists from the start (resources bound how many train at
     # once), so the first members do not exploit among themselves before the others begin
     sampler = BasicVariantGenerator(points_to_evaluate=first, random_state=_search_seed(cfg, num_samples))
-    tune_config = tune.TuneConfig(metric=s.metric, mode="min" if s.metric.endswith("loss") else "max",
+    tune_config = tune.TuneConfig(metric=s.metric, mode=metric_mode(s.metric),
                                   search_alg=sampler, scheduler=scheduler, num_samples=samples,
                                   reuse_actors=s.reuse_actors)
     trainable = method_trainable(cfg, teacher_path, track=list(mutations))
@@ -183,7 +184,7 @@ def build_grid_tuner(cfg: SweepConfig, candidates: list[str], seeds: int, teache
     from ray.tune.schedulers import FIFOScheduler
 
     s = cfg.search
-    mode = "min" if s.metric.endswith("loss") else "max"
+    mode = metric_mode(s.metric)
     param_space = {"augmentation": tune.grid_search(candidates),
                    "seed": tune.grid_search([cfg.seed + i for i in range(seeds)])}
     tune_config = tune.TuneConfig(metric=s.metric, mode=mode, num_samples=1, scheduler=FIFOScheduler(),
@@ -209,7 +210,7 @@ def build_tuner(cfg: SweepConfig, survivors: list[str], teacher_path: Optional[P
     if s.scheduler.kind == "pbt":
         return build_pbt_tuner(cfg, survivors, teacher_path, callback, experiment_name, num_samples)
     samples = num_samples or s.num_samples
-    metric, mode = s.metric, ("min" if s.metric.endswith("loss") else "max")
+    metric, mode = s.metric, metric_mode(s.metric)
     epochs = cfg.student.train.epochs
     scheduler = (ASHAScheduler(time_attr="training_iteration", metric=metric, mode=mode, max_t=epochs,
                                grace_period=min(s.scheduler.grace_period, epochs),

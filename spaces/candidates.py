@@ -60,6 +60,9 @@ class Context:
     generator: torch.Generator
     scorers: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] = field(default_factory=dict)
     base_padding: int = 4  # crop padding for this image size (side / 8)
+    # when a list: a pick appends, per call, the index in the input batch that each output image
+    # was made from (the proxy pairs x' with its x); other kinds keep the batch's order
+    sources: Optional[list] = None
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,8 @@ def _pick(images: torch.Tensor, ctx: Context, base: Callable[[torch.Tensor], tor
         chosen = ops.select_by_entropy(score, keep=max(1, round(keep * len(candidates))))
     else:
         chosen = ops.select_by_entropy(score, threshold=tau)
+    if ctx.sources is not None:
+        ctx.sources.append(chosen % len(images))
     return candidates[chosen]
 
 

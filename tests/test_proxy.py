@@ -179,3 +179,66 @@ def test_shared_original_view_equals_the_joint_forward(data):
                               bootstrap=0, progress=False)
     reference = _joint_forward_reference(net, cands, data, passes=2, group_batches=2, batch_size=16)
     assert {s.candidate: s.t_stddev for s in scores} == pytest.approx(reference, rel=1e-6)
+
+
+def _pass_labels(data, batch_size, passes, seed=0):
+    """The labels of the proxy's batches, from a feeder of its own in the same data order."""
+    from augtune.trainables.data import BatchFeeder
+
+    feeder = BatchFeeder(data.train, batch_size, torch.device("cpu"), drop_last=True, seed=seed)
+    labels = []
+    for pass_index in range(passes):
+        feeder.generator.manual_seed(seed * 7919 + pass_index)
+        labels += [y for _, y in feeder]
+    return labels
+
+
+def test_zoo_equals_independent_loops_over_the_same_softmax(data):
+    """Entropy / KL / agreement / accuracy from the very softmax vectors the teacher produced,
+    recomputed image by image in plain Python."""
+    torch.manual_seed(0)
+    teacher = RecordingTeacher(build_model("resnet8", 10, in_channels=1)).eval()
+    scores = score_candidates(teacher, [parse_candidate("cutmix")], data, torch.device("cpu"), passes=2,
+                              group_batches=2, batch_size=16, bootstrap=0, progress=False, forward_batches=3)
+    labels = _pass_labels(data, 16, passes=2)
+    batches = _per_batch(teacher.probs, 16)
+    assert len(batches) == len(labels)
+    sums = {"entropy": 0.0, "kl": 0.0, "agreement": 0.0, "accuracy": 0.0}
+    count = 0
+    for both, y in zip(batches, labels):
+        p_rows, q_rows = both[:16].double().tolist(), both[16:].double().tolist()
+        for p, q, label in zip(p_rows, q_rows, y.tolist()):
+            sums["entropy"] += -sum(v * math.log(max(v, 1e-12)) for v in q) / math.log(10)
+            sums["kl"] += sum(a * (math.log(max(a, 1e-12)) - math.log(max(b, 1e-12))) for a, b in zip(p, q))
+            sums["agreement"] += float(p.index(max(p)) == q.index(max(q)))
+            sums["accuracy"] += float(q.index(max(q)) == label)
+            count += 1
+    expected = {k: v / count for k, v in sums.items()}
+    assert scores[0].zoo == pytest.approx(expected, rel=1e-6, abs=1e-9)
+    assert 0 < expected["agreement"] < 1 and expected["kl"] > 0  # cutmix moves the teacher
+
+
+def test_zoo_adds_no_teacher_forward(data):
+    """Counted: one forward of the original views per flush for all candidates, one per
+    candidate for its x' — exactly what T.stddev alone needs."""
+    teacher = RecordingTeacher(build_model("resnet8", 10, in_channels=1)).eval()
+    cands = [parse_candidate(c) for c in ("identity", "cutout", "mixup")]
+    scores = score_candidates(teacher, cands, data, torch.device("cpu"), passes=2, group_batches=2,
+                              batch_size=16, bootstrap=0, progress=False, forward_batches=4)
+    flushes_per_pass = math.ceil((200 // 16) / 4)
+    assert len(teacher.probs) == 2 * flushes_per_pass * (1 + len(cands))
+    assert all(set(s.zoo) == {"entropy", "kl", "agreement", "accuracy"} for s in scores)
+    identity = next(s for s in scores if s.candidate == "identity")
+    assert identity.zoo["agreement"] == 1.0 and identity.zoo["kl"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_rank_by_a_zoo_score_follows_its_direction():
+    from augtune.search.proxy import ProxyScore, rank_scores
+
+    def score(name, t, entropy):
+        return ProxyScore(name, t, math.nan, math.nan, 0, 0, 0.0, zoo={"entropy": entropy})
+
+    scores = [score("a", 0.1, 0.2), score("b", 0.3, 0.9), score("c", math.nan, 0.5)]
+    assert [s.candidate for s in rank_scores(scores, "t_stddev")] == ["a", "b", "c"]  # lower first, NaN last
+    ranked = rank_scores(scores, "entropy")  # higher first
+    assert [s.candidate for s in ranked] == ["b", "c", "a"] and [s.rank for s in ranked] == [1, 2, 3]

@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 from augtune.search.proxy import ProxyScore
-from augtune.search.sweep import prune
+from augtune.search.prune import proxy_cut as prune
 from augtune.search.tuners import AugmentationSpace
 
 

@@ -143,3 +143,35 @@ def test_best_ranks_full_length_runs_before_early_stopped_ones(tmp_path):
     assert summaries[-1].candidate == "autoaugment" and not summaries[-1].complete
     identity = next(s for s in summaries if s.candidate == "identity")
     assert identity.mean == pytest.approx(0.63)  # the 4-epoch run (loss 9.0) is left out
+
+
+def test_report_scores_the_proxy_zoo_against_the_students(tmp_path):
+    """Zoo scores logged by the proxy stage (`proxy.NAME`) are correlated with the students' mean
+    test loss, signed by each score's predicted direction, and shown with intervals."""
+    uri = f"sqlite:///{tmp_path}/m.db"
+    tracker = Tracker(uri, "zoo")
+    parent = tracker.start_run("sweep:zoo", "sweep", tags={PAIR_TAG: "r20->r8", "augtune.validate_proxy": "True"})
+    entropy = {"identity": 0.10, "flip(p=0.5)": 0.20, "cutout": 0.30, "mixup(alpha=1.0)": 0.05,
+               "cutmix(alpha=1.0)": 0.40}
+    for cand, (t, losses, accs) in FIXTURE.items():
+        p = tracker.start_run(f"proxy:{cand}", "proxy", parent, {CANDIDATE_TAG: cand})
+        tracker.log(p, metrics={"t_stddev": t, "proxy.entropy": entropy[cand], "proxy.kl": 0.5})
+        tracker.end_run(p)
+        for loss, acc in zip(losses, accs):
+            r = tracker.start_run(f"trial:{cand}", "trial", parent, {CANDIDATE_TAG: cand})
+            tracker.log(r, metrics={"final_test_loss": loss, "final_test_acc": acc, "epochs_trained": 30})
+            tracker.end_run(r)
+    tracker.end_run(parent)
+    out = tmp_path / "report"
+    assert main(["report", "--experiment", "zoo", "--tracking-uri", uri, "--output", str(out)]) == 0
+    rows = {r["score"]: r for r in json.loads((out / "report.json").read_text())[0]["zoo"]}
+    loss = [float(np.mean(v[1])) for v in FIXTURE.values()]
+    # entropy is predicted to help when higher: the sign flips before correlating with the loss
+    expected = stats.spearmanr([-entropy[c] for c in FIXTURE], loss).statistic
+    assert rows["entropy"]["spearman"] == pytest.approx(expected) and expected > 0.9
+    low, high = rows["entropy"]["spearman_interval"]
+    assert low <= high
+    assert rows["t_stddev"]["spearman"] == pytest.approx(stats.spearmanr([v[0] for v in FIXTURE.values()],
+                                                                         loss).statistic)
+    assert "kl" not in rows  # a constant score predicts nothing and is left out
+    assert "The proxy zoo" in (out / "report.md").read_text()

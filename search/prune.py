@@ -1,4 +1,7 @@
-"""Sentinel-audited pruning: check the proxy's pruning decision with a few students.
+"""Every decision about which candidates go on: the proxy's cut (`proxy_cut`), the sentinel
+audit that checks it and may replace the survivors (`run_audit`), and the audit's expansion.
+
+Sentinel-audited pruning: check the proxy's pruning decision with a few students.
 
 Besides the candidates the proxy keeps, train N *sentinels* drawn from the pruned ones (one per
 stratum of the pruned proxy ranks, seeded), every one with the same budget: the config's own
@@ -20,6 +23,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional, Sequence
 
 import numpy as np
+
+from augtune.search.metric import lower_is_better as lower_is_better_for
 
 TrainFn = Callable[[list[str]], dict[str, list[float]]]
 
@@ -71,6 +76,20 @@ class AuditOutcome:
         return out
 
 
+def proxy_cut(scores: Sequence, mode: str, top_k: int, by: str = "t_stddev") -> list[str]:
+    """Candidates that go on to student trials, best proxy score first. `scores` are ProxyScores
+    ranked by the proxy `by`; a candidate without a score (NaN) never goes on."""
+    ranked = [s for s in scores if not math.isnan(s.value(by))]
+    if mode == "none":
+        return [s.candidate for s in ranked]
+    if mode == "top_k":
+        return [s.candidate for s in ranked[:top_k]]
+    # overlap (T.stddev only): every candidate whose interval reaches down into the best one's
+    best = ranked[0]
+    bound = best.high if not math.isnan(best.high) else best.t_stddev
+    return [s.candidate for s in ranked if (s.low if not math.isnan(s.low) else s.t_stddev) <= bound]
+
+
 def choose_sentinels(pruned: Sequence[str], count: int, seed: int) -> list[str]:
     """`count` pruned candidates spread over the proxy ranks: split the pruned list (proxy order)
     into `count` contiguous strata and draw one from each, seeded."""
@@ -119,7 +138,7 @@ def run_audit(ranked: Sequence[str], kept: Sequence[str], sentinels: int, train:
     (default len(kept)) best audited candidates by mean metric."""
     from scipy.stats import kendalltau
 
-    lower_is_better = metric.endswith("loss")
+    lower_is_better = lower_is_better_for(metric)
     pruned = [c for c in ranked if c not in kept]
     chosen = choose_sentinels(pruned, sentinels, seed)
     values = dict(train(list(kept) + chosen))

@@ -1,0 +1,154 @@
+"""Learning-curve tables: every candidate x student seed trained in full, with per-epoch curves
+and per-epoch seconds, and every candidate's proxy scores from several proxy seeds. Searches are
+replayed against a table (search/replay.py) instead of training.
+
+File format `augtune-learning-curves`, version 1: one gzip-compressed JSON document
+    {"format": "augtune-learning-curves", "version": 1, "protocol": "...", "machine": "...",
+     "regimes": {NAME: REGIME, ...}}
+    REGIME = {"overrides": {config key: value}, "epochs": E, "candidates": [id, ...] (C),
+              "seeds": [seed, ...] (S), "teacher": {...},
+              "curves": {metric: C x S lists, each an E-list of floats, or null (not run)},
+              "proxy_seeds": [seed, ...] (P), "proxy": {score: C x P floats or null},
+              "proxy_seconds": C x P floats or null, "run_workers": [...], "commits": [...]}
+Curve values are stored to 6 decimals. Curve metrics: val_loss, val_acc, test_loss, test_acc, epoch_seconds (training + evaluation of
+that epoch). Proxy scores: search/proxy.py ZOO names. Seconds were measured as stated in
+"machine" and "run_workers" (runs side by side share the machine).
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+
+FORMAT = "augtune-learning-curves"
+VERSION = 1
+CURVE_METRICS = ("val_loss", "val_acc", "test_loss", "test_acc", "epoch_seconds")
+
+
+@dataclass
+class Regime:
+    """One regime's table as arrays: curves[metric] is [candidate, seed, epoch] (NaN: not run),
+    proxy[score] is [candidate, proxy seed]."""
+
+    name: str
+    candidates: list[str]
+    seeds: list[int]
+    epochs: int
+    curves: dict[str, np.ndarray]
+    proxy: dict[str, np.ndarray] = field(default_factory=dict)
+    proxy_seconds: Optional[np.ndarray] = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def index(self, candidate: str) -> int:
+        return self.candidates.index(candidate)
+
+    def ran(self) -> np.ndarray:
+        """[candidate, seed]: whether that run is in the table."""
+        return ~np.isnan(self.curves["val_loss"][:, :, -1])
+
+    def complete_seeds(self) -> list[int]:
+        """Seed positions run for every candidate."""
+        return [s for s in range(len(self.seeds)) if self.ran()[:, s].all()]
+
+    def final(self, metric: str) -> np.ndarray:
+        """[candidate, seed] value at the last epoch."""
+        return self.curves[metric][:, :, -1]
+
+    def epoch_seconds(self) -> np.ndarray:
+        """[candidate] mean seconds of one epoch over the runs in the table."""
+        return np.nanmean(self.curves["epoch_seconds"], axis=(1, 2))
+
+    def exhaustive_seconds(self) -> float:
+        """One full-length run of every candidate at its mean per-epoch seconds."""
+        return float(self.epochs * self.epoch_seconds().sum())
+
+    def seed_sd(self, metric: str = "test_loss") -> float:
+        """Pooled within-candidate standard deviation of the final metric over seeds."""
+        values = self.final(metric)
+        squares, dof = 0.0, 0
+        for row in values:
+            row = row[~np.isnan(row)]
+            if len(row) > 1:
+                squares += float(((row - row.mean()) ** 2).sum())
+                dof += len(row) - 1
+        return math.sqrt(squares / dof) if dof else float("nan")
+
+    # -- serialisation
+    def to_document(self) -> dict[str, Any]:
+        def lists(array: np.ndarray):
+            out = []
+            for row in array:
+                out.append([None if np.isnan(cell).all() else [round(float(v), 6) for v in cell] for cell in row])
+            return out
+
+        def cells(array: np.ndarray):
+            return [[None if np.isnan(v) else float(v) for v in row] for row in array]
+
+        return {"epochs": self.epochs, "candidates": list(self.candidates), "seeds": list(self.seeds),
+                "curves": {m: lists(a) for m, a in self.curves.items()},
+                "proxy_seeds": list(self.meta.get("proxy_seeds", range(self.proxy_width()))),
+                "proxy": {k: cells(v) for k, v in self.proxy.items()},
+                "proxy_seconds": cells(self.proxy_seconds) if self.proxy_seconds is not None else None,
+                **{k: v for k, v in self.meta.items() if k != "proxy_seeds"}}
+
+    def proxy_width(self) -> int:
+        return next(iter(self.proxy.values())).shape[1] if self.proxy else 0
+
+    @classmethod
+    def from_document(cls, name: str, doc: dict[str, Any]) -> "Regime":
+        try:
+            candidates, seeds, epochs = list(doc["candidates"]), list(doc["seeds"]), int(doc["epochs"])
+            curves = {}
+            for metric, rows in doc["curves"].items():
+                array = np.full((len(candidates), len(seeds), epochs), np.nan)
+                for c, row in enumerate(rows):
+                    for s, cell in enumerate(row):
+                        if cell is not None:
+                            array[c, s, :len(cell)] = cell
+                curves[metric] = array
+            proxy = {k: np.array([[np.nan if v is None else v for v in row] for row in rows], dtype=float)
+                     for k, rows in (doc.get("proxy") or {}).items()}
+            seconds = doc.get("proxy_seconds")
+            proxy_seconds = (np.array([[np.nan if v is None else v for v in row] for row in seconds], dtype=float)
+                             if seconds else None)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"learning-curve table, regime {name!r}: malformed ({exc!r})") from None
+        missing = [m for m in ("val_loss", "test_loss", "epoch_seconds") if m not in curves]
+        if missing:
+            raise ValueError(f"learning-curve table, regime {name!r}: no curves for {', '.join(missing)}")
+        meta = {k: v for k, v in doc.items() if k not in ("epochs", "candidates", "seeds", "curves", "proxy",
+                                                          "proxy_seconds")}
+        return cls(name, candidates, seeds, epochs, curves, proxy, proxy_seconds, meta)
+
+
+def write_table(path: Union[str, Path], regimes: dict[str, Regime], **header: Any) -> Path:
+    """Write regimes in the versioned format (gzip, deterministic bytes for the same content)."""
+    path = Path(path)
+    document = {"format": FORMAT, "version": VERSION, **header,
+                "regimes": {name: regime.to_document() for name, regime in regimes.items()}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
+    path.write_bytes(gzip.compress(payload, mtime=0))
+    return path
+
+
+def load_table(path: Union[str, Path]) -> dict[str, Regime]:
+    """Read a table; a wrong format or version is refused with the reason."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"learning-curve table {path}: no such file")
+    try:
+        document = json.loads(gzip.decompress(path.read_bytes()))
+    except (OSError, EOFError, json.JSONDecodeError) as exc:
+        raise ValueError(f"learning-curve table {path}: not a gzip-compressed JSON document ({exc})") from None
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise ValueError(f"learning-curve table {path}: format is not {FORMAT!r}")
+    if document.get("version") != VERSION:
+        raise ValueError(f"learning-curve table {path}: version {document.get('version')!r}; this augtune reads "
+                         f"version {VERSION}")
+    return {name: Regime.from_document(name, doc) for name, doc in document["regimes"].items()}
