@@ -7,7 +7,8 @@ line of OUT/proxy.jsonl; `build` writes the compact table that the repository ke
 
     .venv/bin/python benchmarks/lc_table.py students [--out runs/lc-table] [--workers 2]
     .venv/bin/python benchmarks/lc_table.py proxy    [--out runs/lc-table]
-    .venv/bin/python benchmarks/lc_table.py build    [--out runs/lc-table] [--table benchmarks/tables/digits-kd-lc.json.gz]
+    .venv/bin/python benchmarks/lc_table.py build    [--out runs/lc-table] [--table FILE]
+(the table: benchmarks/tables/digits-kd-lc.json.gz)
 
 PROTOCOL (fixed before any run; do not change it after seeing numbers)
 - Base: configs/digits_sweep.yaml as of this script (teacher resnet20 60 epochs; KD T = 4,

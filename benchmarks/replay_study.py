@@ -175,9 +175,8 @@ def plot(results: dict, out: Path) -> None:
         fig, ax = plt.subplots(figsize=(8, 5.5))
         for label, s in r["strategies"].items():
             low, high = s["interval"]
-            family = label.split()[0]
             ax.errorbar(s["compute"], s["mean_regret"], yerr=[[s["mean_regret"] - low], [high - s["mean_regret"]]],
-                        fmt="o", ms=4, capsize=2, label=label if family not in ax.get_legend_handles_labels()[1] else None)
+                        fmt="o", ms=4, capsize=2)
             ax.annotate(label, (s["compute"], s["mean_regret"]), fontsize=6, xytext=(3, 2), textcoords="offset points")
         ax.axhline(r["seed_sd"], color="grey", ls="--", lw=1)
         ax.text(ax.get_xlim()[1], r["seed_sd"], " seed sd", va="bottom", ha="right", fontsize=7, color="grey")

@@ -74,7 +74,7 @@ def _sweep(args) -> int:
 
 def _best(args) -> int:
     from augtune.search.best import format_left_out, format_summary, left_out, summarise_trials
-    from augtune.search.sweep import TEST_SELECTION_WARNING
+    from augtune.search.sweep_format import TEST_SELECTION_WARNING
 
     if args.metric.startswith("test_") and not args.select_on_test:
         print(f"augtune: error: --metric {args.metric} picks the best augmentation on the test set, which biases "

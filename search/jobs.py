@@ -127,7 +127,8 @@ def run_proxy(cfg: SweepConfig, data: DataBundle, tracker: Tracker, parent_id: s
                               progress=progress, bf16=cfg.teacher.train.bf16, forward_batches=p.forward_batches,
                               rank_by=p.score)
     csv_path, json_path = write_scores(scores, job_dir(cfg))
-    settings = {"proxy.score": p.score, "proxy.passes": p.passes, "proxy.group_batches": p.group_batches, "proxy.batch_size": p.batch_size,
+    settings = {"proxy.score": p.score, "proxy.passes": p.passes, "proxy.group_batches": p.group_batches,
+                "proxy.batch_size": p.batch_size,
                 "teacher": cfg.teacher.model, "teacher_checkpoint": str(Path(teacher_path).resolve())}
     run_ids = log_proxy_scores(tracker, parent_id, scores, pair_name(cfg), settings)
     # exported configs point at the very teacher the trials distilled from

@@ -10,9 +10,9 @@ File format `augtune-learning-curves`, version 1: one gzip-compressed JSON docum
               "curves": {metric: C x S lists, each an E-list of floats, or null (not run)},
               "proxy_seeds": [seed, ...] (P), "proxy": {score: C x P floats or null},
               "proxy_seconds": C x P floats or null, "run_workers": [...], "commits": [...]}
-Curve values are stored to 6 decimals. Curve metrics: val_loss, val_acc, test_loss, test_acc, epoch_seconds (training + evaluation of
-that epoch). Proxy scores: search/proxy.py ZOO names. Seconds were measured as stated in
-"machine" and "run_workers" (runs side by side share the machine).
+Curve values are stored to 6 decimals. Curve metrics: val_loss, val_acc, test_loss, test_acc,
+epoch_seconds (training + evaluation of that epoch). Proxy scores: search/proxy.py ZOO names.
+Seconds were measured as stated in "machine" and "run_workers" (runs side by side share it).
 """
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ candidate minus the lowest true mean test loss, so a lucky seed cannot win twice
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
@@ -240,16 +241,14 @@ def simulate_asha(world: World, candidates: Sequence[str], grace_period: int, re
     waiting = list(candidates)
     events: list[tuple[float, int, _Trial]] = []  # (time of the next result, tie-break, trial)
     out: dict[str, tuple[int, float]] = {}
-    counter = 0
+    order = itertools.count()  # ties in time: first scheduled, first reported
 
     def start(at: float) -> None:
-        nonlocal counter
         candidate = waiting.pop(0)
-        trial = _Trial(f"{counter:05d}", candidate)
-        counter += 1
+        trial = _Trial(f"{len(out) + len(events):05d}-{candidate}", candidate)
         scheduler.on_trial_add(None, trial)
         seconds = world.curve(candidate, 0, "epoch_seconds")
-        heapq.heappush(events, (at + float(seconds[0]), counter, trial))
+        heapq.heappush(events, (at + float(seconds[0]), next(order), trial))
 
     for _ in range(min(workers, len(waiting))):
         start(0.0)
@@ -267,8 +266,7 @@ def simulate_asha(world: World, candidates: Sequence[str], grace_period: int, re
                 start(now)
         else:
             seconds = world.curve(trial.candidate, 0, "epoch_seconds")
-            heapq.heappush(events, (now + float(seconds[trial.epochs]), counter, trial))
-            counter += 1
+            heapq.heappush(events, (now + float(seconds[trial.epochs]), next(order), trial))
     return out
 
 

@@ -4,24 +4,25 @@ Ray Tune (Optuna TPE + ASHA, or PBT) -> MLflow -> the best augmentation.
 On a cluster's head node, search/submit.py runs it as a script (`ray submit cluster.yaml
 search/submit.py -- CONFIG`).
 """
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import yaml
 
-from augtune.search.metric import metric_sign
-from augtune.search.prune import AuditOutcome, proxy_cut, run_audit
+from augtune.search.compute import compute_summary, epoch_seconds_by_candidate
 from augtune.search.config import ConfigError, SweepConfig
 from augtune.search.jobs import check_tracking_uri, job_dir, load_checked_data, pair_name, run_proxy
+from augtune.search.metric import metric_sign
 from augtune.search.proxy import ProxyScore, format_table
+from augtune.search.prune import AuditOutcome, proxy_cut, run_audit
+from augtune.search.sweep_format import TEST_SELECTION_WARNING, describe_best, format_audit, print_outcome
 from augtune.search.sweep_state import STATE_FILE, SweepState
 from augtune.search.tracking import Tracker
 from augtune.search.trials import completed_trials, usable
-from augtune.search.tuners import (SweepInterrupted, build_grid_tuner, build_tuner, collect_trials, fit_phase, init_ray,
-                           restore_or_build)
+from augtune.search.tuners import (SweepInterrupted, build_grid_tuner, build_tuner, collect_trials, fit_phase,
+                                   init_ray, restore_or_build)
 
 
 @dataclass
@@ -48,25 +49,6 @@ def pick_best(trials: list[dict[str, Any]], metric: str) -> Optional[dict[str, A
     return min(pool, key=lambda t: sign * t[metric])
 
 
-def _cell(value: Optional[float]) -> str:
-    return f"{value:.4f}" if value is not None and math.isfinite(value) else "-"
-
-
-def format_trials(trials: list[dict[str, Any]], scores: dict[str, float], metric: str = "val_loss") -> str:
-    """The trial table, best first by the selection metric; test columns shown beside it."""
-    width = max([len(t["augmentation"] or "") for t in trials] + [12])
-    lines = [f"{'augmentation':<{width}}  {'T.stddev':>9}  {'epochs':>6}  {'val_loss':>8}  {'val_acc':>7}  "
-             f"{'test_loss':>9}  {'test_acc':>8}  hyperparameters"]
-    sign = metric_sign(metric)
-    for t in sorted(trials, key=lambda t: (t.get(metric) is None, sign * (t.get(metric) or 0))):
-        hyper = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t["hyperparameters"].items())
-        lines.append(f"{t['augmentation']:<{width}}  {scores.get(t['augmentation'], float('nan')):>9.6f}  "
-                     f"{t['epochs']:>6}  {_cell(t.get('val_loss')):>8}  {_cell(t.get('val_acc')):>7}  "
-                     f"{_cell(t.get('test_loss')):>9}  {_cell(t.get('test_acc')):>8}  {hyper or '-'}"
-                     + ("  (diverged)" if t.get("diverged") else ""))
-    return "\n".join(lines)
-
-
 def log_best_student(cfg: SweepConfig, tracker: Tracker, parent: str, best: dict[str, Any], grids, data) -> None:
     """The chosen trial's final student, in augtune's weights-only checkpoint format, as the
     artifact `student.pt` of its MLflow run (`augtune best --export` fetches it)."""
@@ -89,57 +71,6 @@ def log_best_student(cfg: SweepConfig, tracker: Tracker, parent: str, best: dict
         student.load_state_dict(state["modules"]["model"])
         tracker.log_file(runs[0].info.run_id, save_checkpoint(Path(tmp) / "student.pt", student,
                                                               cfg.student.model, data))
-
-
-def describe_best(best: dict[str, Any], metric: str) -> str:
-    line = f"best augmentation: {best['augmentation']}  (chosen by {metric} = {best[metric]:.4f}"
-    if metric.startswith("val_"):
-        tests = [f"{k} = {best[k]:.4f}" for k in ("test_loss", "test_acc") if best.get(k) is not None]
-        return line + (f"; held-out test: {', '.join(tests)})" if tests else ")")
-    return line + ")\n" + TEST_SELECTION_WARNING
-
-
-TEST_SELECTION_WARNING = ("warning: trials were chosen by a test metric (search.select_on_test); the reported best "
-                          "score is optimistically biased. Choose by val_loss for an unbiased test figure.")
-
-
-def epoch_seconds_by_candidate(trials: Sequence[dict[str, Any]]) -> dict[str, list[float]]:
-    """Measured seconds per epoch of every trial that trained, by candidate."""
-    out: dict[str, list[float]] = {}
-    for t in trials:
-        if t.get("epochs") and t.get("seconds"):
-            out.setdefault(t["augmentation"], []).append(t["seconds"] / t["epochs"])
-    return out
-
-
-def compute_summary(trials: list[dict[str, Any]], scores: list[ProxyScore], survivors: list[str],
-                    audit_phases: Sequence[dict[str, Any]] = (), full_epochs: int = 0) -> dict[str, float]:
-    """What the sweep spent (proxy, audit and search trials, expansions included) against the
-    replay benchmark's reference: one full-length run of every candidate, at the seconds per
-    epoch measured in this sweep (a candidate never trained: the mean over those that were)."""
-    trial_seconds = sum(t["seconds"] or 0.0 for t in trials)
-    audit_seconds = sum(p.get("seconds", 0.0) for p in audit_phases)
-    audited = {c for p in audit_phases for c in p.get("values") or {}}
-    proxy_seconds = sum(s.seconds for s in scores)
-    names = [s.candidate for s in scores] or list(survivors)
-    measured = epoch_seconds_by_candidate(trials)
-    for phase in audit_phases:
-        for candidate, seconds in (phase.get("epoch_seconds") or {}).items():
-            measured.setdefault(candidate, []).extend(seconds)
-    per_epoch = {c: sum(v) / len(v) for c, v in measured.items() if v}
-    fallback = sum(per_epoch.values()) / len(per_epoch) if per_epoch else 0.0
-    exhaustive = full_epochs * sum(per_epoch.get(c, fallback) for c in names)
-    spent = trial_seconds + proxy_seconds + audit_seconds
-    trained = set(survivors) | audited
-    return {"trial_seconds": trial_seconds, "proxy_seconds": proxy_seconds, "audit_seconds": audit_seconds,
-            "spent_seconds": spent, "trials": len(trials),
-            "audit_trials": sum(p.get("trials", 0) for p in audit_phases),
-            "candidates": len(names), "trained_candidates": len(trained),
-            "pruned_candidates": len(names) - len(trained),
-            "estimated_exhaustive_seconds": exhaustive,
-            "estimated_seconds_saved": exhaustive - spent,
-            "compute_fraction": spent / exhaustive if exhaustive > 0 else float("nan"),
-            "compute_saved_fraction": (exhaustive - spent) / exhaustive if exhaustive > 0 else 0.0}
 
 
 def close_orphans(tracker: Tracker, parent: str) -> int:
@@ -216,17 +147,6 @@ def run_audit_phase(cfg: SweepConfig, state: SweepState, tracker: Tracker, teach
                          "audit_rank_kendall": outcome.rank_kendall, "audit_candidates": len(outcome.values)},
                 tags={"augtune.audit_verdict": outcome.verdict()})
     return outcome
-
-
-def format_audit(outcome: AuditOutcome) -> str:
-    width = max([len(c) for c in outcome.values] + [9])
-    sign = metric_sign(outcome.metric)
-    lines = [f"{'candidate':<{width}}  {'role':<8}  {'proxy rank':>10}  {'mean ' + outcome.metric:>13}  seeds"]
-    for c in sorted(outcome.values, key=lambda c: sign * outcome.mean(c)):
-        role = "kept" if c in outcome.kept else ("sentinel" if c in outcome.sentinels else "expanded")
-        values = ", ".join(f"{v:.4f}" for v in outcome.values[c])
-        lines.append(f"{c:<{width}}  {role:<8}  {outcome.proxy_rank[c]:>10}  {outcome.mean(c):>13.4f}  {values}")
-    return "\n".join(lines + ["", outcome.verdict()])
 
 
 # ---------------------------------------------------------------- driver: stages over the typed state
@@ -410,32 +330,3 @@ def _run_stages(cfg: SweepConfig, state: SweepState, tracker: Tracker, data, res
     grids = stage_search(cfg, state, teacher_path, score_of)
     return stage_summarise(cfg, state, tracker, grids, data)
 
-
-def format_compute(compute: dict[str, float]) -> str:
-    """What the sweep spent against training every candidate once in full (the replay
-    benchmark's reference), from the per-epoch seconds this sweep measured."""
-    parts = [f"proxy {compute['proxy_seconds']:.0f} s"]
-    if compute.get("audit_trials"):
-        parts.append(f"audit {compute['audit_seconds']:.0f} s over {compute['audit_trials']:.0f} trials")
-    parts.append(f"search {compute['trial_seconds']:.0f} s over {compute['trials']:.0f} trials")
-    spent = compute.get("spent_seconds", compute["trial_seconds"] + compute["proxy_seconds"] + compute["audit_seconds"])
-    line = f"compute: {spent:.0f} s spent ({', '.join(parts)})"
-    if compute.get("estimated_exhaustive_seconds"):
-        line += (f" = {compute['compute_fraction']:.0%} of training each of the {compute['candidates']:.0f} candidates "
-                 f"once in full (an estimated {compute['estimated_exhaustive_seconds']:.0f} s at the seconds per "
-                 f"epoch measured here); {compute['pruned_candidates']:.0f} candidates never trained")
-    return line
-
-
-def print_outcome(cfg: SweepConfig, outcome: SweepOutcome) -> None:
-    score_of = {s.candidate: s.t_stddev for s in outcome.scores}
-    print("\n" + format_trials(outcome.trials, score_of, cfg.search.metric))
-    diverged = [t for t in outcome.trials if t.get("diverged")]
-    if diverged:
-        print(f"note: {len(diverged)} trial(s) diverged (NaN/inf loss), stopped at that epoch and left out of the best")
-    print("\n" + format_compute(outcome.compute))
-    if outcome.best is not None:
-        print("\n" + describe_best(outcome.best, cfg.search.metric))
-    print(f"MLflow: experiment {cfg.experiment_name!r}, parent run {outcome.parent_run_id}\n"
-          f"  mlflow ui --backend-store-uri {cfg.tracking.uri}\n"
-          f"  augtune best --experiment {cfg.experiment_name} --tracking-uri {cfg.tracking.uri}")

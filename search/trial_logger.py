@@ -17,7 +17,7 @@ from typing import Mapping, Optional
 from ray.tune import Callback
 
 from augtune.search.tracking import (CANDIDATE_TAG, DIVERGED_TAG, PAIR_TAG, PHASE_TAG, SCHEDULE_TAG, TRIAL_TAG,
-                             Tracker)
+                                     Tracker)
 
 CURVE_PREFIXES = ("train_", "test_", "val_", "stage", "schedule.")
 CURVE_KEYS = ("images_per_second", "lr", "epoch_seconds")

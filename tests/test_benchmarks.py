@@ -1,6 +1,8 @@
 """The benchmarks run (CPU smoke sizes): the GPU benchmark's four tables come out with numbers."""
 import importlib.util
 import math
+
+import pytest
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -31,3 +33,47 @@ def test_gpu_benchmark_smoke_on_cpu(ray_session, capsys):
     assert [n for n, _, _ in results["packing"]] == [1, 2]
     assert all(rate > 0 and math.isnan(busy) for _, rate, busy in results["packing"])
     assert results["proxy_seconds_per_candidate"] > 0
+
+
+def test_replay_study_writes_its_tables_plot_and_decision(tmp_path):
+    """The study on a small synthetic table: every strategy replayed, the protocol's decision
+    taken, the files written; a regime with too few seeds is reported, not replayed."""
+    import json
+
+    import numpy as np
+
+    from augtune.search.learning_curves import Regime, write_table
+
+    rng = np.random.default_rng(0)
+    candidates = ["identity", "flip(p=0.5)", "cutout", "trivialaugment", "cutmix(alpha=1.0)"]
+    quality = np.array([0.6, 0.5, 0.45, 0.4, 0.42])
+
+    def regime(name, seeds):
+        epochs = 9
+        decay = np.linspace(1.5, 1.0, epochs)
+        val = quality[:, None, None] * decay + rng.normal(0, 0.02, (len(candidates), seeds, epochs))
+        curves = {"val_loss": val, "test_loss": val + 0.03, "val_acc": 1 - val, "test_acc": 1 - val,
+                  "epoch_seconds": np.full_like(val, 0.5)}
+        proxy = {"t_stddev": np.stack([quality + rng.normal(0, 0.05, 5) for _ in range(3)], 1),
+                 "entropy": rng.random((len(candidates), 3))}
+        return Regime(name, candidates, list(range(seeds)), epochs, curves, proxy, np.full((5, 3), 0.1))
+
+    table = write_table(tmp_path / "t.json.gz", {"ok": regime("ok", 5), "short": regime("short", 2)})
+    study = _load("replay_study")
+    results = study.run(table, tmp_path / "out", replays=20)
+    ok = results["regimes"]["ok"]
+    assert results["regimes"]["short"] == {"replayed": False, "seeds": 2}
+    assert {"exhaustive", "random 1", "SH min1", "ASHA grace3", study.TODAY, "entropy top1",
+            "low-fidelity 3ep top3", "fixed trivialaugment"} <= set(ok["strategies"])
+    exhaustive = ok["strategies"]["exhaustive"]
+    assert exhaustive["compute"] == pytest.approx(1.0) and sum(exhaustive["chosen"].values()) == 20
+    assert ok["strategies"]["random 1"]["compute"] == pytest.approx(0.2)
+    decision = results["decision"]
+    assert decision["chosen"] in ok["strategies"]
+    if decision["within_noise"]:  # the rule: the cheapest of those within seed noise
+        assert decision["chosen"] in decision["within_noise"]
+        cheapest = min(decision["mean_compute"][s] for s in decision["within_noise"])
+        assert decision["mean_compute"][decision["chosen"]] == cheapest
+    for name in ("replay.json", "replay.md", "ok.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
+    assert json.loads((tmp_path / "out" / "replay.json").read_text())["decision"] == decision

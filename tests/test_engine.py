@@ -8,7 +8,7 @@ from augtune.search.cli import main
 from augtune.trainables.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
 from augtune.trainables.data import BatchFeeder, load_data
 from augtune.trainables.engine import (CheckpointError, InputPipeline, evaluate, load_checkpoint, lr_factor,
-                               save_checkpoint)
+                                       save_checkpoint)
 from augtune.trainables.models import build_model
 from augtune.trainables.supervised import SupervisedRunner
 

@@ -4,7 +4,7 @@ import torch
 
 from augtune.spaces import label_transforms
 from augtune.trainables.losses.sla import (aggregate_logits, joint_labels, self_distillation_loss, single_logits,
-                                   sla_loss)
+                                           sla_loss)
 
 
 def test_joint_labels_are_y_times_m_plus_j():

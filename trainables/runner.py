@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from augtune.trainables.config import ExperimentConfig, TrainConfig, value_kind
 from augtune.trainables.data import BatchFeeder, DataBundle, load_data
 from augtune.trainables.engine import (InputPipeline, autocast, build_optimizer, build_scheduler, resolve_device,
-                               seed_everything)
+                                       seed_everything)
 from augtune.trainables.metrics import shot_accuracy, shot_groups
 
 

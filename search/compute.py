@@ -1,0 +1,45 @@
+"""What a sweep spent against training every candidate once in full (the replay benchmark's
+reference, search/replay.py), from the seconds per epoch the sweep itself measured."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+
+def epoch_seconds_by_candidate(trials: Sequence[dict[str, Any]]) -> dict[str, list[float]]:
+    """Measured seconds per epoch of every trial that trained, by candidate."""
+    out: dict[str, list[float]] = {}
+    for t in trials:
+        if t.get("epochs") and t.get("seconds"):
+            out.setdefault(t["augmentation"], []).append(t["seconds"] / t["epochs"])
+    return out
+
+
+def compute_summary(trials: list[dict[str, Any]], scores: list, survivors: list[str],
+                    audit_phases: Sequence[dict[str, Any]] = (), full_epochs: int = 0) -> dict[str, float]:
+    """What the sweep spent (proxy, audit and search trials, expansions included; `scores` the
+    ProxyScores) against the
+    replay benchmark's reference: one full-length run of every candidate, at the seconds per
+    epoch measured in this sweep (a candidate never trained: the mean over those that were)."""
+    trial_seconds = sum(t["seconds"] or 0.0 for t in trials)
+    audit_seconds = sum(p.get("seconds", 0.0) for p in audit_phases)
+    audited = {c for p in audit_phases for c in p.get("values") or {}}
+    proxy_seconds = sum(s.seconds for s in scores)
+    names = [s.candidate for s in scores] or list(survivors)
+    measured = epoch_seconds_by_candidate(trials)
+    for phase in audit_phases:
+        for candidate, seconds in (phase.get("epoch_seconds") or {}).items():
+            measured.setdefault(candidate, []).extend(seconds)
+    per_epoch = {c: sum(v) / len(v) for c, v in measured.items() if v}
+    fallback = sum(per_epoch.values()) / len(per_epoch) if per_epoch else 0.0
+    exhaustive = full_epochs * sum(per_epoch.get(c, fallback) for c in names)
+    spent = trial_seconds + proxy_seconds + audit_seconds
+    trained = set(survivors) | audited
+    return {"trial_seconds": trial_seconds, "proxy_seconds": proxy_seconds, "audit_seconds": audit_seconds,
+            "spent_seconds": spent, "trials": len(trials),
+            "audit_trials": sum(p.get("trials", 0) for p in audit_phases),
+            "candidates": len(names), "trained_candidates": len(trained),
+            "pruned_candidates": len(names) - len(trained),
+            "estimated_exhaustive_seconds": exhaustive,
+            "estimated_seconds_saved": exhaustive - spent,
+            "compute_fraction": spent / exhaustive if exhaustive > 0 else float("nan"),
+            "compute_saved_fraction": (exhaustive - spent) / exhaustive if exhaustive > 0 else 0.0}

@@ -1,0 +1,81 @@
+"""What the sweep prints: the trial table, the audit table, the compute line, the best trial."""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+from augtune.search.metric import metric_sign
+from augtune.search.prune import AuditOutcome
+
+
+def _cell(value: Optional[float]) -> str:
+    return f"{value:.4f}" if value is not None and math.isfinite(value) else "-"
+
+
+def format_trials(trials: list[dict[str, Any]], scores: dict[str, float], metric: str = "val_loss") -> str:
+    """The trial table, best first by the selection metric; test columns shown beside it."""
+    width = max([len(t["augmentation"] or "") for t in trials] + [12])
+    lines = [f"{'augmentation':<{width}}  {'T.stddev':>9}  {'epochs':>6}  {'val_loss':>8}  {'val_acc':>7}  "
+             f"{'test_loss':>9}  {'test_acc':>8}  hyperparameters"]
+    sign = metric_sign(metric)
+    for t in sorted(trials, key=lambda t: (t.get(metric) is None, sign * (t.get(metric) or 0))):
+        hyper = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t["hyperparameters"].items())
+        lines.append(f"{t['augmentation']:<{width}}  {scores.get(t['augmentation'], float('nan')):>9.6f}  "
+                     f"{t['epochs']:>6}  {_cell(t.get('val_loss')):>8}  {_cell(t.get('val_acc')):>7}  "
+                     f"{_cell(t.get('test_loss')):>9}  {_cell(t.get('test_acc')):>8}  {hyper or '-'}"
+                     + ("  (diverged)" if t.get("diverged") else ""))
+    return "\n".join(lines)
+
+
+def describe_best(best: dict[str, Any], metric: str) -> str:
+    line = f"best augmentation: {best['augmentation']}  (chosen by {metric} = {best[metric]:.4f}"
+    if metric.startswith("val_"):
+        tests = [f"{k} = {best[k]:.4f}" for k in ("test_loss", "test_acc") if best.get(k) is not None]
+        return line + (f"; held-out test: {', '.join(tests)})" if tests else ")")
+    return line + ")\n" + TEST_SELECTION_WARNING
+
+
+TEST_SELECTION_WARNING = ("warning: trials were chosen by a test metric (search.select_on_test); the reported best "
+                          "score is optimistically biased. Choose by val_loss for an unbiased test figure.")
+
+
+def format_audit(outcome: AuditOutcome) -> str:
+    width = max([len(c) for c in outcome.values] + [9])
+    sign = metric_sign(outcome.metric)
+    lines = [f"{'candidate':<{width}}  {'role':<8}  {'proxy rank':>10}  {'mean ' + outcome.metric:>13}  seeds"]
+    for c in sorted(outcome.values, key=lambda c: sign * outcome.mean(c)):
+        role = "kept" if c in outcome.kept else ("sentinel" if c in outcome.sentinels else "expanded")
+        values = ", ".join(f"{v:.4f}" for v in outcome.values[c])
+        lines.append(f"{c:<{width}}  {role:<8}  {outcome.proxy_rank[c]:>10}  {outcome.mean(c):>13.4f}  {values}")
+    return "\n".join(lines + ["", outcome.verdict()])
+
+
+def format_compute(compute: dict[str, float]) -> str:
+    """What the sweep spent against training every candidate once in full (the replay
+    benchmark's reference), from the per-epoch seconds this sweep measured."""
+    parts = [f"proxy {compute['proxy_seconds']:.0f} s"]
+    if compute.get("audit_trials"):
+        parts.append(f"audit {compute['audit_seconds']:.0f} s over {compute['audit_trials']:.0f} trials")
+    parts.append(f"search {compute['trial_seconds']:.0f} s over {compute['trials']:.0f} trials")
+    spent = compute.get("spent_seconds", compute["trial_seconds"] + compute["proxy_seconds"] + compute["audit_seconds"])
+    line = f"compute: {spent:.0f} s spent ({', '.join(parts)})"
+    if compute.get("estimated_exhaustive_seconds"):
+        line += (f" = {compute['compute_fraction']:.0%} of training each of the {compute['candidates']:.0f} candidates "
+                 f"once in full (an estimated {compute['estimated_exhaustive_seconds']:.0f} s at the seconds per "
+                 f"epoch measured here); {compute['pruned_candidates']:.0f} candidates never trained")
+    return line
+
+
+def print_outcome(cfg, outcome) -> None:
+    """The end of a sweep (`cfg` a SweepConfig, `outcome` a SweepOutcome)."""
+    score_of = {s.candidate: s.t_stddev for s in outcome.scores}
+    print("\n" + format_trials(outcome.trials, score_of, cfg.search.metric))
+    diverged = [t for t in outcome.trials if t.get("diverged")]
+    if diverged:
+        print(f"note: {len(diverged)} trial(s) diverged (NaN/inf loss), stopped at that epoch and left out of the best")
+    print("\n" + format_compute(outcome.compute))
+    if outcome.best is not None:
+        print("\n" + describe_best(outcome.best, cfg.search.metric))
+    print(f"MLflow: experiment {cfg.experiment_name!r}, parent run {outcome.parent_run_id}\n"
+          f"  mlflow ui --backend-store-uri {cfg.tracking.uri}\n"
+          f"  augtune best --experiment {cfg.experiment_name} --tracking-uri {cfg.tracking.uri}")
