@@ -21,11 +21,10 @@ from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from augtune.spaces.candidates import Candidate, Context
 from augtune.trainables.data import BatchFeeder, DataBundle
-from augtune.trainables.engine import InputPipeline
+from augtune.trainables.engine import InputPipeline, progress_bar
 
 
 def t_stddev(group_means: np.ndarray) -> float:
@@ -180,8 +179,8 @@ def score_candidates(teacher: torch.nn.Module, candidates: Sequence[Candidate], 
                for i, c in enumerate(candidates)]
     contexts = [Context(stream.generator, scorers, pipeline.padding, sources=[]) for stream in streams]
     base_generator = torch.Generator(device=device)
-    bar = tqdm(total=passes * len(candidates) * len(feeder), desc="T.stddev", unit="batch",
-               disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total=passes * len(candidates) * len(feeder), desc="T.stddev", unit="batch",
+                       disable=not progress)
 
     def sync() -> None:
         if device.type == "cuda":

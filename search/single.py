@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
-from tqdm.auto import tqdm
 
 from augtune.search.config import ConfigError, SweepConfig
 from augtune.search.jobs import check_tracking_uri, load_checked_data, pair_name
 from augtune.search.tracking import CANDIDATE_TAG, PAIR_TAG, Tracker
-from augtune.trainables.engine import resolve_device, save_atomic, save_checkpoint
+from augtune.trainables.engine import progress_bar, resolve_device, save_atomic, save_checkpoint
 from augtune.trainables.methods import REGISTRY, get_method
 
 
@@ -108,8 +107,8 @@ def train_single(cfg: SweepConfig, method: str, augmentation: Optional[str] = No
     total = _total_epochs(runner)
     if hasattr(runner, "show_progress"):
         runner.show_progress = progress
-    bar = tqdm(total=total, initial=_epochs_done(runner), desc=f"{method} {augmentation}", disable=not progress,
-               dynamic_ncols=True)
+    bar = progress_bar(total=total, initial=_epochs_done(runner), desc=f"{method} {augmentation}",
+                       disable=not progress)
     metrics: dict[str, Any] = {}
     try:
         while not runner.finished:

@@ -41,8 +41,10 @@ class Tracker:
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
         found = self.client.get_experiment_by_name(experiment)
+        # the kind tag opens `mlflow ui` (3.x) on the experiment's training runs, not its GenAI traces
         self.experiment_id = found.experiment_id if found else self.client.create_experiment(
-            experiment, artifact_location=artifact_location(uri, experiment))
+            experiment, artifact_location=artifact_location(uri, experiment),
+            tags={"mlflow.experimentKind": "custom_model_development"})
         self.experiment = experiment
 
     # ---- runs

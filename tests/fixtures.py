@@ -78,3 +78,12 @@ def write_image_folder(root: Path, classes: int, per_class: int, side: int = 20)
     train_list.write_text("\n".join(lines["train"]) + "\n")
     test_list.write_text("\n".join(lines["test"]) + "\n")
     return train_list, test_list
+
+
+def assert_accuracy_of(acc: float, images: int) -> None:
+    """An accuracy over `images` images is a count of correct ones divided by that number:
+    catches a per-batch average, a wrong split or a loss in the accuracy's place."""
+    import pytest
+
+    assert 0.0 <= acc <= 1.0
+    assert acc * images == pytest.approx(round(acc * images), abs=1e-4), (acc, images)

@@ -80,9 +80,11 @@ def test_shipped_configs_validate():
 
     from augtune.search.config import load_config
 
-    for path in sorted(Path("configs").glob("*.yaml")):
-        if path.name == "cluster.yaml":
-            continue  # a Ray cluster file, not an experiment
+    # the repository's configs, wherever pytest runs from
+    paths = [p for p in sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+             if p.name != "cluster.yaml"]  # a Ray cluster file, not an experiment
+    assert len(paths) >= 8
+    for path in paths:
         load_config(path)
 
 

@@ -90,3 +90,18 @@ def test_teacher_command_reaches_95_percent_and_reloads(tmp_path, capsys):
     acc = evaluate(model, BatchFeeder(data.test, 200, "cpu", shuffle=False), InputPipeline(data, torch.device("cpu")),
                    torch.device("cpu"))["acc"]
     assert acc == pytest.approx(summary["test_acc"], abs=1e-6)
+
+
+def test_progress_in_a_log_file_is_a_few_lines(capsys):
+    """stderr not a terminal (a log file): nested per-batch bars are off and the outer bar
+    refreshes at most every 30 s, so an epoch loop does not print a line per epoch."""
+    from augtune.trainables.engine import progress_bar
+
+    outer = progress_bar(range(50), desc="epochs")
+    for _ in outer:
+        inner = progress_bar(range(20), nested=True, desc="batches", leave=False)
+        assert inner.disable
+        for _ in inner:
+            pass
+    assert outer.mininterval >= 30
+    assert capsys.readouterr().err.count("batches") == 0

@@ -213,7 +213,7 @@ def _lws_defaults() -> "TrainConfig":
 
 
 class SSDConfig(Section):
-    """Self supervision to distillation (Ma et al., ECCV 2022). Stages I-II train `teacher.model`
+    """Self supervision to distillation (Li, Wang and Wu, ICCV 2021). Stages I-II train `teacher.model`
     with `teacher.train`; stage III trains `student.model` with `student.train`."""
 
     tasks: list[Literal["rotation", "moco"]] = Field(default_factory=lambda: ["rotation", "moco"],

@@ -213,3 +213,19 @@ def build_network(model_name: str, heads: dict[str, int], channels: int) -> Netw
     for name, size in heads.items():
         model.add_head(name, size)
     return model
+
+
+def progress_bar(iterable=None, *, nested: bool = False, **options):
+    """tqdm that suits where its output goes: on a terminal, as usual; in a log file (stderr not
+    a terminal), a line at most every 30 s and no nested per-batch bars, which would print a
+    line for every epoch."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    interactive = sys.stderr.isatty()
+    if not interactive:
+        options["mininterval"] = max(options.get("mininterval", 0.1), 30.0)
+        if nested:
+            options["disable"] = True
+    return tqdm(iterable, dynamic_ncols=True, **options)

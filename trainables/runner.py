@@ -13,12 +13,11 @@ from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from augtune.trainables.config import ExperimentConfig, TrainConfig, value_kind
 from augtune.trainables.data import BatchFeeder, DataBundle, load_data
-from augtune.trainables.engine import (InputPipeline, autocast, build_optimizer, build_scheduler, resolve_device,
-                                       seed_everything)
+from augtune.trainables.engine import (InputPipeline, autocast, build_optimizer, build_scheduler, progress_bar,
+                                       resolve_device, seed_everything)
 from augtune.trainables.metrics import shot_accuracy, shot_groups
 
 
@@ -172,7 +171,7 @@ class EpochRunner:
         """The epoch's training batches, with a progress bar on the no-Ray path."""
         if not self.show_progress:
             return iter(self.train_feeder)
-        return tqdm(self.train_feeder, desc=description, leave=False, dynamic_ncols=True)
+        return progress_bar(self.train_feeder, nested=True, desc=description, leave=False)
 
     def run_epoch(self) -> dict[str, Any]:
         scheduled = self.scheduled_values(self.epoch + 1)
@@ -278,7 +277,7 @@ def run_to_completion(runner: EpochRunner, on_epoch: Optional[Callable[[dict], N
     runner.show_progress = progress
     history = []
     epochs = range(runner.epoch, runner.train_cfg.epochs)
-    bar = tqdm(epochs, desc="epochs", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(epochs, desc="epochs", disable=not progress)
     for _ in bar:
         metrics = runner.run_epoch()
         history.append(metrics)

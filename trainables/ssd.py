@@ -353,5 +353,6 @@ def _uses_stage2_teacher(cfg) -> bool:
 
 
 METHOD = register(Method(
-    "ssd", SSDConfig, _build, teacher="ssd_stages", uses_teacher=_uses_stage2_teacher, hyperparameters=("ssd.temperature", "ssd.kd_weight"),
-    schedulable=False, description="self supervision to distillation for long-tailed data (Ma et al., ECCV 2022)"))
+    "ssd", SSDConfig, _build, teacher="ssd_stages", uses_teacher=_uses_stage2_teacher,
+    hyperparameters=("ssd.temperature", "ssd.kd_weight"), schedulable=False,
+    description="self supervision to distillation for long-tailed data (Li, Wang and Wu, ICCV 2021)"))
