@@ -22,7 +22,7 @@ from augtune.search.sweep_state import STATE_FILE, SweepState
 from augtune.search.tracking import Tracker
 from augtune.search.trials import completed_trials, usable
 from augtune.search.tuners import (SweepInterrupted, build_grid_tuner, build_tuner, collect_trials, fit_phase,
-                                   init_ray, restore_or_build)
+                                   init_ray, phase_results, restore_or_build)
 
 
 @dataclass
@@ -49,9 +49,11 @@ def pick_best(trials: list[dict[str, Any]], metric: str) -> Optional[dict[str, A
     return min(pool, key=lambda t: sign * t[metric])
 
 
-def log_best_student(cfg: SweepConfig, tracker: Tracker, parent: str, best: dict[str, Any], grids, data) -> None:
+def log_best_student(cfg: SweepConfig, tracker: Tracker, parent: str, best: dict[str, Any], grids, data,
+                     teacher_path: Optional[Path] = None) -> None:
     """The chosen trial's final student, in augtune's weights-only checkpoint format, as the
-    artifact `student.pt` of its MLflow run (`augtune best --export` fetches it)."""
+    artifact `student.pt` of its MLflow run (`augtune best --export` fetches it), whichever
+    phase trained it (an audit trial's checkpoint is read from its restored experiment)."""
     import tempfile
 
     import torch
@@ -61,6 +63,8 @@ def log_best_student(cfg: SweepConfig, tracker: Tracker, parent: str, best: dict
     from augtune.trainables.models import build_model
     from augtune.trainables.tune import STATE_FILE as RUNNER_STATE_FILE
 
+    if best.get("phase") == "audit":
+        grids = [phase_results(cfg, best["experiment"], teacher_path)]
     result = next((r for g in grids for r in g if (r.metrics or {}).get("trial_id") == best["trial_id"]), None)
     runs = tracker.runs(f"tags.`{TRIAL_TAG}` = '{best['trial_id']}' and tags.`mlflow.parentRunId` = '{parent}'")
     if result is None or result.checkpoint is None or not runs:
@@ -116,14 +120,14 @@ class AuditTrainer:
                                                 experiment), self.teacher_path, rename)
         print(f"\naudit: training {', '.join(candidates)} ({seeds} seeds each, the config's hyperparameters)")
         grid = fit_phase(tuner, len(candidates) * seeds, restored)
-        trials = collect_trials(grid)
+        trials = [dict(t, phase="audit", experiment=phase["name"]) for t in collect_trials(grid)]
         metric = self.cfg.search.metric
         values: dict[str, list[float]] = {}
         for t in trials:
             if usable(t, metric):
                 values.setdefault(t["augmentation"], []).append(float(t[metric]))
         phase.update(values=values, seconds=sum(t["seconds"] or 0.0 for t in trials), trials=len(trials),
-                     epoch_seconds=epoch_seconds_by_candidate(trials))
+                     epoch_seconds=epoch_seconds_by_candidate(trials), rows=trials)
         self.state.save(job_dir(self.cfg))
         return values
 
@@ -245,13 +249,15 @@ def stage_search(cfg: SweepConfig, state: SweepState, teacher_path: Optional[Pat
 
 
 def stage_summarise(cfg: SweepConfig, state: SweepState, tracker: Tracker, grids, data) -> SweepOutcome:
-    """The best trial (by the selection metric), the compute spent, everything logged once to the
-    parent run; the state is marked finished."""
+    """The best trial (by the selection metric, among the search's and the audit's full-length
+    trials: the same definition as `augtune best`), the compute spent, everything logged once to
+    the parent run; the state is marked finished."""
     parent = state.parent_run_id
     scores = [ProxyScore(**row) for row in state.scores]
-    trials = [t for grid in grids for t in collect_trials(grid)]
+    trials = [dict(t, phase="search") for grid in grids for t in collect_trials(grid)]
+    audit_trials = [row for phase in state.audit_phases for row in phase.get("rows") or []]
     close_orphans(tracker, parent)
-    best = pick_best(trials, cfg.search.metric)
+    best = pick_best(trials + audit_trials, cfg.search.metric)
     # full length = the longest trial (a multi-stage method counts its stages' epochs)
     full_epochs = max([t.get("epochs") or 0 for t in trials] + [cfg.student.train.epochs])
     compute = compute_summary(trials, scores, state.survivors, state.audit_phases, full_epochs)
@@ -267,7 +273,8 @@ def stage_summarise(cfg: SweepConfig, state: SweepState, tracker: Tracker, grids
                           "augtune.selected_on": "test" if cfg.search.metric.startswith("test_") else "val"},
                     once=True)
         if cfg.method.student_artifact:
-            log_best_student(cfg, tracker, parent, best, grids, data)
+            log_best_student(cfg, tracker, parent, best, grids, data,
+                             Path(state.teacher_path) if state.teacher_path else None)
     state.finished = {"best": best, "compute": compute, "trials": trials}
     return SweepOutcome(parent, scores, state.survivors, trials, best, compute, audit=state.audit)
 

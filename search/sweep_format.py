@@ -28,7 +28,8 @@ def format_trials(trials: list[dict[str, Any]], scores: dict[str, float], metric
 
 
 def describe_best(best: dict[str, Any], metric: str) -> str:
-    line = f"best augmentation: {best['augmentation']}  (chosen by {metric} = {best[metric]:.4f}"
+    trained = "; an audit trial at the config's hyperparameters" if best.get("phase") == "audit" else ""
+    line = f"best augmentation: {best['augmentation']}  (chosen by {metric} = {best[metric]:.4f}{trained}"
     if metric.startswith("val_"):
         tests = [f"{k} = {best[k]:.4f}" for k in ("test_loss", "test_acc") if best.get(k) is not None]
         return line + (f"; held-out test: {', '.join(tests)})" if tests else ")")

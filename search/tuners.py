@@ -291,6 +291,15 @@ def _set_aside_unreadable(experiment_path: str) -> None:
             path.rename(path.with_name(path.name + ".unreadable"))
 
 
+def phase_results(cfg: SweepConfig, name: str, teacher_path: Optional[Path]):
+    """The results (checkpoints included) of a finished Tune phase of this sweep, read back from
+    its saved experiment without running anything."""
+    from ray import tune
+
+    path = f"{_storage(cfg).rstrip('/')}/{name}"
+    return tune.Tuner.restore(path, trainable=method_trainable(cfg, teacher_path)).get_results()
+
+
 def restore_or_build(cfg: SweepConfig, name: str, build, teacher_path: Optional[Path], rename):
     """Tune's saved experiment `name` restored when it can be; else a new experiment (under a new
     name when an unusable one is in the way: `rename(new_name)` records it in the sweep state).

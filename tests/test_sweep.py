@@ -126,6 +126,26 @@ def audited_sweep(tmp_path_factory, ray_session):
     return uri, outcome
 
 
+def test_sweep_and_best_agree_on_the_chosen_trial_whichever_phase_trained_it(audited_sweep, tmp_path):
+    """One definition of the chosen trial: the lowest validation loss among the full-length trials
+    of the search and the audit; `augtune best` finds the same run, and its student weights are
+    logged on it (an audit trial's read back from its saved experiment)."""
+    uri, outcome = audited_sweep
+    runs = runs_by_stage(uri, "audited")["trial"]
+    val = {r.info.run_id: r.data.metrics["final_val_loss"] for r in runs}
+    best_run = min(val, key=val.get)
+    chosen = next(r for r in runs if r.info.run_id == best_run)
+    assert chosen.data.tags["augtune.trial_id"] == outcome.best["trial_id"]
+    assert outcome.best["val_loss"] == pytest.approx(val[best_run])
+    summary = best_augmentation(uri, "audited")
+    assert summary.candidate == outcome.best["augmentation"] and summary.best == pytest.approx(val[best_run])
+    client = MlflowClient(tracking_uri=uri)
+    assert "student.pt" in {a.path for a in client.list_artifacts(best_run)}
+    exported = tmp_path / "best.yaml"
+    assert main(["best", "--experiment", "audited", "--tracking-uri", uri, "--export", str(exported)]) == 0
+    assert exported.with_name("best.student.pt").is_file()
+
+
 def test_audit_trains_sentinels_and_logs_a_verdict_that_matches_the_numbers(audited_sweep, capsys):
     from scipy import stats
 
