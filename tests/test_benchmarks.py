@@ -77,3 +77,39 @@ def test_replay_study_writes_its_tables_plot_and_decision(tmp_path):
     for name in ("replay.json", "replay.md", "ok.png"):
         assert (tmp_path / "out" / name).stat().st_size > 0
     assert json.loads((tmp_path / "out" / "replay.json").read_text())["decision"] == decision
+
+
+def test_learning_curve_table_builds_from_its_logs(tmp_path):
+    """benchmarks/lc_table.py build: the resumable logs (one line per run, one per proxy seed) ->
+    the versioned table, read back by the loader with every number where it belongs."""
+    import json
+
+    import numpy as np
+
+    from augtune.search.learning_curves import load_table
+
+    lc = _load("lc_table")
+    out = tmp_path / "logs"
+    out.mkdir()
+    regime = "spc30-r8"
+    candidates = lc.candidate_ids(regime, out)
+    assert len(candidates) == 15 and "cutmix_pick(entropy=teacher,pool=2,keep=0.25)" in candidates
+    epochs = 30
+    rows = [{"regime": regime, "candidate": candidates[1], "seed": 3, "seconds": 9.0,
+             **{m: [0.01 * e + i for e in range(epochs)] for i, m in enumerate(lc.CURVE_METRICS)}},
+            {"regime": regime, "candidate": "not-a-candidate", "seed": 0, "seconds": 1.0,
+             **{m: [0.0] * epochs for m in lc.CURVE_METRICS}}]
+    (out / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"cut by a kill')
+    proxy = {"regime": regime, "proxy_seed": 1, "scores": {candidates[1]: {"t_stddev": 0.02, "entropy": 0.4}},
+             "seconds": {candidates[1]: 1.5}}
+    (out / "proxy.jsonl").write_text(json.dumps(proxy) + "\n")
+    path = tmp_path / "t.json.gz"
+    lc.build(out, path)
+    table = load_table(path)
+    assert set(table) == set(lc.REGIMES)
+    r = table[regime]
+    assert r.ran().sum() == 1 and r.ran()[1, 3]
+    np.testing.assert_allclose(r.curves["test_loss"][1, 3], [0.01 * e + 2 for e in range(epochs)], atol=1e-6)
+    assert r.proxy["t_stddev"][1, 0] == 0.02 and np.isnan(r.proxy["t_stddev"][0, 0])
+    assert r.meta["proxy_seeds"] == [1] and r.proxy_seconds[1, 0] == 1.5
+    assert table["spc50-r8"].ran().sum() == 0
