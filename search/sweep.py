@@ -60,7 +60,6 @@ def log_best_student(cfg: SweepConfig, tracker: Tracker, parent: str, best: dict
 
     from augtune.search.tracking import TRIAL_TAG
     from augtune.trainables.engine import save_checkpoint
-    from augtune.trainables.models import build_model
     from augtune.trainables.tune import STATE_FILE as RUNNER_STATE_FILE
 
     if best.get("phase") == "audit":
@@ -71,7 +70,7 @@ def log_best_student(cfg: SweepConfig, tracker: Tracker, parent: str, best: dict
         return
     with result.checkpoint.as_directory() as folder, tempfile.TemporaryDirectory() as tmp:
         state = torch.load(Path(folder) / RUNNER_STATE_FILE, map_location="cpu", weights_only=True)
-        student = build_model(cfg.student.model, data.num_classes, data.channels)
+        student = cfg.student.build(data.num_classes, data.channels)
         student.load_state_dict(state["modules"]["model"])
         tracker.log_file(runs[0].info.run_id, save_checkpoint(Path(tmp) / "student.pt", student,
                                                               cfg.student.model, data))

@@ -38,7 +38,7 @@ def obtain_teacher(cfg: SweepConfig, data: DataBundle, device: torch.device,
     if path.is_file():
         try:
             model, payload = load_checkpoint(path, data, device)
-            if payload["model_name"] == cfg.teacher.model:
+            if payload["model_name"] == cfg.teacher.model and payload.get("model_args", {}) == cfg.teacher.model_args:
                 return model.eval(), path, False
         except CheckpointError:
             pass  # stale checkpoint from another data setting: train a fresh one over it

@@ -7,12 +7,12 @@ extends this schema with the proxy, sweep and tracking sections.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional, Union, get_args, get_origin
+from typing import Any, Literal, Optional, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from augtune.trainables.method import BUILTIN_NAMES, REGISTRY, method_names
-from augtune.trainables.models import MODEL_REGISTRY
+from augtune.trainables.models import MODEL_REGISTRY, build_model, check_model_name
 
 
 def _is_count(annotation) -> bool:
@@ -132,16 +132,27 @@ class TrainConfig(Section):
 
 
 class ModelConfig(Section):
-    model: str = "resnet20"
+    model: str = Field("resnet20", description="a zoo name, torchvision:NAME, timm:NAME or package.module:factory")
+    model_args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for torchvision:, "
+                                                                        "timm: and module:factory networks")
     checkpoint: Optional[Path] = Field(None, description="load weights from here instead of training")
     train: TrainConfig = Field(default_factory=TrainConfig)
 
     @field_validator("model")
     @classmethod
     def _known_model(cls, value: str) -> str:
-        if value not in MODEL_REGISTRY:
-            raise ValueError(f"unknown model {value!r}; choose one of: {', '.join(sorted(MODEL_REGISTRY))}")
+        check_model_name(value)  # a ValueError names what is wrong and what is allowed
         return value
+
+    @model_validator(mode="after")
+    def _args_for_foreign_networks(self) -> "ModelConfig":
+        if self.model_args and self.model in MODEL_REGISTRY:
+            raise ValueError(f"model_args: {self.model!r} is augtune's own network and takes none")
+        return self
+
+    def build(self, num_classes: int, channels: int):
+        """This section's network for `num_classes` classes of `channels`-channel images."""
+        return build_model(self.model, num_classes, channels, self.model_args)
 
     @field_validator("checkpoint")
     @classmethod

@@ -173,7 +173,8 @@ def save_checkpoint(path: Path, model: Network, model_name: str, data: DataBundl
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    payload = {"format": "augtune-model-1", "model_name": model_name, "heads": head_sizes(model),
+    payload = {"format": "augtune-model-1", "model_name": model_name, "model_args": dict(model.model_args),
+               "heads": head_sizes(model),
                "data": data.signature(), "mean": list(data.mean), "std": list(data.std),
                "state_dict": state, "extra": extra or {}}
     return save_atomic(payload, path)
@@ -197,7 +198,7 @@ def load_checkpoint(path: Path, data: Optional[DataBundle] = None,
     if data is not None and signature != data.signature():
         raise CheckpointError(f"checkpoint {path} was trained on data {signature}, but this config "
                               f"gives {data.signature()}; train a new one or fix data.*")
-    model = build_network(payload["model_name"], payload["heads"], signature["channels"])
+    model = build_network(payload["model_name"], payload["heads"], signature["channels"], payload.get("model_args"))
     model.load_state_dict(payload["state_dict"])
     return model.to(device), payload
 
@@ -206,10 +207,11 @@ def head_sizes(model: Network) -> dict[str, int]:
     return {name: head.out_features for name, head in model.heads.items()}
 
 
-def build_network(model_name: str, heads: dict[str, int], channels: int) -> Network:
+def build_network(model_name: str, heads: dict[str, int], channels: int,
+                  model_args: Optional[dict[str, Any]] = None) -> Network:
     """A network with the heads a checkpoint or a runner state records (`head_sizes`)."""
     heads = dict(heads)
-    model = build_model(model_name, heads.pop("main"), channels)
+    model = build_model(model_name, heads.pop("main"), channels, model_args)
     for name, size in heads.items():
         model.add_head(name, size)
     return model

@@ -11,7 +11,6 @@ from augtune.trainables.config import KDConfig
 from augtune.trainables.data import DataBundle
 from augtune.trainables.engine import load_checkpoint
 from augtune.trainables.losses.kd import good_da_kd_loss
-from augtune.trainables.models import build_model
 from augtune.trainables.method import Method, register
 from augtune.trainables.runner import EpochRunner
 
@@ -29,7 +28,7 @@ class KDRunner(EpochRunner):
         cfg.kd.augmentation = self.candidate.id
         self.teacher, _ = load_checkpoint(teacher_checkpoint, self.data, self.device)
         self.teacher.eval().requires_grad_(False)
-        self.model = build_model(cfg.student.model, self.data.num_classes, self.data.channels).to(self.device)
+        self.model = cfg.student.build(self.data.num_classes, self.data.channels).to(self.device)
         if self.pipeline.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
             self.teacher = self.teacher.to(memory_format=torch.channels_last)

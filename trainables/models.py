@@ -6,7 +6,7 @@ returns the logits of the "main" head; `Network.features` the pooled feature vec
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, Mapping, Optional
 
 import torch
 import torch.nn as nn
@@ -20,6 +20,7 @@ class Network(nn.Module):
         self.feature_dim = feature_dim
         self.num_classes = num_classes
         self.heads = nn.ModuleDict({"main": nn.Linear(feature_dim, num_classes)})
+        self.model_args: dict[str, Any] = {}  # how a foreign network was built (saved with checkpoints)
 
     def add_head(self, name: str, out_features: int) -> nn.Linear:
         head = nn.Linear(self.feature_dim, out_features)
@@ -191,8 +192,158 @@ MODEL_REGISTRY: dict[str, Callable[[int], nn.Module]] = {
 NATIVE_INPUT_SIZE = {name: (224 if name in ("resnet18", "resnet34") else 32) for name in MODEL_REGISTRY}
 
 
-def build_model(name: str, num_classes: int, in_channels: int = 3) -> Network:
-    if name not in MODEL_REGISTRY:
-        raise KeyError(f"unknown model {name!r}; choose one of: {', '.join(sorted(MODEL_REGISTRY))}")
-    backbone = MODEL_REGISTRY[name](in_channels)
-    return Network(backbone, backbone.out_channels, num_classes)
+def build_model(name: str, num_classes: int, in_channels: int = 3, model_args: Optional[Mapping[str, Any]] = None,
+                weights: Optional[Mapping[str, torch.Tensor]] = None) -> Network:
+    """A network by name: a zoo name (MODEL_REGISTRY), `torchvision:NAME`, `timm:NAME` or
+    `package.module:factory` (see `foreign_module`), with `model_args` for the latter three.
+    `weights`: a state dict in the network's own layout (torchvision / timm key names), loaded
+    before the network is adapted, so its classifier becomes the main head."""
+    if name in MODEL_REGISTRY:
+        if model_args:
+            raise ValueError(f"model {name!r} is augtune's own and takes no model_args")
+        if weights is not None:
+            raise ValueError(f"model {name!r}: weights in a network's own layout are for torchvision:, timm: and "
+                             "module:factory networks; augtune's own are loaded from augtune checkpoints")
+        backbone = MODEL_REGISTRY[name](in_channels)
+        return Network(backbone, backbone.out_channels, num_classes)
+    module = foreign_module(name, model_args or {})
+    if isinstance(module, Network):  # the user's factory already speaks augtune's protocol
+        if module.num_classes != num_classes:
+            raise ValueError(f"model {name!r} returned a Network with {module.num_classes} classes; the data has "
+                             f"{num_classes}")
+        network = module
+        if weights is not None:
+            network.load_state_dict(weights)
+    else:
+        if weights is not None:
+            load_own_layout(module, weights, name)
+        network = adapt(module, num_classes, in_channels, name)
+    network.model_args = dict(model_args or {})
+    return network
+
+
+# ---- any network: torchvision, timm, the user's own module ----
+#
+# The adapter splits a foreign network into a feature extractor and its classifier: torchvision's
+# last Linear under `fc`, `classifier` or `heads`; timm's `get_classifier()` / `reset_classifier(0)`;
+# a user's module in either layout, or an augtune `Network`. The classifier's weights become the
+# main head when their size fits. Data with other than 3 channels (the grayscale digits): the
+# first 3-channel convolution is adapted, its weights summed over the colour channels for 1 channel
+# (what timm does for `in_chans=1`), repeated and rescaled for more.
+
+def check_model_name(name: str) -> None:
+    """Refuse a model name that names no network (ValueError), without building anything."""
+    if name in MODEL_REGISTRY:
+        return
+    foreign_module(name, {}, build=False)
+
+
+def foreign_module(name: str, model_args: Mapping[str, Any], build: bool = True) -> Optional[nn.Module]:
+    """The network `torchvision:NAME`, `timm:NAME` or `package.module:factory` names, built with
+    `model_args` (torchvision's / timm's keyword arguments, or the factory's); build=False only
+    checks that it exists."""
+    source, _, target = name.partition(":")
+    if not target:
+        raise ValueError(f"unknown model {name!r}: give a zoo name ({', '.join(sorted(MODEL_REGISTRY))}), "
+                         "torchvision:NAME, timm:NAME or package.module:factory")
+    if source == "torchvision":
+        import torchvision
+
+        if target not in torchvision.models.list_models(module=torchvision.models):
+            raise ValueError(f"model {name!r}: torchvision has no classification model {target!r}")
+        return torchvision.models.get_model(target, weights=None, **model_args) if build else None
+    if source == "timm":
+        try:
+            import timm
+        except ImportError:
+            raise ValueError(f"model {name!r} needs timm: pip install 'augtune[timm]'") from None
+        if not timm.is_model(target):
+            raise ValueError(f"model {name!r}: timm has no model {target!r} (timm.list_models() lists them)")
+        return timm.create_model(target, pretrained=False, **model_args) if build else None
+    import importlib
+
+    try:
+        factory = getattr(importlib.import_module(source), target)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"model {name!r}: cannot import {target!r} from {source!r} ({exc}); give an importable "
+                         "package.module:factory") from None
+    if not callable(factory):
+        raise ValueError(f"model {name!r}: {source}.{target} is not callable; give a factory that returns the network")
+    if not build:
+        return None
+    module = factory(**model_args)
+    if not isinstance(module, nn.Module):
+        raise ValueError(f"model {name!r}: {source}.{target}(...) returned {type(module).__name__}, not a torch module")
+    return module
+
+
+def load_own_layout(module: nn.Module, weights: Mapping[str, torch.Tensor], name: str) -> None:
+    """Load a state dict in the network's own key layout; every key must match."""
+    try:
+        module.load_state_dict(weights, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()
+        raise ValueError(f"model {name!r}: the weights do not fit this architecture: "
+                         f"{' '.join(line.strip() for line in first[:3])[:400]}") from None
+
+
+def _classifier_slot(module: nn.Module) -> tuple[nn.Module, str, nn.Linear]:
+    """(parent, attribute, the final Linear) of a torchvision-style classifier."""
+    for attr in ("fc", "classifier", "heads", "head"):
+        part = getattr(module, attr, None)
+        if isinstance(part, nn.Linear):
+            return module, attr, part
+        if isinstance(part, nn.Sequential):
+            linears = [(i, m) for i, m in enumerate(part) if isinstance(m, nn.Linear)]
+            if linears:
+                index, linear = linears[-1]
+                return part, str(index), linear
+        if isinstance(part, nn.Module) and isinstance(getattr(part, "head", None), nn.Linear):
+            return part, "head", part.head
+    raise ValueError("cannot find this network's classifier: expected a Linear at `fc`, `classifier`, `heads` or "
+                     "`head` (torchvision's layouts), timm's get_classifier(), or an augtune Network")
+
+
+def _adapt_first_conv(module: nn.Module, in_channels: int) -> None:
+    for parent in module.modules():
+        for attr, child in parent.named_children():
+            if isinstance(child, nn.Conv2d):
+                if child.in_channels == in_channels:
+                    return
+                if child.in_channels != 3 or child.groups != 1:
+                    raise ValueError(f"the first convolution takes {child.in_channels} channels; the data has "
+                                     f"{in_channels} and only 3-channel inputs are adapted")
+                conv = nn.Conv2d(in_channels, child.out_channels, child.kernel_size, child.stride, child.padding,
+                                 child.dilation, bias=child.bias is not None, padding_mode=child.padding_mode)
+                with torch.no_grad():
+                    w = child.weight
+                    if in_channels == 1:
+                        conv.weight.copy_(w.sum(dim=1, keepdim=True))
+                    else:
+                        repeats = -(-in_channels // 3)
+                        conv.weight.copy_(w.repeat(1, repeats, 1, 1)[:, :in_channels] * (3 / in_channels))
+                    if child.bias is not None:
+                        conv.bias.copy_(child.bias)
+                setattr(parent, attr, conv)
+                return
+
+
+def adapt(module: nn.Module, num_classes: int, in_channels: int, name: str = "model") -> Network:
+    """A foreign classification network as an augtune Network (see above)."""
+    try:
+        _adapt_first_conv(module, in_channels)
+        if hasattr(module, "reset_classifier") and hasattr(module, "get_classifier"):  # timm
+            classifier = module.get_classifier()
+            module.reset_classifier(0)
+            feature_dim = getattr(module, "head_hidden_size", None) or module.num_features
+        else:
+            parent, attr, classifier = _classifier_slot(module)
+            setattr(parent, attr, nn.Identity())
+            feature_dim = classifier.in_features
+    except ValueError as exc:
+        raise ValueError(f"model {name!r}: {exc}") from None
+    network = Network(module, feature_dim, num_classes)
+    if isinstance(classifier, nn.Linear) and classifier.out_features == num_classes \
+            and classifier.in_features == feature_dim:
+        network.heads["main"].load_state_dict(classifier.state_dict())
+    return network

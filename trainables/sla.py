@@ -11,7 +11,6 @@ from augtune.spaces.candidates import Context, parse_candidate
 from augtune.trainables.config import SLAConfig
 from augtune.trainables.data import DataBundle
 from augtune.trainables.losses.sla import aggregate_logits, self_distillation_loss, single_logits, sla_loss
-from augtune.trainables.models import build_model
 from augtune.trainables.method import Method, register
 from augtune.trainables.runner import EpochRunner
 
@@ -29,7 +28,7 @@ class SLARunner(EpochRunner):
             raise ValueError(f"sla.augmentation {self.candidate.id} mixes images or needs a scoring network; SLA "
                              "needs one label per image: choose a non-mixing augmentation")
         c = self.data.num_classes
-        self.model = build_model(cfg.student.model, c, self.data.channels).to(self.device)
+        self.model = cfg.student.build(c, self.data.channels).to(self.device)
         self.model.add_head("joint", c * self.m)
         if self.pipeline.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)

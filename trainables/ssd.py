@@ -27,7 +27,7 @@ from augtune.trainables.data import DataBundle, load_data
 from augtune.trainables.engine import build_network, full_precision, head_sizes, load_checkpoint, save_checkpoint
 from augtune.trainables.losses.kd import kl_at_temperature
 from augtune.trainables.losses.moco import masked_contrastive_loss
-from augtune.trainables.models import Network, build_model
+from augtune.trainables.models import Network
 from augtune.trainables.method import Method, register
 from augtune.trainables.runner import EpochRunner, run_to_completion
 
@@ -87,7 +87,7 @@ class SSLStageRunner(EpochRunner):
     def __init__(self, cfg, data: Optional[DataBundle] = None, seed: Optional[int] = None):
         super().__init__(cfg, cfg.teacher.train, data, seed)
         self.ssd = cfg.ssd
-        self.model = build_model(cfg.teacher.model, self.data.num_classes, self.data.channels).to(self.device)
+        self.model = cfg.teacher.build(self.data.num_classes, self.data.channels).to(self.device)
         if "rotation" in self.ssd.tasks:
             self.model.add_head("rotation", 4)
         self.moco = None
@@ -204,7 +204,7 @@ class SelfDistillRunner(EpochRunner):
         super().__init__(cfg, cfg.student.train, data, seed)
         self.ssd = cfg.ssd
         self.teacher = teacher.to(self.device).eval().requires_grad_(False)
-        self.model = build_model(cfg.student.model, self.data.num_classes, self.data.channels).to(self.device)
+        self.model = cfg.student.build(self.data.num_classes, self.data.channels).to(self.device)
         self.model.add_head("soft", self.data.num_classes)
         self.candidate = parse_candidate(self.ssd.augmentation)
         self._setup_optimisation(self.model.parameters())
@@ -331,9 +331,9 @@ class SSDChainRunner:
             self.index = state["index"]
             stage = self.stage
             if stage in (2, 3, 4):
-                model_name = self.cfg.student.model if stage == 4 else self.cfg.teacher.model
+                model = self.cfg.student if stage == 4 else self.cfg.teacher
                 saved = state["fixed_network"]
-                network = build_network(model_name, saved["heads"], self.data.channels)
+                network = build_network(model.model, saved["heads"], self.data.channels, model.model_args)
                 network.load_state_dict(saved["state_dict"])
                 self.current = (SelfDistillRunner(self.cfg, network, self.data, self.seed) if stage == 3
                                 else LWSRunner(self.cfg, network, "main", f"stage{stage}", self.data, self.seed))

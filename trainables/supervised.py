@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from augtune.trainables.config import ExperimentConfig, ModelConfig
 from augtune.trainables.data import DataBundle
 from augtune.trainables.engine import save_checkpoint
-from augtune.trainables.models import build_model
 from augtune.trainables.runner import EpochRunner
 
 
@@ -19,7 +18,7 @@ class SupervisedRunner(EpochRunner):
                  data: Optional[DataBundle] = None, seed: Optional[int] = None):
         self.model_cfg = model_cfg or cfg.teacher
         super().__init__(cfg, self.model_cfg.train, data, seed)
-        self.model = build_model(self.model_cfg.model, self.data.num_classes, self.data.channels).to(self.device)
+        self.model = self.model_cfg.build(self.data.num_classes, self.data.channels).to(self.device)
         if self.pipeline.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self._setup_optimisation(self.model.parameters())

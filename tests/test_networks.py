@@ -1,0 +1,105 @@
+"""Any network by name: torchvision:NAME, timm:NAME and a user's package.module:factory, adapted
+into augtune's feature extractor + heads so that every method runs with them; weights in the
+network's own layout reproduce its logits; bad names exit 2 before anything is written."""
+import json
+
+import pytest
+import torch
+import yaml
+
+from augtune.search.cli import main
+from augtune.trainables.models import build_model
+
+NETWORKS = {
+    "torchvision": ("torchvision:resnet18", {}),
+    "timm": ("timm:test_resnet", {}),
+    "user": ("user_networks:small_cnn", {"width": 8}),
+}
+BASE = {"seed": 0, "data": {"name": "digits", "samples_per_class": 10, "val_per_class": 3, "image_size": 12},
+        "teacher": {"train": {"epochs": 1, "batch_size": 32}},
+        "student": {"train": {"epochs": 1, "batch_size": 32}}}
+
+
+def _config(tmp_path, name, teacher, student, **extra):
+    cfg = json.loads(json.dumps(BASE))
+    cfg["teacher"].update(model=teacher[0], model_args=teacher[1])
+    cfg["student"].update(model=student[0], model_args=student[1])
+    cfg.update(name=name, output_dir=str(tmp_path / "runs"), **extra)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.mark.parametrize("kind", list(NETWORKS))
+@pytest.mark.parametrize("method", ["kd", "sla", "ssd"])
+def test_every_method_runs_with_foreign_networks(tmp_path, kind, method):
+    """Teacher and student of the same kind (KD's logits, SLA's joint head, SSD's feature head,
+    LWS and the two-head stage III all hang off the adapted feature extractor)."""
+    extra = {"ssd": {"start_stage": 1, "lws": {"epochs": 1, "batch_size": 32}}} if method == "ssd" else {}
+    path = _config(tmp_path, f"{method}-{kind}", NETWORKS[kind], NETWORKS[kind], **extra)
+    assert main(["train", method, str(path), "--augmentation", "flip", "--no-progress"]) == 0
+    summary = json.loads((tmp_path / "runs" / f"{method}-{kind}" / f"train-{method}" / "summary.json").read_text())
+    assert torch.isfinite(torch.tensor(summary["test_loss"]))
+    if method == "kd":  # the student checkpoint rebuilds the same network
+        from augtune.trainables.engine import load_checkpoint
+
+        student, payload = load_checkpoint(summary["student_checkpoint"])
+        assert payload["model_name"] == NETWORKS[kind][0] and payload["model_args"] == NETWORKS[kind][1]
+
+
+def _reference(kind):
+    torch.manual_seed(0)
+    if kind == "torchvision":
+        import torchvision
+
+        return torchvision.models.resnet18(num_classes=10).eval(), {"num_classes": 10}
+    if kind == "timm":
+        import timm
+
+        return timm.create_model("test_resnet", num_classes=10).eval(), {"num_classes": 10}
+    from user_networks import small_cnn
+
+    return small_cnn(width=8).eval(), {"width": 8}
+
+
+@pytest.mark.parametrize("kind", list(NETWORKS))
+def test_weights_in_the_networks_own_layout_reproduce_its_logits(tmp_path, kind):
+    """A state dict saved from the original module (its own key names) loads into the adapted
+    network, whose main head is the original classifier: the same logits. On 1-channel data the
+    first convolution's weights are summed over the colour channels, so a gray image gives the
+    logits the original gives for that image repeated to 3 channels."""
+    original, args = _reference(kind)
+    path = tmp_path / "weights.pt"
+    torch.save(original.state_dict(), path)
+    weights = torch.load(path, weights_only=True)
+    x = torch.rand(4, 3, 32, 32)
+    network = build_model(NETWORKS[kind][0], 10, 3, args, weights=weights).eval()
+    with torch.no_grad():
+        assert torch.allclose(network(x), original(x), atol=1e-5)
+        gray = build_model(NETWORKS[kind][0], 10, 1, args, weights=weights).eval()
+        g = x[:, :1]
+        assert torch.allclose(gray(g), original(g.repeat(1, 3, 1, 1)), atol=1e-4)
+
+
+def test_weights_of_another_architecture_are_refused():
+    import torchvision
+
+    other = torchvision.models.resnet34(num_classes=10).state_dict()
+    with pytest.raises(ValueError, match="do not fit this architecture"):
+        build_model("torchvision:resnet18", 10, 3, {"num_classes": 10}, weights=other)
+
+
+@pytest.mark.parametrize("model,args,text", [
+    ("torchvision:resnet1800", {}, "torchvision has no classification model"),
+    ("timm:not_a_model", {}, "timm has no model"),
+    ("no_such_package.nets:make", {}, "cannot import"),
+    ("user_networks:SmallCNNX", {}, "cannot import"),
+    ("resnet8", {"width": 4}, "model_args"),
+    ("resnet999", {}, "zoo name"),
+])
+def test_bad_network_names_exit_2_before_writing(tmp_path, capsys, model, args, text):
+    path = _config(tmp_path, "bad", (model, args), ("resnet8", {}))
+    assert main(["train", "kd", str(path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "teacher" in err and text in err
+    assert not (tmp_path / "runs").exists()
