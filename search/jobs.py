@@ -47,7 +47,24 @@ def load_checked_data(cfg: SweepConfig, proxy: bool = True) -> DataBundle:
             raise ConfigError(f"proxy: {p.passes} passes of {n // p.batch_size} batches make {groups} group(s) of "
                               f"{p.group_batches} batches; T.stddev needs at least 2: raise proxy.passes or lower "
                               "proxy.batch_size / proxy.group_batches")
+    check_teacher_weights(cfg, data)
     return data
+
+
+def check_teacher_weights(cfg: SweepConfig, data: DataBundle) -> None:
+    """Weights whose classifier has another class count than the data are refused (naming both)
+    unless the teacher is fine-tuned from them with a new head."""
+    from augtune.search.config import ConfigError
+
+    t = cfg.teacher
+    if t.checkpoint is not None or (t.weights is None and not t.pretrained) or t.fine_tune:
+        return
+    source = t.build(data.num_classes, data.channels).source_classes
+    if source != data.num_classes:
+        field = "teacher.weights" if t.weights is not None else "teacher.pretrained"
+        raise ConfigError(f"{field}: the network's classifier has {source} classes and the data has "
+                          f"{data.num_classes}; set teacher.fine_tune: true to train a new {data.num_classes}-class "
+                          f"head from these weights (teacher.train), or give weights with {data.num_classes} classes")
 
 
 def check_tracking_uri(uri: str, must_exist: bool = False) -> None:

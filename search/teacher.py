@@ -9,7 +9,7 @@ import torch
 
 from augtune.search.config import SweepConfig
 from augtune.trainables.data import DataBundle
-from augtune.trainables.engine import CheckpointError, load_checkpoint
+from augtune.trainables.engine import CheckpointError, load_checkpoint, save_checkpoint
 from augtune.trainables.models import Network
 from augtune.trainables.runner import run_to_completion
 from augtune.trainables.supervised import SupervisedRunner
@@ -31,6 +31,13 @@ def train_teacher(cfg: SweepConfig, data: Optional[DataBundle] = None, progress:
 def obtain_teacher(cfg: SweepConfig, data: DataBundle, device: torch.device,
                    progress: bool = True) -> tuple[Network, Path, bool]:
     """(teacher in eval mode, its checkpoint path, whether it was trained now)."""
+    t = cfg.teacher
+    if t.checkpoint is None and (t.weights is not None or t.pretrained) and not t.fine_tune:
+        # the given weights are the teacher: saved once in augtune's format for the trials
+        path = save_checkpoint(default_teacher_path(cfg), t.build(data.num_classes, data.channels), t.model, data,
+                               extra={"weights": str(t.weights) if t.weights else "pretrained"})
+        model, _ = load_checkpoint(path, data, device)
+        return model.eval(), path, False
     if cfg.teacher.checkpoint is not None:
         model, _ = load_checkpoint(cfg.teacher.checkpoint, data, device)
         return model.eval(), cfg.teacher.checkpoint, False

@@ -103,3 +103,103 @@ def test_bad_network_names_exit_2_before_writing(tmp_path, capsys, model, args, 
     err = capsys.readouterr().err
     assert "teacher" in err and text in err
     assert not (tmp_path / "runs").exists()
+
+
+# ---- pretrained teachers: teacher.weights / teacher.pretrained
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (print, ("this pickle ran code",))
+
+
+def _write_teacher(tmp_path, name, teacher):
+    cfg = json.loads(json.dumps(BASE))
+    cfg["teacher"].update({"model": "torchvision:resnet18", "model_args": {"num_classes": 10}, **teacher})
+    cfg["student"].update(model="resnet8")
+    cfg.update(name=name, output_dir=str(tmp_path / "runs"))
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_teacher_weights_are_the_teacher_its_logits_unchanged(tmp_path):
+    """teacher.weights (torchvision key names, 10 classes): no teacher training; the teacher the
+    KD run distilled from gives the original module's logits (gray digits = the image repeated to
+    RGB, by the first-conv rule)."""
+    import torchvision
+
+    from augtune.trainables.config import DataConfig
+    from augtune.trainables.data import load_data
+    from augtune.trainables.engine import InputPipeline, load_checkpoint
+
+    torch.manual_seed(0)
+    original = torchvision.models.resnet18(num_classes=10).eval()
+    torch.save(original.state_dict(), tmp_path / "resnet18.pth")
+    path = _write_teacher(tmp_path, "weights", {"weights": str(tmp_path / "resnet18.pth")})
+    assert main(["train", "kd", str(path), "--no-progress"]) == 0
+    teacher, payload = load_checkpoint(tmp_path / "runs" / "weights" / "teacher.pt")
+    assert payload["extra"]["weights"].endswith("resnet18.pth")
+    data = load_data(DataConfig(**BASE["data"]))
+    pipeline = InputPipeline(data, torch.device("cpu"))
+    x = pipeline.normalise(pipeline.to_unit(data.test.images[:8]))
+    with torch.no_grad():
+        assert torch.allclose(teacher.eval()(x), original(x.repeat(1, 3, 1, 1)), atol=1e-4)
+
+
+def test_a_classifier_of_another_size_is_refused_unless_fine_tuned(tmp_path, capsys):
+    import torchvision
+
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "imagenet.pth")  # 1000 classes
+    path = _write_teacher(tmp_path, "imagenet", {"weights": str(tmp_path / "imagenet.pth"), "model_args": {}})
+    assert main(["train", "kd", str(path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "1000 classes" in err and "10" in err and "teacher.fine_tune" in err
+    assert not (tmp_path / "runs").exists()
+    tuned = _write_teacher(tmp_path, "tuned", {"weights": str(tmp_path / "imagenet.pth"), "model_args": {},
+                                               "fine_tune": True})
+    assert main(["train", "kd", str(tuned), "--no-progress"]) == 0
+    assert (tmp_path / "runs" / "tuned" / "teacher.pt").is_file()
+
+
+@pytest.mark.parametrize("make,text", [
+    (lambda p: torch.save(__import__("torchvision").models.resnet34(num_classes=10).state_dict(), p),
+     "do not fit this architecture"),
+    (lambda p: torch.save({"w": _RunsCode()}, p), "not a plain state dict"),
+    (lambda p: p.write_bytes(b"not a checkpoint"), "not a plain state dict"),
+    (lambda p: None, "does not exist"),
+])
+def test_bad_teacher_weights_exit_2_before_writing(tmp_path, capsys, make, text):
+    weights = tmp_path / "bad.pth"
+    make(weights)
+    path = _write_teacher(tmp_path, "bad", {"weights": str(weights)})
+    assert main(["train", "kd", str(path), "--no-progress"]) == 2
+    out = capsys.readouterr()
+    assert "teacher.weights" in out.err and text in out.err
+    assert "this pickle ran code" not in out.out + out.err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_pretrained_offline_without_a_cached_file_names_the_cache(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    path = _write_teacher(tmp_path, "pretrained", {"pretrained": True, "model_args": {}})
+    assert main(["train", "kd", str(path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "teacher" in err and str(tmp_path / "torch-home") in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_safetensors_weights_of_a_timm_network_load(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    original = timm.create_model("test_resnet", num_classes=10).eval()
+    save_file(original.state_dict(), str(tmp_path / "w.safetensors"))
+    from augtune.trainables.config import ModelConfig
+
+    cfg = ModelConfig(model="timm:test_resnet", model_args={"num_classes": 10}, weights=tmp_path / "w.safetensors")
+    network = cfg.build(10, 3).eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(network(x), original(x), atol=1e-5)

@@ -9,10 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, Optional, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from augtune.trainables.method import BUILTIN_NAMES, REGISTRY, method_names
-from augtune.trainables.models import MODEL_REGISTRY, build_model, check_model_name
+from augtune.trainables.models import (MODEL_REGISTRY, build_model, check_model_name, foreign_module,
+                                       load_own_layout, pretrained_weights, read_own_weights)
 
 
 def _is_count(annotation) -> bool:
@@ -136,6 +138,12 @@ class ModelConfig(Section):
     model_args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for torchvision:, "
                                                                         "timm: and module:factory networks")
     checkpoint: Optional[Path] = Field(None, description="load weights from here instead of training")
+    weights: Optional[Path] = Field(None, description="a state dict in the network's own layout (torchvision / timm "
+                                                      "key names; .pth, .pt or .safetensors), read weights-only")
+    pretrained: bool = Field(False, description="torchvision's / timm's own pretrained weights, from their local "
+                                                "cache (nothing is downloaded)")
+    fine_tune: bool = Field(False, description="with weights or pretrained: train from them (the train section), "
+                                               "with a new head when their class count differs from the data's")
     train: TrainConfig = Field(default_factory=TrainConfig)
 
     @field_validator("model")
@@ -150,9 +158,35 @@ class ModelConfig(Section):
             raise ValueError(f"model_args: {self.model!r} is augtune's own network and takes none")
         return self
 
+    @field_validator("weights", "pretrained")
+    @classmethod
+    def _weights_fit(cls, value, info: ValidationInfo):
+        """The file or cache entry is read and loaded into the architecture before anything runs
+        (every key must fit; a pickle that would run code is refused)."""
+        if value is None or value is False:
+            return value
+        model = info.data.get("model")
+        if model is None:  # the model name was refused already
+            return value
+        if info.field_name == "pretrained" and info.data.get("weights") is not None:
+            raise ValueError("give weights or pretrained: true, not both")
+        if model in MODEL_REGISTRY:
+            raise ValueError(f"{model!r} is augtune's own network; give its augtune checkpoint as `checkpoint`, or "
+                             "use a torchvision:/timm:/module:factory model")
+        state = read_own_weights(value) if info.field_name == "weights" else pretrained_weights(model)
+        load_own_layout(foreign_module(model, info.data.get("model_args") or {}), state, model)
+        return value
+
+    def own_weights(self):
+        """The state dict of `weights` or `pretrained` (None without either)."""
+        if self.weights is not None:
+            return read_own_weights(self.weights)
+        return pretrained_weights(self.model) if self.pretrained else None
+
     def build(self, num_classes: int, channels: int):
-        """This section's network for `num_classes` classes of `channels`-channel images."""
-        return build_model(self.model, num_classes, channels, self.model_args)
+        """This section's network for `num_classes` classes of `channels`-channel images, from
+        `weights` / `pretrained` when given."""
+        return build_model(self.model, num_classes, channels, self.model_args, weights=self.own_weights())
 
     @field_validator("checkpoint")
     @classmethod

@@ -21,6 +21,7 @@ class Network(nn.Module):
         self.num_classes = num_classes
         self.heads = nn.ModuleDict({"main": nn.Linear(feature_dim, num_classes)})
         self.model_args: dict[str, Any] = {}  # how a foreign network was built (saved with checkpoints)
+        self.source_classes: Optional[int] = num_classes  # a foreign network's own classifier size
 
     def add_head(self, name: str, out_features: int) -> nn.Linear:
         head = nn.Linear(self.feature_dim, out_features)
@@ -277,6 +278,71 @@ def foreign_module(name: str, model_args: Mapping[str, Any], build: bool = True)
     return module
 
 
+def read_own_weights(path) -> dict[str, torch.Tensor]:
+    """A state dict in a network's own layout from `.pth` / `.pt` (weights-only unpickling: a
+    pickle that would run code is refused) or `.safetensors`; a `{"state_dict": ...}` or
+    `{"model": ...}` wrapper is unwrapped. ValueError says what is wrong."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise ValueError(f"{path}: reading .safetensors needs the safetensors package "
+                             "(pip install safetensors)") from None
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # safetensors raises its own error types
+            raise ValueError(f"{path} is not a readable safetensors file ({exc})") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError for code-running pickles, others for junk
+        raise ValueError(f"{path} is not a plain state dict (only tensors are read; a pickle that would run code "
+                         f"is refused): {str(exc).splitlines()[0][:200]}") from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} does not hold a state dict (a mapping of parameter names to tensors)")
+    return state
+
+
+def pretrained_weights(name: str) -> dict[str, torch.Tensor]:
+    """torchvision's / timm's own pretrained weights, from their local caches only (no download):
+    a missing file is a ValueError naming where it is expected."""
+    source, _, target = name.partition(":")
+    if source == "torchvision":
+        import torchvision
+        from pathlib import Path
+
+        try:
+            url = torchvision.models.get_model_weights(target).DEFAULT.url
+        except (ValueError, AttributeError):
+            raise ValueError(f"model {name!r}: torchvision has no pretrained weights for it") from None
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+        if not cached.is_file():
+            raise ValueError(f"model {name!r}: pretrained weights are not in torchvision's cache ({cached}); "
+                             f"download {url} there, or give teacher.weights")
+        return read_own_weights(cached)
+    if source == "timm":
+        import os
+
+        import timm
+        from huggingface_hub import constants
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        try:
+            return timm.create_model(target, pretrained=True).state_dict()
+        except Exception as exc:  # timm / huggingface_hub raise many kinds offline
+            raise ValueError(f"model {name!r}: timm's pretrained weights are not in the local cache "
+                             f"({constants.HF_HUB_CACHE}): {str(exc).splitlines()[0][:200]}") from None
+    raise ValueError(f"model {name!r}: pretrained weights come with torchvision: and timm: networks; give "
+                     "teacher.weights for others")
+
+
 def load_own_layout(module: nn.Module, weights: Mapping[str, torch.Tensor], name: str) -> None:
     """Load a state dict in the network's own key layout; every key must match."""
     try:
@@ -343,7 +409,7 @@ def adapt(module: nn.Module, num_classes: int, in_channels: int, name: str = "mo
     except ValueError as exc:
         raise ValueError(f"model {name!r}: {exc}") from None
     network = Network(module, feature_dim, num_classes)
-    if isinstance(classifier, nn.Linear) and classifier.out_features == num_classes \
-            and classifier.in_features == feature_dim:
+    network.source_classes = classifier.out_features if isinstance(classifier, nn.Linear) else None
+    if network.source_classes == num_classes and classifier.in_features == feature_dim:
         network.heads["main"].load_state_dict(classifier.state_dict())
     return network
