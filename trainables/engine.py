@@ -58,7 +58,7 @@ class InputPipeline:
         if train is not None and train.crop_padding is not None:
             self.padding = train.crop_padding
         self.flip = True if train is None else train.flip
-        self.channels_last = device.type == "cuda" and (train is None or train.channels_last)
+        self.channels_last = device.type in ACCELERATED_DEVICE_TYPES and (train is None or train.channels_last)
 
     def to_unit(self, images: torch.Tensor) -> torch.Tensor:
         return images.float().div_(255)
@@ -92,16 +92,22 @@ class InputPipeline:
         return self.base_augment(self.to_unit(images), generator)
 
 
+# Device types that get bf16 autocast and channels_last (train.bf16 / train.channels_last). Only
+# CUDA by default: on CPU both are slower. The fast suite adds "cpu" to run these same branches on
+# a machine without a GPU (tests/test_accelerated_paths.py); torch supports both on CPU.
+ACCELERATED_DEVICE_TYPES = {"cuda"}
+
+
 def autocast(device: torch.device, enabled: bool = True):
-    if device.type == "cuda" and enabled:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if device.type in ACCELERATED_DEVICE_TYPES and enabled:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
 def full_precision(device: torch.device):
-    """Leave autocast for a small fp32 computation inside an autocast region (CUDA only)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", enabled=False)
+    """Leave autocast for a small fp32 computation inside an autocast region."""
+    if device.type in ACCELERATED_DEVICE_TYPES:
+        return torch.autocast(device.type, enabled=False)
     return contextlib.nullcontext()
 
 
