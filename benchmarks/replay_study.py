@@ -172,12 +172,17 @@ def plot(results: dict, out: Path) -> None:
     for name, r in results["regimes"].items():
         if not r.get("replayed"):
             continue
-        fig, ax = plt.subplots(figsize=(8, 5.5))
+        fig, ax = plt.subplots(figsize=(10, 6.5))
+        families = sorted({label.split()[0] for label in r["strategies"]})
+        colours = {f: plt.cm.tab20(i % 20) for i, f in enumerate(families)}
         for label, s in r["strategies"].items():
             low, high = s["interval"]
             ax.errorbar(s["compute"], s["mean_regret"], yerr=[[s["mean_regret"] - low], [high - s["mean_regret"]]],
-                        fmt="o", ms=4, capsize=2)
-            ax.annotate(label, (s["compute"], s["mean_regret"]), fontsize=6, xytext=(3, 2), textcoords="offset points")
+                        fmt="o", ms=4, capsize=2, color=colours[label.split()[0]])
+            ax.annotate(label, (s["compute"], s["mean_regret"]), fontsize=5.5, xytext=(3, 2),
+                        textcoords="offset points")
+        # regrets span three orders of magnitude: linear near 0, logarithmic above a tenth of the seed sd
+        ax.set_yscale("symlog", linthresh=r["seed_sd"] / 10)
         ax.axhline(r["seed_sd"], color="grey", ls="--", lw=1)
         ax.text(ax.get_xlim()[1], r["seed_sd"], " seed sd", va="bottom", ha="right", fontsize=7, color="grey")
         ax.set_xlabel("compute (fraction of one full run of every candidate)")
