@@ -15,16 +15,18 @@ def epoch_seconds_by_candidate(trials: Sequence[dict[str, Any]]) -> dict[str, li
 
 
 def compute_summary(trials: list[dict[str, Any]], scores: list, survivors: list[str],
-                    audit_phases: Sequence[dict[str, Any]] = (), full_epochs: int = 0) -> dict[str, float]:
+                    audit_phases: Sequence[dict[str, Any]] = (), full_epochs: int = 0,
+                    candidates: Sequence[str] = ()) -> dict[str, float]:
     """What the sweep spent (proxy, audit and search trials, expansions included; `scores` the
     ProxyScores) against the
     replay benchmark's reference: one full-length run of every candidate, at the seconds per
-    epoch measured in this sweep (a candidate never trained: the mean over those that were)."""
+    epoch measured in this sweep (a candidate never trained: the mean over those that were).
+    `candidates`: every candidate of the space (default: the scored ones, else the survivors)."""
     trial_seconds = sum(t["seconds"] or 0.0 for t in trials)
     audit_seconds = sum(p.get("seconds", 0.0) for p in audit_phases)
     audited = {c for p in audit_phases for c in p.get("values") or {}}
     proxy_seconds = sum(s.seconds for s in scores)
-    names = [s.candidate for s in scores] or list(survivors)
+    names = list(candidates) or [s.candidate for s in scores] or list(survivors)
     measured = epoch_seconds_by_candidate(trials)
     for phase in audit_phases:
         for candidate, seconds in (phase.get("epoch_seconds") or {}).items():

@@ -57,7 +57,11 @@ class ProxyConfig(Section):
 
 
 class PruneConfig(Section):
-    mode: Literal["top_k", "overlap", "none"] = "top_k"
+    mode: Literal["top_k", "overlap", "none", "fixed"] = Field(
+        "top_k", description="top_k / overlap: the proxy decides which candidates are trained; none: all of them; "
+                             "fixed: only `candidate`, no proxy scoring (no search over augmentations)")
+    candidate: Optional[Union[str, dict[str, Any]]] = Field(None, description="mode fixed: the one candidate, as "
+                                                                              "written in space.candidates")
     top_k: int = Field(3, ge=1)
     audit: int = Field(0, ge=0, description="sentinels: pruned candidates trained anyway to check the proxy")
     audit_seeds: int = Field(2, ge=2, description="seeds per audited candidate (>= 2: seed noise is measured)")
@@ -183,6 +187,21 @@ class SweepConfig(DistillConfig):
         if prune.audit and prune.mode == "top_k" and prune.audit > pruned:
             raise ValueError(f"search.prune.audit: {prune.audit} sentinels, but only {pruned} candidates "
                              f"are pruned; use at most {pruned}")
+        if prune.mode == "fixed":
+            if prune.candidate is None:
+                raise ValueError("search.prune.candidate: mode fixed trains one candidate; name it (one of "
+                                 "space.candidates)")
+            ids = [c.id for c in self.space.resolved()]
+            try:
+                fixed = expand_candidates([prune.candidate])
+            except ValueError as exc:
+                raise ValueError(f"search.prune.candidate: {exc}") from None
+            if len(fixed) != 1 or fixed[0].id not in ids:
+                raise ValueError(f"search.prune.candidate: {prune.candidate!r} is not one of space.candidates "
+                                 f"({', '.join(ids)})")
+            if prune.audit:
+                raise ValueError("search.prune.audit: mode fixed prunes by choice, not by the proxy; there is "
+                                 "nothing to audit: set audit: 0")
         if prune.mode == "overlap" and self.proxy.score != "t_stddev":
             raise ValueError(f"search.prune.mode: overlap compares T.stddev's bootstrap intervals, and proxy.score is "
                              f"{self.proxy.score}; use mode top_k, or proxy.score: t_stddev")

@@ -22,8 +22,8 @@ from augtune.trainables.engine import InputPipeline, evaluate_split, load_checkp
 class ProxyOutcome:
     scores: list[ProxyScore]
     teacher_path: Path
-    csv_path: Path
-    json_path: Path
+    csv_path: Optional[Path]  # None when only the teacher was obtained (prune mode fixed)
+    json_path: Optional[Path]
     run_ids: dict[str, str]
 
 
@@ -121,7 +121,9 @@ def write_scores(scores: list[ProxyScore], folder: Path) -> tuple[Path, Path]:
 
 
 def run_proxy(cfg: SweepConfig, data: DataBundle, tracker: Tracker, parent_id: str,
-              progress: bool = True) -> ProxyOutcome:
+              progress: bool = True, score: bool = True) -> ProxyOutcome:
+    """The method's teacher (obtained, evaluated, logged), then, with `score`, every candidate's
+    proxy scores (table files, MLflow child runs)."""
     device = resolve_device(cfg.device)
     teacher, teacher_path, trained = obtain_method_teacher(cfg, cfg.method, data, device, tracker, parent_id,
                                                            progress)
@@ -131,6 +133,9 @@ def run_proxy(cfg: SweepConfig, data: DataBundle, tracker: Tracker, parent_id: s
     print(f"teacher {cfg.teacher.model}: test accuracy {teacher_test['acc']:.4f}, test loss {teacher_test['loss']:.4f}")
     tracker.log(parent_id, metrics={"teacher_test_acc": teacher_test["acc"], "teacher_test_loss": teacher_test["loss"]},
                 once=True)
+    if not score:
+        tracker.log(parent_id, params={"teacher_checkpoint": str(Path(teacher_path).resolve())})
+        return ProxyOutcome([], teacher_path, None, None, {})
     extra = {}
     scorer = student_scorer(cfg, data, device)
     if scorer is not None:

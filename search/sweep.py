@@ -23,6 +23,7 @@ from augtune.search.tracking import Tracker
 from augtune.search.trials import completed_trials, usable
 from augtune.search.tuners import (SweepInterrupted, build_grid_tuner, build_tuner, collect_trials, fit_phase,
                                    init_ray, phase_results, restore_or_build)
+from augtune.spaces.candidates import expand_candidates
 
 
 @dataclass
@@ -180,10 +181,13 @@ def stage_proxy_and_prune(cfg: SweepConfig, data, tracker: Tracker, state: Sweep
     """Teacher and T.stddev (methods with a teacher), pruning; the state moves on to 'search'.
     A method without a teacher has no proxy: every candidate goes to the trials."""
     parent = state.parent_run_id
-    if cfg.method.teacher != "none":
+    mode = "none" if state.validate_proxy else cfg.search.prune.mode
+    if cfg.method.teacher != "none" and mode == "fixed":  # the teacher only: nothing to score
+        teacher_path = run_proxy(cfg, data, tracker, parent, progress, score=False).teacher_path
+        scores, survivors = [], [expand_candidates([cfg.search.prune.candidate])[0].id]
+    elif cfg.method.teacher != "none":
         proxy = run_proxy(cfg, data, tracker, parent, progress)
         scores, teacher_path = proxy.scores, proxy.teacher_path
-        mode = "none" if state.validate_proxy else cfg.search.prune.mode
         survivors = proxy_cut(scores, mode, cfg.search.prune.top_k, by=cfg.proxy.score)
     else:
         scores, teacher_path, mode = [], None, "none"
@@ -259,7 +263,8 @@ def stage_summarise(cfg: SweepConfig, state: SweepState, tracker: Tracker, grids
     best = pick_best(trials + audit_trials, cfg.search.metric)
     # full length = the longest trial (a multi-stage method counts its stages' epochs)
     full_epochs = max([t.get("epochs") or 0 for t in trials] + [cfg.student.train.epochs])
-    compute = compute_summary(trials, scores, state.survivors, state.audit_phases, full_epochs)
+    compute = compute_summary(trials, scores, state.survivors, state.audit_phases, full_epochs,
+                              candidates=[c.id for c in cfg.space.resolved()])
     # proxy_seconds is on the parent already (logged by the proxy stage): log it once
     tracker.log(parent, metrics={k: v for k, v in compute.items() if k != "proxy_seconds"}, once=True)
     tracker.log_json(parent, "trials.json", trials)
@@ -331,7 +336,7 @@ def _run_stages(cfg: SweepConfig, state: SweepState, tracker: Tracker, data, res
     init_ray(cfg)
     if not state.audit_done:
         print("\n" + format_audit(stage_audit(cfg, state, tracker, teacher_path, score_of)))
-    print(f"\n{cfg.search.method} trials for {len(state.survivors)} of {len(state.scores) or len(state.survivors)} "
+    print(f"\n{cfg.search.method} trials for {len(state.survivors)} of {len(cfg.space.resolved())} "
           f"candidates: {', '.join(state.survivors)}")
     grids = stage_search(cfg, state, teacher_path, score_of)
     return stage_summarise(cfg, state, tracker, grids, data)

@@ -20,7 +20,8 @@ def format_trials(trials: list[dict[str, Any]], scores: dict[str, float], metric
     sign = metric_sign(metric)
     for t in sorted(trials, key=lambda t: (t.get(metric) is None, sign * (t.get(metric) or 0))):
         hyper = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t["hyperparameters"].items())
-        lines.append(f"{t['augmentation']:<{width}}  {scores.get(t['augmentation'], float('nan')):>9.6f}  "
+        score = scores.get(t["augmentation"])  # none when nothing was scored (prune mode fixed)
+        lines.append(f"{t['augmentation']:<{width}}  {'-' if score is None else f'{score:.6f}':>9}  "
                      f"{t['epochs']:>6}  {_cell(t.get('val_loss')):>8}  {_cell(t.get('val_acc')):>7}  "
                      f"{_cell(t.get('test_loss')):>9}  {_cell(t.get('test_acc')):>8}  {hyper or '-'}"
                      + ("  (diverged)" if t.get("diverged") else ""))
@@ -54,7 +55,7 @@ def format_audit(outcome: AuditOutcome) -> str:
 def format_compute(compute: dict[str, float]) -> str:
     """What the sweep spent against training every candidate once in full (the replay
     benchmark's reference), from the per-epoch seconds this sweep measured."""
-    parts = [f"proxy {compute['proxy_seconds']:.0f} s"]
+    parts = [f"proxy {compute['proxy_seconds']:.0f} s"] if compute["proxy_seconds"] else []
     if compute.get("audit_trials"):
         parts.append(f"audit {compute['audit_seconds']:.0f} s over {compute['audit_trials']:.0f} trials")
     parts.append(f"search {compute['trial_seconds']:.0f} s over {compute['trials']:.0f} trials")

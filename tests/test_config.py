@@ -40,6 +40,13 @@ BAD = {
                    "low must be below high"),
     "bad resources": ("search: {resources: {cpu: 0}}", "search.resources", "cpu"),
     "name with slash": ("name: a/b", "name", "pattern"),
+    "fixed without candidate": ("search: {prune: {mode: fixed}}", "search.prune.candidate", "name it"),
+    "fixed candidate not in space": ("space: {candidates: [identity, flip]}\n"
+                                     "search: {prune: {mode: fixed, candidate: cutout}}",
+                                     "search.prune.candidate", "not one of space.candidates"),
+    "fixed with audit": ("space: {candidates: [identity, flip]}\n"
+                         "search: {prune: {mode: fixed, candidate: flip, audit: 1}}", "search.prune.audit",
+                         "nothing to audit"),
 }
 
 

@@ -126,6 +126,23 @@ def audited_sweep(tmp_path_factory, ray_session):
     return uri, outcome
 
 
+def test_fixed_mode_trains_only_the_named_candidate_and_scores_nothing(tmp_path, ray_session, capsys):
+    """prune.mode fixed (no search over augmentations): the teacher is obtained, no candidate is
+    scored, every trial trains the named candidate, and compute is reported against one full run of
+    every candidate of the space."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    path = write_sweep_config(tmp_path, "fixed", uri, prune={"mode": "fixed", "candidate": "cutout"})
+    outcome = run_sweep(load_config(path), progress=False)
+    assert outcome.scores == [] and outcome.survivors == ["cutout"]
+    assert {t["augmentation"] for t in outcome.trials} == {"cutout"} and len(outcome.trials) == 3
+    runs = runs_by_stage(uri, "fixed")
+    assert "proxy" not in runs and len(runs["trial"]) == 3
+    assert outcome.compute["candidates"] == len(EIGHT_CANDIDATES)
+    assert outcome.compute["pruned_candidates"] == len(EIGHT_CANDIDATES) - 1
+    assert "trials for 1 of 8 candidates" in capsys.readouterr().out
+    assert (tmp_path / "runs" / "fixed" / "teacher.pt").is_file()
+
+
 def test_sweep_and_best_agree_on_the_chosen_trial_whichever_phase_trained_it(audited_sweep, tmp_path):
     """One definition of the chosen trial: the lowest validation loss among the full-length trials
     of the search and the audit; `augtune best` finds the same run, and its student weights are
