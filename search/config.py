@@ -44,9 +44,13 @@ class ProxyConfig(Section):
     bootstrap: int = Field(1000, ge=0, description="bootstrap resamples for the interval (0: none)")
     confidence: float = Field(0.95, gt=0.0, lt=1.0)
     student_checkpoint: Optional[Path] = Field(None, description="needed by entropy=student picks")
-    score: Literal["t_stddev", "entropy", "kl", "agreement", "accuracy"] = Field(
-        "t_stddev", description="which teacher-only score ranks the candidates (all are computed in the same "
-                                "forward passes; see search/proxy.py ZOO for each one's direction)")
+    score: Literal["t_stddev", "entropy", "kl", "agreement", "accuracy", "low_fidelity"] = Field(
+        "t_stddev", description="which score ranks the candidates: the teacher-only ones are computed in the "
+                                "same forward passes (search/proxy.py ZOO gives each one's direction); "
+                                "low_fidelity needs low_fidelity_epochs")
+    low_fidelity_epochs: int = Field(0, ge=0, description="> 0: also train each candidate's student this many "
+                                                          "epochs of its full schedule and score it by its "
+                                                          "validation loss there (the zoo's one student score)")
 
     @field_validator("student_checkpoint")
     @classmethod
@@ -202,6 +206,15 @@ class SweepConfig(DistillConfig):
             if prune.audit:
                 raise ValueError("search.prune.audit: mode fixed prunes by choice, not by the proxy; there is "
                                  "nothing to audit: set audit: 0")
+        if self.proxy.score == "low_fidelity" and not self.proxy.low_fidelity_epochs:
+            raise ValueError("proxy.score: low_fidelity ranks by a few epochs of student training; set "
+                             "proxy.low_fidelity_epochs (e.g. 3)")
+        if self.proxy.low_fidelity_epochs and self.method.teacher != "supervised":
+            raise ValueError(f"proxy.low_fidelity_epochs: {self.search.method} has no single-stage student to "
+                             "train briefly; use 0")
+        if self.proxy.low_fidelity_epochs >= self.student.train.epochs:
+            raise ValueError(f"proxy.low_fidelity_epochs: {self.proxy.low_fidelity_epochs} is not fewer than the "
+                             f"student's {self.student.train.epochs} epochs; a low-fidelity score trains less")
         if prune.mode == "overlap" and self.proxy.score != "t_stddev":
             raise ValueError(f"search.prune.mode: overlap compares T.stddev's bootstrap intervals, and proxy.score is "
                              f"{self.proxy.score}; use mode top_k, or proxy.score: t_stddev")

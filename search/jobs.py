@@ -11,7 +11,7 @@ from typing import Callable, Optional
 import torch
 
 from augtune.search.config import SweepConfig
-from augtune.search.proxy import ProxyScore, format_table, score_candidates
+from augtune.search.proxy import ProxyScore, format_table, low_fidelity_scores, rank_scores, score_candidates
 from augtune.search.teacher import obtain_method_teacher
 from augtune.search.tracking import Tracker, log_proxy_scores
 from augtune.trainables.data import DataBundle
@@ -147,7 +147,13 @@ def run_proxy(cfg: SweepConfig, data: DataBundle, tracker: Tracker, parent_id: s
                               stop_when_stable=p.stop_when_stable, min_passes=p.min_passes,
                               stable_passes=p.stable_passes, seed=cfg.seed, extra_scorers=extra,
                               progress=progress, bf16=cfg.teacher.train.bf16, forward_batches=p.forward_batches,
-                              rank_by=p.score)
+                              rank_by="t_stddev" if p.score == "low_fidelity" else p.score)
+    if p.low_fidelity_epochs:
+        trained = low_fidelity_scores(cfg, data, teacher_path, p.low_fidelity_epochs, candidates, progress)
+        for s in scores:
+            s.zoo["low_fidelity"], seconds = trained[s.candidate]
+            s.seconds += seconds
+        scores = rank_scores(scores, p.score)
     csv_path, json_path = write_scores(scores, job_dir(cfg))
     settings = {"proxy.score": p.score, "proxy.passes": p.passes, "proxy.group_batches": p.group_batches,
                 "proxy.batch_size": p.batch_size,

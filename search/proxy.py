@@ -70,6 +70,7 @@ ZOO = {
     "kl": "higher",  # mean KL(p || q): how much new information x' carries for the teacher
     "agreement": "lower",  # mean [argmax p == argmax q]: the same rationale, as a rate
     "accuracy": "higher",  # mean [argmax q == y]: the teacher's targets on x' stay correct
+    "low_fidelity": "lower",  # a student's val loss after a few epochs (low_fidelity_scores; not teacher-only)
 }
 PROXY_SCORES = tuple(ZOO)
 
@@ -261,3 +262,28 @@ def format_table(scores: Sequence[ProxyScore]) -> str:
     if zoo:
         lines.append("zoo (same forward passes): + higher predicts a better student, - lower")
     return "\n".join(lines)
+
+
+def low_fidelity_scores(cfg, data: DataBundle, teacher_path, epochs: int, candidates: Sequence[Candidate],
+                        progress: bool = True) -> dict[str, tuple[float, float]]:
+    """The zoo's one student score: each candidate's student (the config's method, seed and
+    hyperparameters) trained `epochs` epochs of its full schedule, scored by its validation loss
+    there (test loss without a validation split) — what the first rung of successive halving
+    sees. Returns {candidate: (score, seconds)}."""
+    from augtune.trainables.config import DistillConfig, apply_trial_values
+
+    method = cfg.method
+    out = {}
+    bar = progress_bar(total=epochs * len(candidates), desc="low-fidelity students", unit="epoch",
+                       disable=not progress)
+    for candidate in candidates:
+        trial_cfg = DistillConfig.model_validate(apply_trial_values(cfg.distill_dict(), {"augmentation": candidate.id},
+                                                                    method.name))
+        start = time.perf_counter()
+        runner = method.runner(trial_cfg, data=data, seed=cfg.seed, teacher_checkpoint=str(teacher_path))
+        for _ in range(epochs):
+            metrics = runner.run_epoch()
+            bar.update(1)
+        out[candidate.id] = (float(metrics.get("val_loss", metrics["test_loss"])), time.perf_counter() - start)
+    bar.close()
+    return out
