@@ -168,3 +168,19 @@ def test_low_fidelity_top_k_continues_the_early_leaders():
     world = World(regime, np.random.default_rng(0))
     assert low_fidelity_top_k(1, 2)(world) == "b"
     assert world.seconds == 20.0
+
+
+def test_replays_of_the_shipped_table_take_the_same_decisions_through_tune(ray_session, tmp_path):
+    """On the repository's own table (the long-tailed default), a few replays: the scheduler object
+    fed directly and a real Tune run of the replay trainable stop the same trials at the same epochs."""
+    from pathlib import Path
+
+    table = load_table(Path(__file__).resolve().parents[1] / "benchmarks" / "tables" / "digits-kd-lc.json.gz")
+    regime = table["lt100-if10-r8"]
+    for r in range(2):
+        order = [str(c) for c in np.random.default_rng(r).permutation(regime.candidates)]
+        simulated = simulate_asha(World(regime, np.random.default_rng(r)), order, 3, 3, workers=1)
+        through_tune = replay_asha_through_tune(World(regime, np.random.default_rng(r)), order, 3, 3,
+                                                str(tmp_path / "ray"), name=f"replay-{r}")
+        assert through_tune == simulated
+        assert sorted({e for e, _ in simulated.values()}) != [regime.epochs]  # some trials were stopped
