@@ -82,17 +82,28 @@ def test_missing_config_file_and_bad_yaml(tmp_path, capsys):
     assert "not valid YAML" in capsys.readouterr().err
 
 
-def test_shipped_configs_validate():
+def test_shipped_configs_validate(tmp_path):
+    """Every shipped config loads; an ImageFolder one with its data paths pointed at a tiny
+    ImageFolder tree (the user's own files in practice)."""
     from pathlib import Path
 
+    import yaml
+
     from augtune.search.config import load_config
+    from fixtures import write_image_folder
 
     # the repository's configs, wherever pytest runs from
     paths = [p for p in sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
              if p.name != "cluster.yaml"]  # a Ray cluster file, not an experiment
-    assert len(paths) >= 8
+    assert len(paths) >= 10
+    train_list, test_list = write_image_folder(tmp_path / "images", classes=3, per_class=4)
     for path in paths:
-        load_config(path)
+        overrides = {}
+        if yaml.safe_load(path.read_text())["data"]["name"] == "imagefolder":
+            overrides = {"data.root": str(tmp_path / "images"), "data.train_list": str(train_list),
+                         "data.test_list": str(test_list)}
+        cfg = load_config(path, overrides)
+        assert cfg.name
 
 
 def test_bad_set_override_exits_2(tmp_path, capsys):
