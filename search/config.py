@@ -206,6 +206,9 @@ class SweepConfig(DistillConfig):
             if prune.audit:
                 raise ValueError("search.prune.audit: mode fixed prunes by choice, not by the proxy; there is "
                                  "nothing to audit: set audit: 0")
+            if "top_k" in prune.model_fields_set:
+                raise ValueError("search.prune.top_k: mode fixed trains the one candidate it names; top_k does "
+                                 "not apply: remove it, or use mode: top_k")
         if self.proxy.score == "low_fidelity" and not self.proxy.low_fidelity_epochs:
             raise ValueError("proxy.score: low_fidelity ranks by a few epochs of student training; set "
                              "proxy.low_fidelity_epochs (e.g. 3)")
