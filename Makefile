@@ -18,7 +18,7 @@ run: $(STAMP)
 	$(BIN)/augtune sweep configs/digits_sweep.yaml
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -m '' tests
+	$(BIN)/python -m pytest -m '' --durations=20 tests
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest tests
