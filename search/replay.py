@@ -65,18 +65,24 @@ class World:
             self.trained_epochs[(candidate, seed)] = epochs
         return float(self.curve(candidate, seed)[epochs - 1])
 
-    def proxy_ranking(self, score: str) -> list[str]:
-        """Candidates best first by the proxy (its ZOO direction), from this replay's proxy seed;
-        charges the proxy's seconds for every candidate (all are scored in the same passes)."""
-        from augtune.search.proxy import ZOO
+    def proxy_scores(self, score: str) -> list:
+        """This replay's proxy seed's scores as the sweep's ProxyScores, ranked by `score` the way
+        the sweep ranks them (search/proxy.py rank_scores); charges the proxy's seconds for every
+        candidate (all are scored in the same passes)."""
+        from augtune.search.proxy import ProxyScore, rank_scores
 
-        values = self.regime.proxy[score][:, self.proxy_seed]
         if self.regime.proxy_seconds is not None:
             self.seconds += float(np.nansum(self.regime.proxy_seconds[:, self.proxy_seed]))
-        sign = 1.0 if ZOO[score] == "lower" else -1.0
-        order = sorted(range(len(values)), key=lambda c: (math.isnan(values[c]), sign * np.nan_to_num(values[c]),
-                                                          self.regime.candidates[c]))
-        return [self.regime.candidates[c] for c in order]
+        nan = float("nan")
+        scores = [ProxyScore(name, float(self.regime.proxy["t_stddev"][c, self.proxy_seed])
+                             if "t_stddev" in self.regime.proxy else nan, nan, nan, 0, 0, 0.0,
+                             zoo={k: float(v[c, self.proxy_seed]) for k, v in self.regime.proxy.items()})
+                  for c, name in enumerate(self.regime.candidates)]
+        return rank_scores(scores, score)
+
+    def proxy_ranking(self, score: str) -> list[str]:
+        """Candidates best first by the proxy `score` (see proxy_scores)."""
+        return [s.candidate for s in self.proxy_scores(score)]
 
     # -- what only the scorer sees
     def truth(self) -> np.ndarray:
@@ -120,8 +126,7 @@ def proxy_top_k(k: int, score: str = "t_stddev") -> Strategy:
     from augtune.search.prune import proxy_cut
 
     def run(world: World) -> str:
-        ranked = world.proxy_ranking(score)
-        kept = proxy_cut([_Ranked(c) for c in ranked], "top_k", k)
+        kept = proxy_cut(world.proxy_scores(score), "top_k", k, by=score)
         return world.best_of({c: world.train(c) for c in kept})
     return run
 
@@ -208,16 +213,6 @@ class _Trial:
     epochs: int = 0
     last: float = float("nan")
     history: list = field(default_factory=list)
-
-
-@dataclass
-class _Ranked:
-    """The fields proxy_cut reads, for a ranking that is already in order."""
-
-    candidate: str
-
-    def value(self, _by: str) -> float:
-        return 0.0
 
 
 def asha_scheduler(world_epochs: int, grace_period: int, reduction_factor: float, metric: str):
