@@ -203,3 +203,18 @@ def test_safetensors_weights_of_a_timm_network_load(tmp_path):
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(network(x), original(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["vit_b_16", "mobilenet_v3_small"])
+def test_classifiers_inside_named_and_numbered_sequentials_are_found(name):
+    """ViT keeps its Linear as `heads.head`, MobileNet as `classifier[3]`: both are cut off and
+    become the main head, so the adapted network gives the original logits."""
+    import torchvision
+
+    torch.manual_seed(0)
+    original = torchvision.models.get_model(name, num_classes=5).eval()
+    network = build_model(f"torchvision:{name}", 5, 3, {"num_classes": 5}, weights=original.state_dict()).eval()
+    assert not any(isinstance(m, torch.nn.Linear) and m.out_features == 5 for m in network.backbone.modules())
+    x = torch.rand(1, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.allclose(network(x), original(x), atol=1e-5)

@@ -359,11 +359,11 @@ def _classifier_slot(module: nn.Module) -> tuple[nn.Module, str, nn.Linear]:
         part = getattr(module, attr, None)
         if isinstance(part, nn.Linear):
             return module, attr, part
-        if isinstance(part, nn.Sequential):
-            linears = [(i, m) for i, m in enumerate(part) if isinstance(m, nn.Linear)]
+        if isinstance(part, nn.Sequential):  # by child name: ViT's `heads` names its Linear "head"
+            linears = [(name, m) for name, m in part.named_children() if isinstance(m, nn.Linear)]
             if linears:
-                index, linear = linears[-1]
-                return part, str(index), linear
+                name, linear = linears[-1]
+                return part, name, linear
         if isinstance(part, nn.Module) and isinstance(getattr(part, "head", None), nn.Linear):
             return part, "head", part.head
     raise ValueError("cannot find this network's classifier: expected a Linear at `fc`, `classifier`, `heads` or "
