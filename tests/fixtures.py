@@ -85,5 +85,6 @@ def assert_accuracy_of(acc: float, images: int) -> None:
     catches a per-batch average, a wrong split or a loss in the accuracy's place."""
     import pytest
 
-    assert 0.0 <= acc <= 1.0
-    assert acc * images == pytest.approx(round(acc * images), abs=1e-4), (acc, images)
+    correct = acc * images
+    assert correct == pytest.approx(round(correct), abs=1e-4), (acc, images)  # a whole number of images
+    assert 0 <= round(correct) <= images, (acc, images)
