@@ -38,9 +38,9 @@ def run_arm(arm: str, seed: int, out: Path) -> dict:
     start = time.perf_counter()
     outcome = run_sweep(cfg, progress=False)
     best = outcome.best
-    return {"arm": arm, "seed": seed, "augmentation": best["augmentation"], "val_loss": best["val_loss"],
+    return {"arm": arm, "seed": seed, "augmentation": best.augmentation, "val_loss": best.val_loss,
             "test_loss": best["test_loss"], "test_acc": best["test_acc"],
-            "trial_epochs": sum(t["epochs"] for t in outcome.trials), "wall_seconds": time.perf_counter() - start}
+            "trial_epochs": sum(t.epochs for t in outcome.trials), "wall_seconds": time.perf_counter() - start}
 
 
 def t_interval(values: list[float]) -> tuple[float, float, float]:

@@ -8,7 +8,7 @@ from typing import Optional
 
 from augtune.search.metric import lower_is_better
 from augtune.search.tracking import DIVERGED_TAG, STAGE_TAG, Tracker
-from augtune.search.trials import completed_trials, trial_rows, usable
+from augtune.search.trials import TrialRow, completed_trials, trial_rows
 
 
 @dataclass
@@ -16,7 +16,7 @@ class CandidateSummary:
     candidate: str
     best: float
     mean: float
-    runs: list[dict]
+    runs: list[TrialRow]  # best first
     epochs: float  # the training length its best/mean compare at
     complete: bool  # trained as long as the longest run of the experiment
 
@@ -29,21 +29,21 @@ def summarise_trials(uri: str, experiment: str, metric: str = "val_loss",
 
     if MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment) is None:
         raise LookupError(f"no MLflow experiment named {experiment!r} at {uri}")
-    rows = [r for r in trial_rows(Tracker(uri, experiment), parent_run_id) if usable(r, metric)]
-    complete = {r["run_id"] for r in completed_trials(rows, metric)}
+    rows = [r for r in trial_rows(Tracker(uri, experiment), parent_run_id) if r.usable(metric)]
+    complete = {r.run_id for r in completed_trials(rows, metric)}
     lower = lower_is_better(metric)
-    by_candidate: dict[str, list[dict]] = {}
+    by_candidate: dict[str, list[TrialRow]] = {}
     for row in rows:
-        by_candidate.setdefault(row["augmentation"], []).append(row)
+        by_candidate.setdefault(row.augmentation, []).append(row)
     summaries = []
     for candidate, runs in by_candidate.items():
-        full = [r for r in runs if r["run_id"] in complete]
-        length = max(r["epochs"] for r in runs)
-        compared = full or [r for r in runs if r["epochs"] == length]
-        values = [r[metric] for r in compared]
+        full = [r for r in runs if r.run_id in complete]
+        length = max(r.epochs for r in runs)
+        compared = full or [r for r in runs if r.epochs == length]
+        values = [r.metric(metric) for r in compared]
         best = min(values) if lower else max(values)
-        order = sorted(runs, key=lambda r: (-r["epochs"], r[metric] if lower else -r[metric]))
-        summaries.append(CandidateSummary(candidate, best, mean(values), order, compared[0]["epochs"], bool(full)))
+        order = sorted(runs, key=lambda r: (-r.epochs, r.metric(metric) if lower else -r.metric(metric)))
+        summaries.append(CandidateSummary(candidate, best, mean(values), order, compared[0].epochs, bool(full)))
     summaries.sort(key=lambda s: (not s.complete, s.best if lower else -s.best))
     return summaries
 
@@ -78,8 +78,8 @@ def _test_of_best(summary: CandidateSummary, metric: str) -> str:
     """Test loss of the run the candidate's best value comes from (blank when selecting on test)."""
     if metric.startswith("test_"):
         return "-"
-    run = next((r for r in summary.runs if r[metric] == summary.best), None)
-    value = run.get("test_loss") if run else None
+    run = next((r for r in summary.runs if r.metric(metric) == summary.best), None)
+    value = run.test_loss if run else None
     return f"{value:.4f}" if value is not None else "-"
 
 
@@ -104,12 +104,12 @@ def export_best(uri: str, experiment: str, path: Path, metric: str = "val_loss")
 
     import yaml
 
-    from augtune.trainables.config import apply_trial_values
+    from augtune.trainables.values import apply_trial_values
     from augtune.trainables.methods import REGISTRY
 
     best = best_augmentation(uri, experiment, metric)
     tracker = Tracker(uri, experiment)
-    run = tracker.client.get_run(best.runs[0]["run_id"])
+    run = tracker.client.get_run(best.runs[0].run_id)
     parent_id = run.data.tags.get("mlflow.parentRunId")
     with tempfile.TemporaryDirectory() as tmp:
         config = json.loads(Path(tracker.client.download_artifacts(parent_id, "config.json", tmp)).read_text())
@@ -121,8 +121,8 @@ def export_best(uri: str, experiment: str, path: Path, metric: str = "val_loss")
             params = {k: yaml.safe_load(v) for k, v in run.data.params.items()}
         seed = params.pop("seed", None)
         sampled = {k: v for k, v in params.items() if k != "augmentation_kind" and not k.endswith(".variant")}
-        config = apply_trial_values(config, sampled)
-        method = config.get("search", {}).get("method", "kd")
+        method = config["search"]["method"]  # a sweep's config.json: its SweepConfig, complete
+        config = apply_trial_values(config, sampled, method)
         augmentation = config[method]["augmentation"]
         if seed is not None:
             config["seed"] = seed

@@ -99,10 +99,10 @@ def _best(args) -> int:
     best = summaries[0]
     print(f"\nbest augmentation: {best.candidate}  (best {args.metric} = {best.best:.4f})")
     for run in best.runs:
-        test = "" if args.metric.startswith("test_") or run.get("test_loss") is None else \
-            f"  test_loss={run['test_loss']:.4f}  test_acc={run['test_acc']:.4f}"
-        print(f"  run {run['run_id']}  {run['run_name']}  {args.metric}={run[args.metric]:.4f}{test}  "
-              f"epochs={run['epochs']:.0f}")
+        test = "" if args.metric.startswith("test_") or run.test_loss is None else \
+            f"  test_loss={run.test_loss:.4f}  test_acc={run.test_acc:.4f}"
+        print(f"  run {run.run_id}  {run.run_name}  {args.metric}={run.metric(args.metric):.4f}{test}  "
+              f"epochs={run.epochs:.0f}")
     if args.export:
         from augtune.search.best import export_best
 

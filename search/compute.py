@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from augtune.search.trials import TrialRow
 
-def epoch_seconds_by_candidate(trials: Sequence[dict[str, Any]]) -> dict[str, list[float]]:
+
+def epoch_seconds_by_candidate(trials: Sequence[TrialRow]) -> dict[str, list[float]]:
     """Measured seconds per epoch of every trial that trained, by candidate."""
     out: dict[str, list[float]] = {}
     for t in trials:
-        if t.get("epochs") and t.get("seconds"):
-            out.setdefault(t["augmentation"], []).append(t["seconds"] / t["epochs"])
+        if t.seconds_per_epoch is not None:
+            out.setdefault(t.augmentation, []).append(t.seconds_per_epoch)
     return out
 
 
-def compute_summary(trials: list[dict[str, Any]], scores: list, survivors: list[str],
+def compute_summary(trials: Sequence[TrialRow], scores: list, survivors: list[str],
                     audit_phases: Sequence[dict[str, Any]] = (), full_epochs: int = 0,
                     candidates: Sequence[str] = ()) -> dict[str, float]:
     """What the sweep spent (proxy, audit and search trials, expansions included; `scores` the
@@ -22,7 +24,7 @@ def compute_summary(trials: list[dict[str, Any]], scores: list, survivors: list[
     replay benchmark's reference: one full-length run of every candidate, at the seconds per
     epoch measured in this sweep (a candidate never trained: the mean over those that were).
     `candidates`: every candidate of the space (default: the scored ones, else the survivors)."""
-    trial_seconds = sum(t["seconds"] or 0.0 for t in trials)
+    trial_seconds = sum(t.seconds for t in trials)
     audit_seconds = sum(p.get("seconds", 0.0) for p in audit_phases)
     audited = {c for p in audit_phases for c in p.get("values") or {}}
     proxy_seconds = sum(s.seconds for s in scores)

@@ -180,7 +180,9 @@ class SweepConfig(DistillConfig):
     def _prune_sizes(self) -> "SweepConfig":
         count = len(self.space.resolved())
         prune = self.search.prune
-        explicit_k = "top_k" in prune.model_fields_set  # the default of 3 may exceed a short list: keep all then
+        # a top_k of its own (the default may exceed a short list: keep all then); a logged config
+        # (config.json, `best --export`) writes the default out, and must load again
+        explicit_k = "top_k" in prune.model_fields_set and prune.top_k != type(prune).model_fields["top_k"].default
         if self.method.teacher != "none" and prune.mode == "top_k" and explicit_k and prune.top_k > count:
             raise ValueError(f"search.prune.top_k: {prune.top_k} exceeds the {count} candidates in space.candidates; "
                              f"use at most {count} (or prune.mode: none)")
@@ -206,7 +208,7 @@ class SweepConfig(DistillConfig):
             if prune.audit:
                 raise ValueError("search.prune.audit: mode fixed prunes by choice, not by the proxy; there is "
                                  "nothing to audit: set audit: 0")
-            if "top_k" in prune.model_fields_set:
+            if explicit_k:
                 raise ValueError("search.prune.top_k: mode fixed trains the one candidate it names; top_k does "
                                  "not apply: remove it, or use mode: top_k")
         if self.proxy.score == "low_fidelity" and not self.proxy.low_fidelity_epochs:
@@ -227,13 +229,13 @@ class SweepConfig(DistillConfig):
     def _search_domains_within_bounds(self) -> "SweepConfig":
         """Every value a search can reach (bounds, choices, constants) must be a valid setting,
         or trials would die (or be silently dropped) at run time."""
-        from augtune.trainables.config import apply_trial_values
+        from augtune.trainables.values import apply_trial_values
 
         base = self.model_dump(mode="json", include=set(DistillConfig.model_fields))
         for h in parse_hyperparameters(self.search.hyperparameters):
             for value in h.extremes():
                 try:
-                    DistillConfig.model_validate(apply_trial_values(base, {h.name: value}))
+                    DistillConfig.model_validate(apply_trial_values(base, {h.name: value}, self.search.method))
                 except ValidationError as exc:
                     first = exc.errors()[0]
                     raise ValueError(f"search.hyperparameters.{h.name}: the search can reach {value!r}, which "

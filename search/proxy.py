@@ -270,7 +270,8 @@ def low_fidelity_scores(cfg, data: DataBundle, teacher_path, epochs: int, candid
     hyperparameters) trained `epochs` epochs of its full schedule, scored by its validation loss
     there (test loss without a validation split) — what the first rung of successive halving
     sees. Returns {candidate: (score, seconds)}."""
-    from augtune.trainables.config import DistillConfig, apply_trial_values
+    from augtune.trainables.config import DistillConfig
+    from augtune.trainables.values import apply_trial_values
 
     method = cfg.method
     out = {}

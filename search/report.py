@@ -92,17 +92,17 @@ def collect_points(tracker: Tracker, sweep_run_id: str) -> list[CandidatePoint]:
     proxy = {r.data.tags[CANDIDATE_TAG]: r.data.metrics for r in tracker.children(sweep_run_id, "proxy")}
     trials: dict[str, list] = {}
     for row in completed_trials(trial_rows(tracker, sweep_run_id), "test_loss"):
-        trials.setdefault(row["augmentation"], []).append(row)
+        trials.setdefault(row.augmentation, []).append(row)
     points = []
     for candidate, complete in sorted(trials.items()):
         if candidate not in proxy:
             continue
-        losses = [m["test_loss"] for m in complete]
-        val_losses = [m["val_loss"] for m in complete if m.get("val_loss") is not None]
+        losses = [m.test_loss for m in complete]
+        val_losses = [m.val_loss for m in complete if m.val_loss is not None]
         p = proxy[candidate]
         points.append(CandidatePoint(candidate, p["t_stddev"], p.get("t_stddev_low", math.nan),
                                      p.get("t_stddev_high", math.nan), mean(losses),
-                                     mean(m["test_acc"] for m in complete), len(complete),
+                                     mean(m.test_acc for m in complete), len(complete),
                                      float(np.std(losses, ddof=1)) if len(losses) > 1 else 0.0,
                                      losses, mean(val_losses) if len(val_losses) == len(losses) else math.nan,
                                      val_losses if len(val_losses) == len(losses) else [],

@@ -52,18 +52,6 @@ def build_runner(cfg: SweepConfig, method_name: str, augmentation: str, seed: in
                          work_dir=run_folder(cfg, method_name))
 
 
-def _total_epochs(runner) -> int:
-    if hasattr(runner, "lengths"):  # the SSD chain: every stage's epochs
-        return sum(runner.lengths[stage] for stage in runner.stages)
-    return runner.train_cfg.epochs
-
-
-def _epochs_done(runner) -> int:
-    if hasattr(runner, "lengths"):
-        return sum(runner.lengths[s] for s in runner.stages[:runner.index]) + runner.epoch
-    return runner.epoch
-
-
 def train_single(cfg: SweepConfig, method: str, augmentation: Optional[str] = None, seed: Optional[int] = None,
                  resume: bool = False, track: bool = False, progress: bool = True,
                  on_epoch: Optional[Callable[[dict], None]] = None) -> dict[str, Any]:
@@ -104,10 +92,9 @@ def train_single(cfg: SweepConfig, method: str, augmentation: Optional[str] = No
             tracker.log(run_id, params={"method": method, "augmentation": augmentation, "seed": seed,
                                         "threads": torch.get_num_threads()})
             id_file.write_text(run_id)
-    total = _total_epochs(runner)
-    if hasattr(runner, "show_progress"):
-        runner.show_progress = progress
-    bar = progress_bar(total=total, initial=_epochs_done(runner), desc=f"{method} {augmentation}",
+    total = runner.total_epochs
+    runner.show_progress = progress
+    bar = progress_bar(total=total, initial=runner.epochs_done, desc=f"{method} {augmentation}",
                        disable=not progress)
     metrics: dict[str, Any] = {}
     try:
@@ -116,7 +103,7 @@ def train_single(cfg: SweepConfig, method: str, augmentation: Optional[str] = No
             save_atomic(runner.state_dict(), state_path)
             if tracker:
                 tracker.log(run_id, metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
-                            step=_epochs_done(runner))
+                            step=runner.epochs_done)
             bar.update(1)
             if on_epoch:
                 on_epoch(metrics)
@@ -128,7 +115,7 @@ def train_single(cfg: SweepConfig, method: str, augmentation: Optional[str] = No
     finally:
         bar.close()
     model = getattr(runner, "model", None)
-    summary = {"method": method, "augmentation": augmentation, "seed": seed, "epochs": _epochs_done(runner),
+    summary = {"method": method, "augmentation": augmentation, "seed": seed, "epochs": runner.epochs_done,
                "threads": torch.get_num_threads(),
                **{k: v for k, v in metrics.items() if k.startswith(("val_", "test_")) and isinstance(v, float)}}
     if model is not None and REGISTRY[method].student_artifact:

@@ -14,16 +14,16 @@ import yaml
 from augtune.search.compute import compute_summary, epoch_seconds_by_candidate
 from augtune.search.config import ConfigError, SweepConfig
 from augtune.search.jobs import check_tracking_uri, job_dir, load_checked_data, pair_name, run_proxy
-from augtune.search.metric import metric_sign
 from augtune.search.proxy import ProxyScore, format_table
 from augtune.search.prune import AuditOutcome, proxy_cut, run_audit
 from augtune.search.sweep_format import TEST_SELECTION_WARNING, describe_best, format_audit, print_outcome
 from augtune.search.sweep_state import STATE_FILE, SweepState
 from augtune.search.tracking import Tracker
-from augtune.search.trials import completed_trials, usable
+from augtune.search.trials import TrialRow, pick_best
 from augtune.search.tuners import (SweepInterrupted, build_grid_tuner, build_tuner, collect_trials, fit_phase,
-                                   init_ray, phase_results, restore_or_build)
+                                   init_ray, method_trainable, phase_results, restore_or_build, search_trainable)
 from augtune.spaces.candidates import expand_candidates
+from augtune.trainables.method import OwnTeacher
 
 
 @dataclass
@@ -31,8 +31,8 @@ class SweepOutcome:
     parent_run_id: str
     scores: list[ProxyScore]
     survivors: list[str]
-    trials: list[dict[str, Any]]
-    best: Optional[dict[str, Any]]
+    trials: list[TrialRow]
+    best: Optional[TrialRow]
     compute: dict[str, float]
     interrupted: bool = False
     audit: Optional[dict[str, Any]] = None  # AuditOutcome.as_dict() when the pruning was audited
@@ -40,17 +40,7 @@ class SweepOutcome:
 
 # ---------------------------------------------------------------- results
 
-def pick_best(trials: list[dict[str, Any]], metric: str) -> Optional[dict[str, Any]]:
-    """The best trial among the comparable ones (search.trials.completed_trials): failed,
-    diverged and ASHA-stopped trials never count."""
-    pool = completed_trials(trials, metric)
-    if not pool:
-        return None
-    sign = metric_sign(metric)
-    return min(pool, key=lambda t: sign * t[metric])
-
-
-def log_best_student(cfg: SweepConfig, tracker: Tracker, parent: str, best: dict[str, Any], grids, data,
+def log_best_student(cfg: SweepConfig, tracker: Tracker, parent: str, best: TrialRow, grids, data,
                      teacher_path: Optional[Path] = None) -> None:
     """The chosen trial's final student, in augtune's weights-only checkpoint format, as the
     artifact `student.pt` of its MLflow run (`augtune best --export` fetches it), whichever
@@ -63,10 +53,10 @@ def log_best_student(cfg: SweepConfig, tracker: Tracker, parent: str, best: dict
     from augtune.trainables.engine import save_checkpoint
     from augtune.trainables.tune import STATE_FILE as RUNNER_STATE_FILE
 
-    if best.get("phase") == "audit":
-        grids = [phase_results(cfg, best["experiment"], teacher_path)]
-    result = next((r for g in grids for r in g if (r.metrics or {}).get("trial_id") == best["trial_id"]), None)
-    runs = tracker.runs(f"tags.`{TRIAL_TAG}` = '{best['trial_id']}' and tags.`mlflow.parentRunId` = '{parent}'")
+    if best.phase == "audit":
+        grids = [phase_results(cfg, best.experiment, teacher_path)]
+    result = next((r for g in grids for r in g if (r.metrics or {}).get("trial_id") == best.trial_id), None)
+    runs = tracker.runs(f"tags.`{TRIAL_TAG}` = '{best.trial_id}' and tags.`mlflow.parentRunId` = '{parent}'")
     if result is None or result.checkpoint is None or not runs:
         return
     with result.checkpoint.as_directory() as folder, tempfile.TemporaryDirectory() as tmp:
@@ -117,17 +107,17 @@ class AuditTrainer:
         tuner, restored = restore_or_build(
             self.cfg, phase["name"],
             lambda experiment: build_grid_tuner(self.cfg, candidates, seeds, self.teacher_path, self.callback,
-                                                experiment), self.teacher_path, rename)
+                                                experiment), method_trainable(self.cfg, self.teacher_path), rename)
         print(f"\naudit: training {', '.join(candidates)} ({seeds} seeds each, the config's hyperparameters)")
         grid = fit_phase(tuner, len(candidates) * seeds, restored)
-        trials = [dict(t, phase="audit", experiment=phase["name"]) for t in collect_trials(grid)]
+        trials = collect_trials(grid, phase="audit", experiment=phase["name"])
         metric = self.cfg.search.metric
         values: dict[str, list[float]] = {}
         for t in trials:
-            if usable(t, metric):
-                values.setdefault(t["augmentation"], []).append(float(t[metric]))
-        phase.update(values=values, seconds=sum(t["seconds"] or 0.0 for t in trials), trials=len(trials),
-                     epoch_seconds=epoch_seconds_by_candidate(trials), rows=trials)
+            if t.usable(metric):
+                values.setdefault(t.augmentation, []).append(float(t.metric(metric)))
+        phase.update(values=values, seconds=sum(t.seconds for t in trials), trials=len(trials),
+                     epoch_seconds=epoch_seconds_by_candidate(trials), rows=[t.as_dict() for t in trials])
         self.state.save(job_dir(self.cfg))
         return values
 
@@ -169,10 +159,11 @@ def start_sweep(cfg: SweepConfig, tracker: Tracker) -> SweepState:
     return state
 
 
-def _discard_partial_stage(tracker: Tracker, parent: str) -> None:
+def _discard_partial_stage(cfg: SweepConfig, tracker: Tracker, parent: str) -> None:
     """A driver killed during teacher/proxy work may have logged some child runs: delete them
     (MLflow's soft delete, restorable) before the stage runs again, so each appears once."""
-    for stage in ("proxy", "ssd-stages"):
+    own = cfg.method.teacher if isinstance(cfg.method.teacher, OwnTeacher) else None
+    for stage in ("proxy", *([own.stage] if own else [])):
         for run in tracker.children(parent, stage):
             tracker.client.delete_run(run.info.run_id)
 
@@ -231,7 +222,7 @@ def stage_search(cfg: SweepConfig, state: SweepState, teacher_path: Optional[Pat
 
     tuner, restored = restore_or_build(
         cfg, state.ray_experiment, lambda name: build_tuner(cfg, survivors, teacher_path, callback, name, validate),
-        teacher_path, rename("ray_experiment"))
+        search_trainable(cfg, teacher_path, validate), rename("ray_experiment"))
     expected = len(survivors) * cfg.search.seeds if validate else cfg.search.num_samples
     grids = [fit_phase(tuner, expected, restored)]
     missing = expected - len(grids[0])
@@ -241,12 +232,12 @@ def stage_search(cfg: SweepConfig, state: SweepState, teacher_path: Optional[Pat
             state.topup_experiment, state.topup_trials = f"{state.ray_experiment}-topup", missing
             state.save(folder)
         print(f"\nrunning the {state.topup_trials} trial(s) the interrupted experiment lost")
-        tried = [t["augmentation"] for t in collect_trials(grids[0])]
+        tried = [t.augmentation for t in collect_trials(grids[0])]
         tuner, restored = restore_or_build(
             cfg, state.topup_experiment,
             lambda name: build_tuner(cfg, survivors, teacher_path, callback, name, validate,
                                      num_samples=state.topup_trials, tried=tried),
-            teacher_path, rename("topup_experiment"))
+            search_trainable(cfg, teacher_path, validate), rename("topup_experiment"))
         grids.append(fit_phase(tuner, state.topup_trials, restored))
     return grids
 
@@ -257,29 +248,30 @@ def stage_summarise(cfg: SweepConfig, state: SweepState, tracker: Tracker, grids
     the parent run; the state is marked finished."""
     parent = state.parent_run_id
     scores = [ProxyScore(**row) for row in state.scores]
-    trials = [dict(t, phase="search") for grid in grids for t in collect_trials(grid)]
-    audit_trials = [row for phase in state.audit_phases for row in phase.get("rows") or []]
+    trials = [t for grid in grids for t in collect_trials(grid)]
+    audit_trials = [TrialRow.from_dict(row) for phase in state.audit_phases for row in phase.get("rows") or []]
     close_orphans(tracker, parent)
     best = pick_best(trials + audit_trials, cfg.search.metric)
     # full length = the longest trial (a multi-stage method counts its stages' epochs)
-    full_epochs = max([t.get("epochs") or 0 for t in trials] + [cfg.student.train.epochs])
+    full_epochs = max([t.epochs for t in trials] + [cfg.student.train.epochs])
     compute = compute_summary(trials, scores, state.survivors, state.audit_phases, full_epochs,
                               candidates=[c.id for c in cfg.space.resolved()])
     # proxy_seconds is on the parent already (logged by the proxy stage): log it once
     tracker.log(parent, metrics={k: v for k, v in compute.items() if k != "proxy_seconds"}, once=True)
-    tracker.log_json(parent, "trials.json", trials)
+    tracker.log_json(parent, "trials.json", [t.as_dict() for t in trials])
     if best is not None:
         # the chosen trial's test metrics are reported beside the score it was chosen by
-        tracker.log(parent, metrics={f"best_{cfg.search.metric}": best[cfg.search.metric],
-                                     **{f"best_trial_{k}": best[k] for k in ("test_loss", "test_acc")
-                                        if best.get(k) is not None}},
-                    tags={"augtune.best_augmentation": best["augmentation"],
+        tracker.log(parent, metrics={f"best_{cfg.search.metric}": best.metric(cfg.search.metric),
+                                     **{f"best_trial_{k}": best.metric(k) for k in ("test_loss", "test_acc")
+                                        if best.metric(k) is not None}},
+                    tags={"augtune.best_augmentation": best.augmentation,
                           "augtune.selected_on": "test" if cfg.search.metric.startswith("test_") else "val"},
                     once=True)
         if cfg.method.student_artifact:
             log_best_student(cfg, tracker, parent, best, grids, data,
                              Path(state.teacher_path) if state.teacher_path else None)
-    state.finished = {"best": best, "compute": compute, "trials": trials}
+    state.finished = {"best": best.as_dict() if best else None, "compute": compute,
+                      "trials": [t.as_dict() for t in trials]}
     return SweepOutcome(parent, scores, state.survivors, trials, best, compute, audit=state.audit)
 
 
@@ -297,8 +289,10 @@ def run_sweep(cfg: SweepConfig, resume: bool = False, progress: bool = True) -> 
     tracker = Tracker(cfg.tracking.uri, cfg.experiment_name)
     if state is not None and state.finished:
         print(f"this sweep already finished (parent run {state.parent_run_id}); nothing to resume")
+        best = state.finished["best"]
         outcome = SweepOutcome(state.parent_run_id, [ProxyScore(**row) for row in state.scores], state.survivors,
-                               state.finished["trials"], state.finished["best"], state.finished["compute"],
+                               [TrialRow.from_dict(t) for t in state.finished["trials"]],
+                               TrialRow.from_dict(best) if best else None, state.finished["compute"],
                                audit=state.audit)
         if outcome.best is not None:
             print(describe_best(outcome.best, cfg.search.metric))
@@ -323,7 +317,7 @@ def _run_stages(cfg: SweepConfig, state: SweepState, tracker: Tracker, data, res
                 progress: bool) -> SweepOutcome:
     if state.stage == "proxy":
         if resume:
-            _discard_partial_stage(tracker, state.parent_run_id)
+            _discard_partial_stage(cfg, tracker, state.parent_run_id)
         stage_proxy_and_prune(cfg, data, tracker, state, progress)
         if state.scores:
             print(format_table([ProxyScore(**row) for row in state.scores]))

@@ -2,37 +2,38 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Optional
 
 from augtune.search.metric import metric_sign
 from augtune.search.prune import AuditOutcome
+from augtune.search.trials import TrialRow
 
 
 def _cell(value: Optional[float]) -> str:
     return f"{value:.4f}" if value is not None and math.isfinite(value) else "-"
 
 
-def format_trials(trials: list[dict[str, Any]], scores: dict[str, float], metric: str = "val_loss") -> str:
+def format_trials(trials: list[TrialRow], scores: dict[str, float], metric: str = "val_loss") -> str:
     """The trial table, best first by the selection metric; test columns shown beside it."""
-    width = max([len(t["augmentation"] or "") for t in trials] + [12])
+    width = max([len(t.augmentation or "") for t in trials] + [12])
     lines = [f"{'augmentation':<{width}}  {'T.stddev':>9}  {'epochs':>6}  {'val_loss':>8}  {'val_acc':>7}  "
              f"{'test_loss':>9}  {'test_acc':>8}  hyperparameters"]
     sign = metric_sign(metric)
-    for t in sorted(trials, key=lambda t: (t.get(metric) is None, sign * (t.get(metric) or 0))):
-        hyper = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t["hyperparameters"].items())
-        score = scores.get(t["augmentation"])  # none when nothing was scored (prune mode fixed)
-        lines.append(f"{t['augmentation']:<{width}}  {'-' if score is None else f'{score:.6f}':>9}  "
-                     f"{t['epochs']:>6}  {_cell(t.get('val_loss')):>8}  {_cell(t.get('val_acc')):>7}  "
-                     f"{_cell(t.get('test_loss')):>9}  {_cell(t.get('test_acc')):>8}  {hyper or '-'}"
-                     + ("  (diverged)" if t.get("diverged") else ""))
+    for t in sorted(trials, key=lambda t: (t.metric(metric) is None, sign * (t.metric(metric) or 0))):
+        hyper = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.hyperparameters.items())
+        score = scores.get(t.augmentation)  # none when nothing was scored (prune mode fixed)
+        lines.append(f"{t.augmentation:<{width}}  {'-' if score is None else f'{score:.6f}':>9}  "
+                     f"{t.epochs:>6}  {_cell(t.val_loss):>8}  {_cell(t.val_acc):>7}  "
+                     f"{_cell(t.test_loss):>9}  {_cell(t.test_acc):>8}  {hyper or '-'}"
+                     + ("  (diverged)" if t.diverged else ""))
     return "\n".join(lines)
 
 
-def describe_best(best: dict[str, Any], metric: str) -> str:
-    trained = "; an audit trial at the config's hyperparameters" if best.get("phase") == "audit" else ""
-    line = f"best augmentation: {best['augmentation']}  (chosen by {metric} = {best[metric]:.4f}{trained}"
+def describe_best(best: TrialRow, metric: str) -> str:
+    trained = "; an audit trial at the config's hyperparameters" if best.phase == "audit" else ""
+    line = f"best augmentation: {best.augmentation}  (chosen by {metric} = {best.metric(metric):.4f}{trained}"
     if metric.startswith("val_"):
-        tests = [f"{k} = {best[k]:.4f}" for k in ("test_loss", "test_acc") if best.get(k) is not None]
+        tests = [f"{k} = {best.metric(k):.4f}" for k in ("test_loss", "test_acc") if best.metric(k) is not None]
         return line + (f"; held-out test: {', '.join(tests)})" if tests else ")")
     return line + ")\n" + TEST_SELECTION_WARNING
 
@@ -72,7 +73,7 @@ def print_outcome(cfg, outcome) -> None:
     """The end of a sweep (`cfg` a SweepConfig, `outcome` a SweepOutcome)."""
     score_of = {s.candidate: s.t_stddev for s in outcome.scores}
     print("\n" + format_trials(outcome.trials, score_of, cfg.search.metric))
-    diverged = [t for t in outcome.trials if t.get("diverged")]
+    diverged = [t for t in outcome.trials if t.diverged]
     if diverged:
         print(f"note: {len(diverged)} trial(s) diverged (NaN/inf loss), stopped at that epoch and left out of the best")
     print("\n" + format_compute(outcome.compute))

@@ -10,6 +10,7 @@ import torch
 from augtune.search.config import SweepConfig
 from augtune.trainables.data import DataBundle
 from augtune.trainables.engine import CheckpointError, load_checkpoint, save_checkpoint
+from augtune.trainables.method import OwnTeacher
 from augtune.trainables.models import Network
 from augtune.trainables.runner import run_to_completion
 from augtune.trainables.supervised import SupervisedRunner
@@ -54,25 +55,23 @@ def obtain_teacher(cfg: SweepConfig, data: DataBundle, device: torch.device,
     return model.eval(), path, True
 
 
-def obtain_ssd_teacher(cfg: SweepConfig, data: DataBundle, device: torch.device, tracker=None,
+def obtain_own_teacher(cfg: SweepConfig, own: OwnTeacher, data: DataBundle, device: torch.device, tracker=None,
                        parent_id: Optional[str] = None, progress: bool = True) -> tuple[Network, Path, bool]:
-    """SSD stages I (CE + self-supervision) and II (LWS) in the driver; the stage-II network,
-    its scales folded into the classifier, is the teacher of stage III and of the proxy.
-    Every epoch of both stages is logged to a child run (stage=ssd-stages) when a tracker is given."""
-    from augtune.trainables.ssd import stage_checkpoint, train_teacher_stages
-
-    folder = cfg.output_dir / cfg.name
-    stage2_path = stage_checkpoint(folder, 2)
+    """The teacher a method trains itself (`own`, e.g. SSD's stages I-II), run once in the driver:
+    the configured checkpoint, else the one a previous run left in the job folder, else trained
+    now, every epoch logged to a child run (stage `own.stage`) when a tracker is given."""
     if cfg.teacher.checkpoint is not None:
         model, _ = load_checkpoint(cfg.teacher.checkpoint, data, device)
         return model.eval(), cfg.teacher.checkpoint, False
-    if stage2_path.is_file():
+    folder = cfg.output_dir / cfg.name
+    path = own.checkpoint(folder)
+    if path.is_file():
         try:
-            model, _ = load_checkpoint(stage2_path, data, device)
-            return model.eval(), stage2_path, False
+            model, _ = load_checkpoint(path, data, device)
+            return model.eval(), path, False
         except CheckpointError:
-            pass  # from another data setting: run the stages again
-    run_id = tracker.start_run("ssd:stages-I-II", "ssd-stages", parent_id) if tracker else None
+            pass  # from another data setting: train it again
+    run_id = tracker.start_run(own.stage, own.stage, parent_id) if tracker else None
     step = 0
 
     def log(metrics: dict) -> None:
@@ -81,18 +80,18 @@ def obtain_ssd_teacher(cfg: SweepConfig, data: DataBundle, device: torch.device,
         if tracker:
             tracker.log(run_id, metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
 
-    train_teacher_stages(cfg, data, folder, on_epoch=log, progress=progress)
+    path = own.train(cfg, data, folder, on_epoch=log, progress=progress)
     if tracker:
         tracker.end_run(run_id)
-    model, _ = load_checkpoint(stage2_path, data, device)
-    return model.eval(), stage2_path, True
+    model, _ = load_checkpoint(path, data, device)
+    return model.eval(), path, True
 
 
 def obtain_method_teacher(cfg: SweepConfig, method, data: DataBundle, device: torch.device, tracker=None,
                           parent_id: Optional[str] = None, progress: bool = True) -> tuple[Network, Path, bool]:
-    """The teacher a registered method distils from, by its teacher source."""
-    if method.teacher == "ssd_stages":
-        return obtain_ssd_teacher(cfg, data, device, tracker, parent_id, progress)
+    """The teacher a registered method distils from, by its teacher source (Method.teacher)."""
+    if isinstance(method.teacher, OwnTeacher):
+        return obtain_own_teacher(cfg, method.teacher, data, device, tracker, parent_id, progress)
     if method.teacher == "supervised":
         return obtain_teacher(cfg, data, device, progress=progress)
     raise ValueError(f"method {method.name} has no teacher")

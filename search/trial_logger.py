@@ -92,9 +92,20 @@ class TrialLogger(Callback):
         final["epochs_trained"] = last.get("epoch", 0)
         final["trial_seconds"] = last.get("time_total_s", 0.0)
         self.tracker.log(run_id, metrics=final, step=int(final["epochs_trained"]))
+        if last.get("lineage_curves"):
+            self._fill_from_lineage(run_id, json.loads(last["lineage_curves"]))
         if last.get("schedule_log"):
             self._log_schedule(run_id, trial, json.loads(last["schedule_log"]))
         self.tracker.end_run(run_id, status)
+
+    def _fill_from_lineage(self, run_id: str, curves: list) -> None:
+        """A PBT member that took a donor's later checkpoint never reported the epochs between:
+        its curves get them from its lineage (the donor's metrics of those epochs, which made the
+        network it ended with), so the run has every epoch once. Epochs it logged stay as logged."""
+        logged = {m.step for m in self.tracker.client.get_metric_history(run_id, "lr")}
+        for row in curves:
+            if row["epoch"] not in logged:
+                self.tracker.log(run_id, metrics={k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
 
     def _log_schedule(self, run_id: str, trial, rows: list) -> None:
         """A PBT member's schedule (its lineage's values per epoch) as a table, a plot and the

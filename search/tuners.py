@@ -3,12 +3,14 @@ proxy validation, PBT), the trial table of a result grid, and restoring an inter
 experiment. The driver (search/sweep.py) decides when each runs."""
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from augtune.search.config import SweepConfig
 from augtune.search.jobs import job_dir
 from augtune.search.metric import metric_mode
+from augtune.search.trials import TrialRow
 from augtune.spaces.candidates import parse_candidate
 from augtune.spaces.hyper import parse_hyperparameters
 
@@ -81,7 +83,8 @@ def _storage(cfg: SweepConfig) -> str:
 
 def method_trainable(cfg: SweepConfig, teacher_path: Optional[Path], track: Sequence[str] = ()):
     """The method's trainable with its fixed inputs and per-trial resources; `track` names the
-    values each epoch records (PBT schedules)."""
+    values each epoch records (PBT schedules). A restored experiment must get the same one as
+    the experiment was built with (search_trainable / method_trainable)."""
     from ray import tune
 
     from augtune.trainables.tune import trainable_of
@@ -112,6 +115,19 @@ class ClipToDomains:
         return config
 
 
+def pbt_mutations(cfg: SweepConfig) -> dict[str, Any]:
+    """PBT's hyperparam_mutations: every searched value (choices as lists, ranges as domains)."""
+    return {h.name: list(h.args) if h.form == "choice" else h.tune_domain()
+            for h in parse_hyperparameters(cfg.search.hyperparameters) if h.form != "constant"}
+
+
+def search_trainable(cfg: SweepConfig, teacher_path: Optional[Path], validate: bool = False):
+    """The search phase's trainable: a PBT member records the values PBT mutates, every epoch
+    (its schedule); built and restored alike, so a resumed member goes on recording them."""
+    pbt = cfg.search.scheduler.kind == "pbt" and not validate
+    return method_trainable(cfg, teacher_path, track=list(pbt_mutations(cfg)) if pbt else ())
+
+
 def _search_seed(cfg: SweepConfig, top_up: Optional[int]) -> int:
     """search.seed, or another one for a top-up, so it does not draw the trials it replaces again."""
     return cfg.search.seed + (1 if top_up else 0)
@@ -136,8 +152,7 @@ def build_pbt_tuner(cfg: SweepConfig, survivors: list[str], teacher_path: Option
     s, sched = cfg.search, cfg.search.scheduler
     samples = num_samples or s.num_samples
     hypers = parse_hyperparameters(s.hyperparameters)
-    mutations = {h.name: list(h.args) if h.form == "choice" else h.tune_domain() for h in hypers
-                 if h.form != "constant"}
+    mutations = pbt_mutations(cfg)
     param_space = {"augmentation": tune.choice(survivors), "seed": tune.randint(0, 2**31 - 1),
                    **{h.name: h.tune_domain() for h in hypers}}
     first = []
@@ -159,7 +174,7 @@ def build_pbt_tuner(cfg: SweepConfig, survivors: list[str], teacher_path: Option
     tune_config = tune.TuneConfig(metric=s.metric, mode=metric_mode(s.metric),
                                   search_alg=sampler, scheduler=scheduler, num_samples=samples,
                                   reuse_actors=s.reuse_actors)
-    trainable = method_trainable(cfg, teacher_path, track=list(mutations))
+    trainable = search_trainable(cfg, teacher_path)
     # a member may restore a donor's boundary checkpoint after the donor has trained one more interval
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,
                       run_config=_run_config(cfg, experiment_name, callback,
@@ -231,33 +246,16 @@ def build_tuner(cfg: SweepConfig, survivors: list[str], teacher_path: Optional[P
         sampler = BasicVariantGenerator(random_state=_search_seed(cfg, num_samples), max_concurrent=s.max_concurrent)
         tune_config = tune.TuneConfig(search_alg=sampler, scheduler=scheduler, num_samples=samples,
                                       reuse_actors=s.reuse_actors)
-    trainable = method_trainable(cfg, teacher_path)
+    trainable = search_trainable(cfg, teacher_path)
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,
                       run_config=_run_config(cfg, experiment_name, callback))
 
 
 # ---------------------------------------------------------------- results
 
-def collect_trials(result_grid) -> list[dict[str, Any]]:
-    rows = []
-    for result in result_grid:
-        metrics = result.metrics or {}
-        config = result.config or {}
-        rows.append({
-            "trial_id": metrics.get("trial_id"),
-            "augmentation": config.get("augmentation"),
-            "seed": config.get("seed"),
-            "hyperparameters": {k: v for k, v in config.items()
-                                if k not in ("augmentation", "seed")
-                                and not k.endswith(".variant") and k != "augmentation_kind"},
-            "epochs": metrics.get("epoch", 0),
-            "test_loss": metrics.get("test_loss"), "test_acc": metrics.get("test_acc"),
-            "val_loss": metrics.get("val_loss"), "val_acc": metrics.get("val_acc"),
-            "seconds": metrics.get("time_total_s", 0.0),
-            "diverged": bool(metrics.get("diverged", False)),
-            "error": str(result.error) if result.error else None,
-        })
-    return rows
+def collect_trials(result_grid, **where: Any) -> list[TrialRow]:
+    """The grid's trials as rows; `where` sets their phase / experiment."""
+    return [TrialRow.from_result(result, **where) for result in result_grid]
 
 
 # ---------------------------------------------------------------- interrupted experiments
@@ -268,6 +266,7 @@ class SweepInterrupted(Exception):
 
 def fit_phase(tuner, expected: int, restored: bool = False):
     grid = tuner.fit()
+    _remove_stand_ins(grid.experiment_path)
     unfinished = grid.num_terminated + grid.num_errors < len(grid)
     if unfinished or (len(grid) < expected and not restored):
         raise SweepInterrupted(f"{grid.num_terminated} of {expected} trials finished")
@@ -291,6 +290,37 @@ def _set_aside_unreadable(experiment_path: str) -> None:
             path.rename(path.with_name(path.name + ".unreadable"))
 
 
+STAND_IN = ".augtune-stand-in"  # marks a folder standing in for a checkpoint Ray deleted
+
+
+def _stand_in_for_deleted_checkpoints(experiment_path: str) -> None:
+    """Ray deletes a trial's old checkpoints (CheckpointConfig.num_to_keep) before it saves the
+    experiment state that stops naming them. A driver killed in between leaves a state naming
+    checkpoints that are gone, and the restored experiment then fails to delete them again
+    ("Error handling checkpoint ... FileNotFoundError", and that save is not recorded). An empty
+    folder stands in for each missing checkpoint below a trial's newest, so Ray's deletion finds
+    it; those Ray never names are removed when the phase ends. Local storage only."""
+    folder = Path(experiment_path)
+    if "://" in experiment_path or not folder.is_dir():
+        return
+    for trial in (p for p in folder.iterdir() if p.is_dir()):
+        indices = [int(p.name.rpartition("_")[2]) for p in trial.glob("checkpoint_*")
+                   if p.is_dir() and p.name.rpartition("_")[2].isdigit()]
+        for index in range(max(indices, default=0)):
+            missing = trial / f"checkpoint_{index:06d}"
+            if not missing.exists():
+                missing.mkdir()
+                (missing / STAND_IN).touch()
+
+
+def _remove_stand_ins(experiment_path: str) -> None:
+    if "://" in str(experiment_path) or not Path(experiment_path).is_dir():
+        return
+    for mark in Path(experiment_path).glob(f"*/checkpoint_*/{STAND_IN}"):
+        if [p.name for p in mark.parent.iterdir()] == [STAND_IN]:
+            shutil.rmtree(mark.parent)
+
+
 def phase_results(cfg: SweepConfig, name: str, teacher_path: Optional[Path]):
     """The results (checkpoints included) of a finished Tune phase of this sweep, read back from
     its saved experiment without running anything."""
@@ -300,17 +330,18 @@ def phase_results(cfg: SweepConfig, name: str, teacher_path: Optional[Path]):
     return tune.Tuner.restore(path, trainable=method_trainable(cfg, teacher_path)).get_results()
 
 
-def restore_or_build(cfg: SweepConfig, name: str, build, teacher_path: Optional[Path], rename):
-    """Tune's saved experiment `name` restored when it can be; else a new experiment (under a new
-    name when an unusable one is in the way: `rename(new_name)` records it in the sweep state).
-    Returns (tuner, restored)."""
+def restore_or_build(cfg: SweepConfig, name: str, build, trainable, rename):
+    """Tune's saved experiment `name` restored (with `trainable`, the one `build` gives its
+    tuner) when it can be; else a new experiment (under a new name when an unusable one is in
+    the way: `rename(new_name)` records it in the sweep state). Returns (tuner, restored)."""
     from ray import tune
 
     path = f"{_storage(cfg).rstrip('/')}/{name}"
     _set_aside_unreadable(path)
+    _stand_in_for_deleted_checkpoints(path)
     if tune.Tuner.can_restore(path):
         try:
-            return tune.Tuner.restore(path, trainable=method_trainable(cfg, teacher_path), resume_errored=True), True
+            return tune.Tuner.restore(path, trainable=trainable, resume_errored=True), True
         except Exception as exc:  # Ray raises many kinds on a damaged experiment
             print(f"warning: could not restore {path} ({type(exc).__name__}: {exc}); starting its trials again")
             name = f"{name}-again"

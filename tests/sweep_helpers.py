@@ -36,3 +36,21 @@ def runs_by_stage(uri: str, experiment: str) -> dict[str, list]:
     for run in client.search_runs([exp.experiment_id], max_results=1000):
         out.setdefault(run.data.tags.get("augtune.stage"), []).append(run)
     return out
+
+
+def replay_exported_best(tmp_path: Path, experiment: str, uri: str) -> dict:
+    """`augtune best --export` of the experiment's best trial, replayed by `augtune train kd`
+    without Ray (one thread, as trials run); returns the replay's summary.json."""
+    import json
+
+    import torch
+
+    from augtune.search.cli import main
+
+    exported = tmp_path / "best.yaml"
+    assert main(["best", "--experiment", experiment, "--tracking-uri", uri, "--export", str(exported)]) == 0
+    assert "schedule:" in exported.read_text()
+    assert main(["train", "kd", str(exported), "--threads", "1", "--no-progress",
+                 "--set", f"output_dir={tmp_path / 'again'}"]) == 0
+    torch.set_num_threads(2)  # back to the test session's default
+    return json.loads((tmp_path / "again" / experiment / "train-kd" / "summary.json").read_text())

@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 from sweep_helpers import runs_by_stage, write_sweep_config
 
 pytestmark = pytest.mark.slow
-AUGTUNE = [sys.executable, "-m", "search.cli"]
+AUGTUNE = [sys.executable, "-m", "augtune.search.cli"]
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -84,7 +84,8 @@ def test_missing_config_file_and_bad_yaml(tmp_path, capsys):
 
 def test_shipped_configs_validate(tmp_path):
     """Every shipped config loads; an ImageFolder one with its data paths pointed at a tiny
-    ImageFolder tree (the user's own files in practice)."""
+    ImageFolder tree (the user's own files in practice). Each loads again as the sweep logs it
+    (config.json, which `best --export` starts from: every field written out)."""
     from pathlib import Path
 
     import yaml
@@ -103,7 +104,9 @@ def test_shipped_configs_validate(tmp_path):
             overrides = {"data.root": str(tmp_path / "images"), "data.train_list": str(train_list),
                          "data.test_list": str(test_list)}
         cfg = load_config(path, overrides)
-        assert cfg.name
+        logged = tmp_path / f"logged-{path.name}"
+        logged.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+        assert load_config(logged) == cfg, path.name
 
 
 def test_bad_set_override_exits_2(tmp_path, capsys):

@@ -5,7 +5,7 @@ import sys
 
 
 from augtune.search.cli import main
-from augtune.search.sweep import pick_best
+from augtune.search.trials import TrialRow, pick_best
 from augtune.search.tuners import collect_trials
 from augtune.search.tracking import CANDIDATE_TAG, Tracker
 from augtune.search.trial_logger import TrialLogger
@@ -55,10 +55,10 @@ def test_nan_trial_stops_is_marked_and_left_out(tmp_path, ray_session, capsys):
                        param_space={"augmentation": tune.grid_search(["explodes", "calm"]), "offset": 0.0},
                        tune_config=tune.TuneConfig(metric="val_loss", mode="min"),
                        run_config=tune.RunConfig(storage_path=str(tmp_path / "ray"), callbacks=[logger], verbose=0))
-    trials = {t["augmentation"]: t for t in collect_trials(tuner.fit())}
-    assert trials["explodes"]["diverged"] and trials["explodes"]["epochs"] == 2  # stopped at the NaN epoch
-    assert not trials["calm"]["diverged"] and trials["calm"]["epochs"] == EPOCHS
-    assert pick_best(list(trials.values()), "val_loss")["augmentation"] == "calm"
+    trials = {t.augmentation: t for t in collect_trials(tuner.fit())}
+    assert trials["explodes"].diverged and trials["explodes"].epochs == 2  # stopped at the NaN epoch
+    assert not trials["calm"].diverged and trials["calm"].epochs == EPOCHS
+    assert pick_best(list(trials.values()), "val_loss").augmentation == "calm"
     runs = {r.data.tags[CANDIDATE_TAG]: r for r in tracker.children(parent, "trial")}
     assert runs["explodes"].info.status == "FAILED" and runs["explodes"].data.tags["augtune.diverged"] == "true"
     assert runs["calm"].info.status == "FINISHED" and "augtune.diverged" not in runs["calm"].data.tags
@@ -68,10 +68,10 @@ def test_nan_trial_stops_is_marked_and_left_out(tmp_path, ray_session, capsys):
 
 
 def test_pick_best_ignores_diverged_and_nonfinite_trials():
-    base = {"error": None, "epochs": 3, "test_loss": 0.1}
-    trials = [{**base, "augmentation": "a", "val_loss": 0.01, "diverged": True},
-              {**base, "augmentation": "b", "val_loss": math.inf, "diverged": False},
-              {**base, "augmentation": "c", "val_loss": 0.30, "diverged": False},
-              {**base, "augmentation": "stopped", "val_loss": 0.001, "epochs": 1, "diverged": False}]
-    assert pick_best(trials, "val_loss")["augmentation"] == "c"  # the one stopped early is not comparable
+    base = {"epochs": 3, "test_loss": 0.1}
+    trials = [TrialRow(**base, augmentation="a", val_loss=0.01, diverged=True),
+              TrialRow(**base, augmentation="b", val_loss=math.inf),
+              TrialRow(**base, augmentation="c", val_loss=0.30),
+              TrialRow(augmentation="stopped", val_loss=0.001, epochs=1, test_loss=0.1)]
+    assert pick_best(trials, "val_loss").augmentation == "c"  # the one stopped early is not comparable
     assert pick_best(trials[:2], "val_loss") is None

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from sweep_helpers import runs_by_stage, write_sweep_config
+from sweep_helpers import replay_exported_best, runs_by_stage, write_sweep_config
 
 pytestmark = pytest.mark.slow
-AUGTUNE = [sys.executable, "-m", "search.cli"]
+AUGTUNE = [sys.executable, "-m", "augtune.search.cli"]
 REPO = Path(__file__).resolve().parents[1]
 NUM_SAMPLES = 4
 WORKER_EPOCHS = 40
@@ -161,3 +161,77 @@ def test_sigkill_of_a_trial_worker_continues_from_its_checkpoint(tmp_path):
         assert run.info.status == "FINISHED"
         steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_loss"))
         assert steps == list(range(1, WORKER_EPOCHS + 1)), steps  # every epoch once, across the restart
+
+
+# ---------------------------------------------------------------- PBT
+
+PBT_EPOCHS = 9
+PBT_INTERVAL = 3
+
+
+def _pbt_config(tmp_path: Path, uri: str) -> Path:
+    """4 members of one candidate (no proxy to wait for), perturbed every 3 of 9 epochs."""
+    path = write_sweep_config(
+        tmp_path, "kill", uri, num_samples=4, prune={"mode": "fixed", "candidate": "cutmix"},
+        scheduler={"kind": "pbt", "perturbation_interval": PBT_INTERVAL, "quantile_fraction": 0.5,
+                   "resample_probability": 0.5},
+        hyperparameters={"lr": {"loguniform": [0.02, 0.1]}, "cutmix.alpha": {"uniform": [0.2, 2.0]}})
+    path.write_text(path.read_text().replace("epochs: 2", f"epochs: {PBT_EPOCHS}"))
+    return path
+
+
+def _furthest_epoch(experiments: Path) -> int:
+    furthest = 0
+    for results in experiments.glob("sweep-*/*/result.json"):
+        for line in results.read_text().splitlines()[-1:]:
+            try:
+                furthest = max(furthest, json.loads(line).get("epoch", 0))
+            except ValueError:  # a line being written
+                pass
+    return furthest
+
+
+def _exploited(experiments: Path) -> bool:
+    """Ray's PBT writes a line to pbt_global.txt for every exploit."""
+    return any(f.stat().st_size > 0 for f in experiments.glob("sweep-*/pbt_global.txt"))
+
+
+@pytest.mark.parametrize("kill_point", ["before-first-perturbation", "after-exploit", "near-the-end"])
+def test_pbt_sweep_survives_sigkill(kill_point, tmp_path):
+    """After `--resume`, every member's MLflow run has each epoch once, its schedule (the lineage's
+    values) one row for every epoch to the end, Ray reported no checkpoint errors, and the best
+    member exported from MLflow replays bit for bit without Ray."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    path = _pbt_config(tmp_path, uri)
+    experiments = tmp_path / "runs" / "kill" / "ray"
+    proc = subprocess.Popen([*AUGTUNE, "sweep", str(path), "--no-progress"], cwd=tmp_path, env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    if kill_point == "before-first-perturbation":
+        _kill_when(proc, lambda: _furthest_epoch(experiments) >= PBT_INTERVAL - 1)
+    elif kill_point == "after-exploit":
+        _kill_when(proc, lambda: _exploited(experiments))
+    else:
+        _kill_when(proc, lambda: _furthest_epoch(experiments) >= PBT_EPOCHS - 1)
+    done = subprocess.run([*AUGTUNE, "sweep", str(path), "--resume", "--no-progress"], cwd=tmp_path, env=_env(),
+                          capture_output=True, text=True, timeout=600)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    assert "Error handling checkpoint" not in output and "FileNotFoundError" not in output, output[-3000:]
+
+    client = MlflowClient(tracking_uri=uri)
+    runs = runs_by_stage(uri, "kill")
+    (parent,) = runs["sweep"]
+    assert parent.info.status == "FINISHED"
+    members = [r for r in runs["trial"] if r.info.status == "FINISHED"]
+    assert len(members) == 4 and not [r for r in runs["trial"] if r.info.status == "RUNNING"]
+    for run in members:
+        for curve in ("val_loss", "schedule.lr"):
+            steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, curve))
+            assert steps == list(range(1, PBT_EPOCHS + 1)), (run.info.run_name, curve, steps)
+        rows = json.loads(Path(client.download_artifacts(run.info.run_id, "schedule.json", str(tmp_path))).read_text())
+        assert [row["epoch"] for row in rows] == list(range(1, PBT_EPOCHS + 1)), rows
+        assert all({"augmentation", "lr", "cutmix.alpha"} <= set(row) for row in rows)
+
+    summary = replay_exported_best(tmp_path, "kill", uri)
+    best = json.loads((tmp_path / "runs" / "kill" / "sweep_state.json").read_text())["finished"]["best"]
+    assert (summary["val_loss"], summary["test_loss"]) == (best["val_loss"], best["test_loss"])

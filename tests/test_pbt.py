@@ -8,7 +8,7 @@ import torch
 
 from augtune.search.config import ConfigError, load_config
 from augtune.search.schedule import to_steps
-from tests.sweep_helpers import runs_by_stage, write_sweep_config
+from tests.sweep_helpers import replay_exported_best, runs_by_stage, write_sweep_config
 from augtune.trainables.config import DistillConfig
 from augtune.trainables.data import load_data
 from augtune.trainables.engine import lr_factor, save_checkpoint
@@ -52,16 +52,16 @@ DONOR = {"augmentation": "cutmix", "seed": 3, "lr": 0.05, "cutmix.alpha": 1.0, "
 def _donor_after_two_epochs(trainable, folder):
     """A population member trained 2 epochs, its checkpoint saved in `folder` (what PBT copies)."""
     donor = trainable(config=dict(DONOR))
-    donor.train(), donor.train()
+    results = [donor.train(), donor.train()]
     folder.mkdir()
     donor.save_checkpoint(str(folder))
-    return donor
+    return donor, results
 
 
 def test_exploit_copies_the_donors_state_and_takes_the_new_values(kd_trainable, tmp_path):
     _, _, trainable = kd_trainable
     folder = tmp_path / "donor-checkpoint"
-    donor = _donor_after_two_epochs(trainable, folder)
+    donor, _ = _donor_after_two_epochs(trainable, folder)
     weights = _clone(donor.runner.model.state_dict())
     generator = donor.runner.generator.get_state().clone()
     feeder_generator = donor.runner.train_feeder.generator.get_state().clone()
@@ -90,25 +90,30 @@ def test_exploit_copies_the_donors_state_and_takes_the_new_values(kd_trainable, 
     assert runner.scheduler.base_lrs == [0.08]
     assert runner.candidate.params["alpha"] == 0.4
     # the donor's schedule so far is the member's lineage
-    assert [(r["epoch"], r["lr"], r["cutmix.alpha"]) for r in runner.schedule_log] == [(1, 0.05, 1.0), (2, 0.05, 1.0)]
+    assert [(r["epoch"], r["lr"], r["cutmix.alpha"]) for r in runner.values.log] == [(1, 0.05, 1.0), (2, 0.05, 1.0)]
     result = member.train()
     assert result["epoch"] == 3 and result["schedule.lr"] == 0.08 and result["schedule.cutmix.alpha"] == 0.4
-    assert runner.schedule_log[-1]["augmentation"] == "cutmix(alpha=0.4)"
+    assert runner.values.log[-1]["augmentation"] == "cutmix(alpha=0.4)"
     donor.stop(), member.stop()
 
 
 def test_a_replayed_schedule_applies_its_values_and_reproduces_the_member(kd_trainable, tmp_path):
     from augtune.trainables.kd import KDRunner
+    from augtune.trainables.values import value_of
 
     experiment, teacher, trainable = kd_trainable
     folder = tmp_path / "checkpoint"
-    donor = _donor_after_two_epochs(trainable, folder)
+    donor, donor_results = _donor_after_two_epochs(trainable, folder)
     member = trainable(config={**DONOR, "seed": 9})
     member.reset({**DONOR, "lr": 0.03, "cutmix.alpha": 0.25, "kd.temperature": 2.5})
     member.load_checkpoint(str(folder))
     member_results = [member.train(), member.train()]
     assert member_results[-1]["done"]
     lineage = json.loads(member_results[-1]["schedule_log"])
+    # the metrics of every epoch of the network: the donor's first two, then the member's own
+    curves = json.loads(member_results[-1]["lineage_curves"])
+    assert [(c["epoch"], c["val_loss"]) for c in curves] == [(r["epoch"], r["val_loss"])
+                                                            for r in donor_results + member_results]
     donor.stop(), member.stop()
 
     steps = to_steps(lineage)
@@ -118,11 +123,11 @@ def test_a_replayed_schedule_applies_its_values_and_reproduces_the_member(kd_tra
     seen = []
     while not runner.finished:
         metrics = runner.run_epoch()
-        seen.append((runner.value_of("lr"), runner.value_of("kd.temperature"), runner.candidate.id,
+        seen.append((value_of(runner, "lr"), value_of(runner, "kd.temperature"), runner.candidate.id,
                      runner.kd_cfg.temperature, runner.optimizer.param_groups[0]["weight_decay"]))
         last = metrics
     assert seen == [(0.05, 4.0, "cutmix(alpha=1.0)", 4.0, 5e-4)] * 2 + [(0.03, 2.5, "cutmix(alpha=0.25)", 2.5, 5e-4)] * 2
-    assert [r for r in runner.schedule_log] == lineage
+    assert runner.values.log == lineage
     # the same network as the member that trained through an exploit (CPU kernels are deterministic)
     for key in ("train_loss", "val_loss", "test_loss"):
         assert last[key] == member_results[-1][key], key
@@ -174,13 +179,13 @@ def test_pbt_sweep_keeps_one_run_per_member_and_logs_schedules(tmp_path, ray_ses
     assert outcome.best is not None and len(outcome.trials) == 4
     client = MlflowClient(tracking_uri=uri)
     trials = runs_by_stage(uri, "pbt")["trial"]
-    assert sorted(r.data.tags["augtune.trial_id"] for r in trials) == sorted(t["trial_id"] for t in outcome.trials)
+    assert sorted(r.data.tags["augtune.trial_id"] for r in trials) == sorted(t.trial_id for t in outcome.trials)
     exploited = 0
     for run in trials:
         assert run.info.status == "FINISHED"
         steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_loss"))
-        # no epoch logged twice across exploits (an asynchronous exploit may skip ahead to the donor's)
-        assert len(steps) == len(set(steps)) and steps[0] == 1 and steps[-1] == 6, steps
+        # every epoch once: one a member skipped by taking a donor's later checkpoint comes from its lineage
+        assert steps == list(range(1, 7)), steps
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"schedule.csv", "schedule.png", "schedule.json", "final_config.json"} <= artifacts
         rows = json.loads(open(client.download_artifacts(run.info.run_id, "schedule.json", str(tmp_path))).read())
@@ -199,13 +204,5 @@ def test_pbt_sweep_keeps_one_run_per_member_and_logs_schedules(tmp_path, ray_ses
                     assert 0.2 <= row[name] <= 2.0
     assert exploited >= 1  # with half the population below the top half, some member copied another
     # the best member, exported from MLflow with its schedule, replays bit for bit without Ray
-    from augtune.search.cli import main
-
-    exported = tmp_path / "best.yaml"
-    assert main(["best", "--experiment", "pbt", "--tracking-uri", uri, "--export", str(exported)]) == 0
-    assert "schedule:" in exported.read_text()
-    assert main(["train", "kd", str(exported), "--threads", "1", "--no-progress",
-                 "--set", f"output_dir={tmp_path / 'again'}"]) == 0
-    torch.set_num_threads(2)  # back to this session's default
-    summary = json.loads((tmp_path / "again" / "pbt" / "train-kd" / "summary.json").read_text())
-    assert summary["val_loss"] == outcome.best["val_loss"] and summary["test_loss"] == outcome.best["test_loss"]
+    summary = replay_exported_best(tmp_path, "pbt", uri)
+    assert summary["val_loss"] == outcome.best.val_loss and summary["test_loss"] == outcome.best.test_loss

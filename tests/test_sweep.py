@@ -27,8 +27,8 @@ def test_only_top_k_by_proxy_are_trained(pruned_sweep):
     assert len(outcome.scores) == len(EIGHT_CANDIDATES) == 8
     best_three = [s.candidate for s in sorted(outcome.scores, key=lambda s: s.t_stddev)[:3]]
     assert outcome.survivors == best_three
-    assert {t["augmentation"] for t in outcome.trials} <= set(best_three)
-    assert len(outcome.trials) == 3 and all(t["error"] is None for t in outcome.trials)
+    assert {t.augmentation for t in outcome.trials} <= set(best_three)
+    assert len(outcome.trials) == 3 and all(t.error is None for t in outcome.trials)
 
 
 def test_mlflow_holds_parent_proxy_children_and_trial_curves(pruned_sweep):
@@ -57,7 +57,7 @@ def test_mlflow_holds_parent_proxy_children_and_trial_curves(pruned_sweep):
     # measured in this sweep's trials (the 5 never trained at the mean of the 3 that were)
     per_epoch = {}
     for t in outcome.trials:
-        per_epoch.setdefault(t["augmentation"], []).append(t["seconds"] / t["epochs"])
+        per_epoch.setdefault(t.augmentation, []).append(t.seconds / t.epochs)
     means = [sum(v) / len(v) for v in per_epoch.values()]
     expected = cfg.student.train.epochs * (sum(means) + (8 - len(means)) * sum(means) / len(means))
     assert metrics["estimated_exhaustive_seconds"] == pytest.approx(expected)
@@ -71,24 +71,24 @@ def test_mlflow_holds_parent_proxy_children_and_trial_curves(pruned_sweep):
 
 def test_best_from_mlflow_agrees_with_sweep(pruned_sweep, capsys):
     cfg, uri, outcome = pruned_sweep
-    assert best_augmentation(uri, cfg.experiment_name).candidate == outcome.best["augmentation"]
+    assert best_augmentation(uri, cfg.experiment_name).candidate == outcome.best.augmentation
     assert main(["best", "--experiment", cfg.experiment_name, "--tracking-uri", uri]) == 0
     out = capsys.readouterr().out
-    assert f"best augmentation: {outcome.best['augmentation']}" in out
+    assert f"best augmentation: {outcome.best.augmentation}" in out
 
 
 def test_sweep_selects_on_val_and_reports_test_beside(pruned_sweep, capsys):
     cfg, uri, outcome = pruned_sweep
     assert cfg.search.metric == "val_loss"
-    finished = [t for t in outcome.trials if t["epochs"] == cfg.student.train.epochs]
-    assert outcome.best == min(finished, key=lambda t: t["val_loss"])
+    finished = [t for t in outcome.trials if t.epochs == cfg.student.train.epochs]
+    assert outcome.best == min(finished, key=lambda t: t.val_loss)
     parent = MlflowClient(tracking_uri=uri).get_run(outcome.parent_run_id)
-    assert parent.data.metrics["best_val_loss"] == pytest.approx(outcome.best["val_loss"])
-    assert parent.data.metrics["best_trial_test_loss"] == pytest.approx(outcome.best["test_loss"])
+    assert parent.data.metrics["best_val_loss"] == pytest.approx(outcome.best.val_loss)
+    assert parent.data.metrics["best_trial_test_loss"] == pytest.approx(outcome.best.test_loss)
     assert parent.data.tags["augtune.selected_on"] == "val"
     summary = best_augmentation(uri, cfg.experiment_name)  # val_loss by default
-    best_run = next(r for r in summary.runs if r["val_loss"] == summary.best)
-    assert best_run["test_loss"] == pytest.approx(outcome.best["test_loss"])
+    best_run = next(r for r in summary.runs if r.val_loss == summary.best)
+    assert best_run.test_loss == pytest.approx(outcome.best.test_loss)
 
 
 def test_best_on_test_needs_opt_in_and_warns(pruned_sweep, capsys):
@@ -134,7 +134,7 @@ def test_fixed_mode_trains_only_the_named_candidate_and_scores_nothing(tmp_path,
     path = write_sweep_config(tmp_path, "fixed", uri, prune={"mode": "fixed", "candidate": "cutout"})
     outcome = run_sweep(load_config(path), progress=False)
     assert outcome.scores == [] and outcome.survivors == ["cutout"]
-    assert {t["augmentation"] for t in outcome.trials} == {"cutout"} and len(outcome.trials) == 3
+    assert {t.augmentation for t in outcome.trials} == {"cutout"} and len(outcome.trials) == 3
     runs = runs_by_stage(uri, "fixed")
     assert "proxy" not in runs and len(runs["trial"]) == 3
     assert outcome.compute["candidates"] == len(EIGHT_CANDIDATES)
@@ -152,10 +152,10 @@ def test_sweep_and_best_agree_on_the_chosen_trial_whichever_phase_trained_it(aud
     val = {r.info.run_id: r.data.metrics["final_val_loss"] for r in runs}
     best_run = min(val, key=val.get)
     chosen = next(r for r in runs if r.info.run_id == best_run)
-    assert chosen.data.tags["augtune.trial_id"] == outcome.best["trial_id"]
-    assert outcome.best["val_loss"] == pytest.approx(val[best_run])
+    assert chosen.data.tags["augtune.trial_id"] == outcome.best.trial_id
+    assert outcome.best.val_loss == pytest.approx(val[best_run])
     summary = best_augmentation(uri, "audited")
-    assert summary.candidate == outcome.best["augmentation"] and summary.best == pytest.approx(val[best_run])
+    assert summary.candidate == outcome.best.augmentation and summary.best == pytest.approx(val[best_run])
     client = MlflowClient(tracking_uri=uri)
     assert "student.pt" in {a.path for a in client.list_artifacts(best_run)}
     exported = tmp_path / "best.yaml"
@@ -193,7 +193,7 @@ def test_audit_trains_sentinels_and_logs_a_verdict_that_matches_the_numbers(audi
     assert parent.data.params["audit.sentinels"] == ",".join(audit["sentinels"])
     # the search ran over the audit's survivors; the compute summary counts the audit's trials
     assert outcome.survivors == audit["survivors"]
-    assert {t["augmentation"] for t in outcome.trials} <= set(outcome.survivors)
+    assert {t.augmentation for t in outcome.trials} <= set(outcome.survivors)
     assert parent.data.metrics["audit_trials"] == 10 and parent.data.metrics["trained_candidates"] == 5
     assert parent.data.metrics["audit_seconds"] > 0
 
@@ -272,8 +272,8 @@ def test_random_search_samples_survivors_and_hyperparameters(tmp_path, ray_sessi
                               scheduler={"kind": "asha", "grace_period": 1, "reduction_factor": 2})
     outcome = run_sweep(load_config(path), progress=False)
     assert len(outcome.trials) == 3
-    assert {t["augmentation"] for t in outcome.trials} <= set(outcome.survivors)
-    assert all(0.02 <= t["hyperparameters"]["lr"] <= 0.1 for t in outcome.trials)
+    assert {t.augmentation for t in outcome.trials} <= set(outcome.survivors)
+    assert all(0.02 <= t.hyperparameters["lr"] <= 0.1 for t in outcome.trials)
 
 
 def test_exported_best_trial_reproduces_exactly_without_ray(pruned_sweep, tmp_path, capsys):
@@ -293,8 +293,8 @@ def test_exported_best_trial_reproduces_exactly_without_ray(pruned_sweep, tmp_pa
     printed = capsys.readouterr().out
     summary = json.loads(printed[printed.index("{"):printed.rindex("}") + 1])
     trial = outcome.best
-    assert summary["augmentation"] == trial["augmentation"]
-    assert summary["test_loss"] == trial["test_loss"] and summary["val_loss"] == trial["val_loss"]  # bit for bit
+    assert summary["augmentation"] == trial.augmentation
+    assert summary["test_loss"] == trial.test_loss and summary["val_loss"] == trial.val_loss  # bit for bit
     logged, _ = load_checkpoint(exported.with_name("best.student.pt"))
     again, _ = load_checkpoint(summary["student_checkpoint"])
     for (name, a), (_, b) in zip(logged.state_dict().items(), again.state_dict().items()):

@@ -12,9 +12,10 @@ from typing import Any, Literal, Optional, Union, get_args, get_origin
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
                       model_validator)
 
-from augtune.trainables.method import BUILTIN_NAMES, REGISTRY, method_names
+from augtune.trainables.method import BUILTIN_NAMES, REGISTRY
 from augtune.trainables.models import (MODEL_REGISTRY, build_model, check_model_name, foreign_module,
                                        load_own_layout, pretrained_weights, read_own_weights)
+from augtune.trainables.values import check_schedule_value
 
 
 def _is_count(annotation) -> bool:
@@ -343,7 +344,7 @@ class DistillConfig(ExperimentConfig):
                 raise ValueError(f"{where}.epoch: {step.epoch} is past the run's {self.student.train.epochs} epochs")
             previous = step.epoch
             for name, value in step.values.items():
-                check_schedule_value(self, name, value, f"{where}.values.{name}")
+                check_schedule_value(self, name, value, f"{where}.values.{name}")  # trainables/values.py
         return self
 
     @model_validator(mode="after")
@@ -352,83 +353,3 @@ class DistillConfig(ExperimentConfig):
             raise ValueError("sla.transforms: colour permutations need RGB images; digits are greyscale, "
                              "use rotation")
         return self
-
-
-TRAIN_KEYS = ("lr", "weight_decay", "momentum", "batch_size", "epochs")
-
-
-def value_kind(name: str) -> str:
-    """Where a trial's or a schedule's value `name` goes: 'augmentation' (the method's candidate),
-    'train' (student.train: lr, ...), 'section' (a method's settings: kd.temperature, ...) or
-    'candidate' (a parameter of the candidate of that kind: cutmix.alpha, ...)."""
-    if name == "augmentation":
-        return "augmentation"
-    if name in TRAIN_KEYS:
-        return "train"
-    return "section" if name.partition(".")[0] in method_names() else "candidate"
-
-
-def check_schedule_value(cfg: DistillConfig, name: str, value, where: str) -> None:
-    """Refuse a value a run cannot switch to mid-way, naming `where` it came from."""
-    from augtune.spaces.candidates import numeric_params, parse_candidate
-    from augtune.spaces.hyper import changeable_during_run
-
-    method_settings = {n for m in REGISTRY.values() for n in m.hyperparameters}
-    fixed = {n for m in REGISTRY.values() for n in m.fixed_during_run}
-
-    def refuse(reason: str):
-        raise ValueError(f"{where}: {reason}")
-
-    kind = value_kind(name)
-    if kind == "augmentation":
-        if not isinstance(value, str):
-            refuse("give a candidate id such as cutmix(alpha=1.0)")
-        try:
-            parse_candidate(value)
-        except ValueError as exc:
-            refuse(str(exc))
-        return
-    if not changeable_during_run(name, method_settings, fixed):
-        refuse(f"{name} cannot change during a run; schedulable: augmentation, lr, weight_decay, momentum, "
-               "the methods' numeric settings (e.g. kd.temperature) and kind.param candidate parameters")
-    try:
-        if kind == "candidate":
-            numeric_params()[name].check(value, name.split(".")[0])
-        elif kind == "train":
-            TrainConfig.model_validate({**cfg.student.train.model_dump(), name: value})
-        else:
-            section, field = name.split(".", 1)
-            section_cfg = cfg.section(section)
-            type(section_cfg).model_validate({**section_cfg.model_dump(), field: value})
-    except ValueError as exc:  # pydantic's ValidationError is a ValueError
-        refuse(str(exc).splitlines()[-1].strip() if "validation error" in str(exc) else str(exc))
-
-
-def apply_trial_values(experiment: dict, config: dict, method: Optional[str] = None) -> dict:
-    """Write a trial's sampled values into the experiment dict: lr/weight_decay/momentum/
-    batch_size/epochs go to student.train, `kd.x`/`sla.x`/`ssd.x` to that section, `augmentation`
-    to the method's augmentation, and `kind.param` values into that augmentation's id when it is
-    of that kind. `method` defaults to the config's search.method (else kd)."""
-    import copy
-
-    from augtune.spaces.candidates import parse_candidate, with_values
-
-    out = copy.deepcopy(experiment)
-    method = method or out.get("search", {}).get("method", "kd")
-    candidate_values = {}
-    for key, value in config.items():
-        kind = value_kind(key)
-        if kind == "augmentation":
-            out.setdefault(method, {})["augmentation"] = value
-        elif kind == "train":
-            out.setdefault("student", {}).setdefault("train", {})[key] = value
-        elif kind == "section":
-            section, _, name = key.partition(".")
-            out.setdefault(section, {})[name] = value
-        elif "." in key:  # kind.param; other keys (seed, Optuna's own) are not settings
-            candidate_values[key] = value
-    if candidate_values:
-        section = out.setdefault(method, {})
-        resolved = with_values(parse_candidate(section.get("augmentation", "identity")), candidate_values)
-        section["augmentation"] = resolved.id
-    return out

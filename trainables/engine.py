@@ -136,15 +136,18 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_pe
 
 
 @torch.no_grad()
-def predict_logits(forward: Callable[[torch.Tensor], torch.Tensor], feeder, pipeline: InputPipeline,
-                   device: torch.device, bf16: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """All logits and labels of an evaluation feeder (no augmentation)."""
-    outputs, labels = [], []
+def predict_logits(heads: Callable[[torch.Tensor], dict[str, torch.Tensor]], feeder, pipeline: InputPipeline,
+                   device: torch.device, bf16: bool = True) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Every head's logits (fp32) over an evaluation feeder, and the labels: `heads` maps
+    un-augmented images in [0, 1] to {name: logits}. The one evaluation loop of runners and jobs."""
+    outputs: dict[str, list[torch.Tensor]] = {}
+    labels = []
     for images, y in feeder:
         with autocast(device, bf16):
-            outputs.append(forward(pipeline.normalise(pipeline.to_unit(images))).float())
+            for name, logits in heads(pipeline.to_unit(images)).items():
+                outputs.setdefault(name, []).append(logits.float())
         labels.append(y)
-    return torch.cat(outputs), torch.cat(labels)
+    return {name: torch.cat(chunks) for name, chunks in outputs.items()}, torch.cat(labels)
 
 
 def accuracy_and_loss(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
@@ -156,9 +159,10 @@ def evaluate(model: torch.nn.Module, feeder, pipeline: InputPipeline, device: to
              head: str = "main", bf16: bool = True) -> dict[str, float]:
     was_training = model.training
     model.eval()
-    logits, labels = predict_logits(lambda x: model(x, head=head), feeder, pipeline, device, bf16)
+    logits, labels = predict_logits(lambda unit: {head: model(pipeline.normalise(unit), head=head)}, feeder,
+                                    pipeline, device, bf16)
     model.train(was_training)
-    return accuracy_and_loss(logits, labels)
+    return accuracy_and_loss(logits[head], labels)
 
 
 def evaluate_split(model: torch.nn.Module, data: DataBundle, device: torch.device, split: str = "test",

@@ -9,11 +9,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Callable, Literal, Optional, Union
 
-# where a method's teacher comes from: none; a supervised network (augtune train teacher);
-# or SSD's stages I-II (self-supervised pre-training, then LWS), run once by the sweep
-TeacherSource = Literal["none", "supervised", "ssd_stages"]
+
+@dataclass(frozen=True)
+class OwnTeacher:
+    """A teacher a method trains itself, once, before its trials (SSD: stages I-II). The sweep's
+    driver and `augtune train` call `train`, log its epochs to one child run tagged `stage`, and
+    reuse the checkpoint at `checkpoint(job_folder)` when it is there."""
+    stage: str  # the MLflow stage tag (and run name) of its child run
+    checkpoint: Callable[[Path], Path]  # job folder -> where its checkpoint lands
+    # (cfg, data, job_folder, on_epoch, progress) -> that checkpoint
+    train: Callable[..., Path]
+
+
+# where a method's teacher comes from: none; a supervised network (the configured checkpoint, the
+# given weights, or `augtune train teacher`); or one the method trains itself
+TeacherSource = Union[Literal["none", "supervised"], OwnTeacher]
 
 
 def always(cfg) -> bool:
@@ -24,7 +36,8 @@ def always(cfg) -> bool:
 class Method:
     name: str  # the value of search.method and the name of the config section
     section: type  # its config section (a trainables.config.Section)
-    # (cfg: DistillConfig, data, seed, teacher_checkpoint, work_dir) -> runner with run_epoch/finished/state_dict
+    # (cfg: DistillConfig, data, seed, teacher_checkpoint, work_dir) -> a runner: run_epoch, finished,
+    # total_epochs, epochs_done, show_progress, state_dict / load_state_dict (an EpochRunner has them all)
     build_runner: Callable[..., Any]
     teacher: TeacherSource = "none"
     # names a search may set besides lr/weight_decay/momentum/batch_size/epochs and kind.param

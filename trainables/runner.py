@@ -12,13 +12,13 @@ import time
 from typing import Any, Callable, Optional
 
 import torch
-import torch.nn.functional as F
 
-from augtune.trainables.config import ExperimentConfig, TrainConfig, value_kind
+from augtune.trainables.config import ExperimentConfig, TrainConfig
 from augtune.trainables.data import BatchFeeder, DataBundle, load_data
-from augtune.trainables.engine import (InputPipeline, autocast, build_optimizer, build_scheduler, progress_bar,
-                                       resolve_device, seed_everything)
+from augtune.trainables.engine import (InputPipeline, accuracy_and_loss, autocast, build_optimizer, build_scheduler, progress_bar,
+                                       predict_logits, resolve_device, seed_everything)
 from augtune.trainables.metrics import shot_accuracy, shot_groups
+from augtune.trainables.values import RunValues
 
 
 class EpochRunner:
@@ -31,9 +31,8 @@ class EpochRunner:
     loss sums, one evaluation of every head (with many/medium/few accuracy when the training
     data is long-tailed) and the checkpoint of every module.
 
-    Values that may change during a run (a PBT exploit, a replayed `schedule`) are set through
-    `set_values`; the names given to `track` are recorded for every epoch in `schedule_log`,
-    which travels with the checkpoint (a PBT exploit copies the donor's log: the lineage)."""
+    Values that may change during a run (a PBT exploit, a replayed `schedule`) are routed by
+    `self.values` (trainables/values.py), which also records them epoch by epoch."""
 
     show_progress = False
     candidate = None  # the augmentation the method applies, when it has one
@@ -59,10 +58,7 @@ class EpochRunner:
         self.val_feeder = (BatchFeeder(self.data.val, eval_batch, self.device, shuffle=False,
                                        num_workers=cfg.data.num_workers) if self.data.val is not None else None)
         self.epoch = 0
-        self.tracked: tuple[str, ...] = ()
-        self.schedule_log: list[dict[str, Any]] = []
-        schedule = getattr(cfg, "schedule", None) or []
-        self.track(name for step in schedule for name in step.values)
+        self.values = RunValues(getattr(cfg, "schedule", None) or [])
 
     # -- a method implements
     def loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -113,18 +109,11 @@ class EpochRunner:
         for split, feeder in (("val", self.val_feeder), ("test", self.test_feeder)):
             if feeder is None:
                 continue
-            outputs: dict[str, list[torch.Tensor]] = {}
-            labels = []
-            for images, y in feeder:
-                with autocast(self.device, self.train_cfg.bf16):
-                    for name, logits in self.heads(self.pipeline.to_unit(images)).items():
-                        outputs.setdefault(name, []).append(logits.float())
-                labels.append(y)
-            y = torch.cat(labels)
+            outputs, y = predict_logits(self.heads, feeder, self.pipeline, self.device, self.train_cfg.bf16)
             named = len(outputs) > 1 or self.metric_prefix
-            for name, chunks in outputs.items():
+            for name, logits in outputs.items():
                 prefix = f"{split}_{self.metric_prefix}{name}_" if named else f"{split}_"
-                out.update(self._scores(torch.cat(chunks), y, prefix))
+                out.update(self._scores(logits, y, prefix))
             if named:
                 deployed = f"{split}_{self.metric_prefix}{self.deployed_head}_"
                 out[f"{split}_acc"], out[f"{split}_loss"] = out[deployed + "acc"], out[deployed + "loss"]
@@ -139,8 +128,7 @@ class EpochRunner:
         return sum(1 for classes in groups.values() if classes) > 1
 
     def _scores(self, logits: torch.Tensor, labels: torch.Tensor, prefix: str) -> dict[str, float]:
-        out = {f"{prefix}acc": (logits.argmax(1) == labels).float().mean().item(),
-               f"{prefix}loss": F.cross_entropy(logits, labels).item()}
+        out = {f"{prefix}{k}": v for k, v in accuracy_and_loss(logits, labels).items()}
         if self._spans_shot_groups:  # long-tailed: accuracy by shot group too
             shots = shot_accuracy(logits, labels, self.data.class_counts, self.cfg.data.many_shot_threshold,
                                   self.cfg.data.few_shot_threshold)
@@ -174,9 +162,7 @@ class EpochRunner:
         return progress_bar(self.train_feeder, nested=True, desc=description, leave=False)
 
     def run_epoch(self) -> dict[str, Any]:
-        scheduled = self.scheduled_values(self.epoch + 1)
-        if scheduled and scheduled != {k: self.value_of(k) for k in scheduled}:
-            self.set_values(scheduled)
+        self.values.before_epoch(self)
         start = time.perf_counter()
         metrics = self.train_epoch()
         self.epoch += 1
@@ -184,57 +170,8 @@ class EpochRunner:
         metrics.update(epoch=self.epoch, epoch_seconds=seconds,
                        images_per_second=len(self.train_feeder) * self.train_cfg.batch_size / max(seconds, 1e-9),
                        lr=self.optimizer.param_groups[0]["lr"])
-        if self.tracked:
-            values = {name: value for name in self.tracked if (value := self.value_of(name)) is not None}
-            self.schedule_log.append({"epoch": self.epoch, **values})
-            metrics.update({f"schedule.{k}": v for k, v in values.items() if isinstance(v, (int, float))})
+        metrics.update(self.values.after_epoch(self, metrics))
         return metrics
-
-    # -- values that change during a run
-    def track(self, names) -> None:
-        """Record these names' values every epoch (plus the augmentation, when there is one)."""
-        names = list(names)
-        if names:
-            names.insert(0, "augmentation")
-        self.tracked = tuple(dict.fromkeys([*self.tracked, *names]))
-
-    def scheduled_values(self, epoch: int) -> dict[str, Any]:
-        """The config schedule's values in force at `epoch` (later steps override earlier ones)."""
-        values: dict[str, Any] = {}
-        for step in getattr(self.cfg, "schedule", None) or []:
-            if step.epoch <= epoch:
-                values.update(step.values)
-        return values
-
-    def value_of(self, name: str) -> Any:
-        kind, (section, _, field) = value_kind(name), name.partition(".")
-        if kind == "augmentation":
-            return self.candidate.id if self.candidate is not None else None
-        if kind == "train":
-            return getattr(self.train_cfg, name)
-        if kind == "section":
-            return getattr(self.cfg.section(section), field)
-        if self.candidate is not None and self.candidate.kind == section:
-            return self.candidate.params.get(field)
-        return None
-
-    def set_values(self, values: dict[str, Any]) -> None:
-        """Switch to `values` from the next batch on: the augmentation first, then its
-        parameters, the optimiser's lr / weight decay / momentum, the method's settings."""
-        from augtune.spaces.candidates import parse_candidate, with_values
-
-        if "augmentation" in values and self.candidate is not None:
-            self.candidate = parse_candidate(values["augmentation"])
-            self.cfg.section(self.method_section).augmentation = self.candidate.id
-        if self.candidate is not None:
-            self.candidate = with_values(self.candidate, values)
-        for name, value in values.items():
-            section, _, field = name.partition(".")
-            if value_kind(name) == "train":
-                setattr(self.train_cfg, name, value)
-            elif value_kind(name) == "section" and field != "augmentation":
-                setattr(self.cfg.section(section), field, value)
-        self.apply_optimiser_settings()
 
     def apply_optimiser_settings(self) -> None:
         """The optimiser's lr (base and current), weight decay and momentum from `train_cfg`: a
@@ -251,13 +188,21 @@ class EpochRunner:
     def finished(self) -> bool:
         return self.epoch >= self.train_cfg.epochs
 
+    @property
+    def total_epochs(self) -> int:
+        """Epochs of the whole run (a multi-stage runner counts every stage's)."""
+        return self.train_cfg.epochs
+
+    @property
+    def epochs_done(self) -> int:
+        return self.epoch
+
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch,
                 "modules": {k: m.state_dict() for k, m in self.modules().items()},
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "generator": self.generator.get_state(),
-                "feeder_generator": self.train_feeder.generator.get_state(),
-                "schedule_log": [dict(row) for row in self.schedule_log]}
+                "feeder_generator": self.train_feeder.generator.get_state(), **self.values.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch = state["epoch"]
@@ -267,7 +212,7 @@ class EpochRunner:
         self.scheduler.load_state_dict(state["scheduler"])
         self.generator.set_state(state["generator"])
         self.train_feeder.generator.set_state(state["feeder_generator"])
-        self.schedule_log = [dict(row) for row in state.get("schedule_log", [])]
+        self.values.load_state_dict(state)
         self.apply_optimiser_settings()
 
 

@@ -13,8 +13,9 @@ Stage IV  `LWSRunner` again, on the stage-III hard head (optional).
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Literal, Optional
 
 import torch
 import torch.nn as nn
@@ -28,8 +29,9 @@ from augtune.trainables.engine import build_network, full_precision, head_sizes,
 from augtune.trainables.losses.kd import kl_at_temperature
 from augtune.trainables.losses.moco import masked_contrastive_loss
 from augtune.trainables.models import Network
-from augtune.trainables.method import Method, register
+from augtune.trainables.method import Method, OwnTeacher, register
 from augtune.trainables.runner import EpochRunner, run_to_completion
+from augtune.trainables.values import RunValues
 
 
 def rotate_per_sample(x: torch.Tensor, quarter_turns: torch.Tensor) -> torch.Tensor:
@@ -162,6 +164,10 @@ class LWSRunner(EpochRunner):
         self.scaled = ScaledHead(self.network.heads[head])
         self._setup_optimisation([self.scaled.scales])
 
+    @property
+    def frozen(self) -> Network:
+        return self.network
+
     def modules(self) -> dict[str, nn.Module]:
         return {"scaled": self.scaled}
 
@@ -211,6 +217,10 @@ class SelfDistillRunner(EpochRunner):
         self.context = Context(self.generator, {"teacher": self.pipeline.scorer(self.teacher, self.train_cfg.bf16)},
                                self.pipeline.padding)
 
+    @property
+    def frozen(self) -> Network:
+        return self.teacher
+
     def loss(self, images, labels):
         """CE(hard(x), y) + kd_weight KL_T(teacher || soft) over x and x' (T = 2)."""
         both, n = self.two_views(images)
@@ -228,19 +238,44 @@ class SelfDistillRunner(EpochRunner):
         return {"hard": self.model.heads["main"](features), "soft": self.model.heads["soft"](features)}
 
 
-# ------------------------------------------------------------------ stages, once
+# ------------------------------------------------------------------ the stages, as data
 
-def stage_runner(stage: int, cfg, data: DataBundle, seed: int, previous: Optional[EpochRunner] = None,
-                 teacher: Optional[Network] = None) -> EpochRunner:
-    """The runner of SSD stage 1-4; stages 2-4 start from the previous stage's runner (stage 3
-    from a loaded `teacher` when the chain starts there)."""
-    if stage == 1:
-        return SSLStageRunner(cfg, data, seed)
-    if stage == 2:
-        return LWSRunner(cfg, previous.model, "main", "stage2", data, seed)
-    if stage == 3:
-        return SelfDistillRunner(cfg, teacher if teacher is not None else previous.folded_network(), data, seed)
-    return LWSRunner(cfg, previous.model, "main", "stage4", data, seed)
+@dataclass(frozen=True)
+class Stage:
+    """One SSD stage: what it trains, for how long, on which frozen network, built how."""
+    number: int
+    network: Literal["teacher", "student"]  # the model config of the network it trains and saves
+    train: Callable[[Any], Any]  # cfg -> its TrainConfig (epochs, batch size, lr ...)
+    frozen: Optional[Literal["teacher", "student"]]  # the model config of the network it trains on, fixed
+    handoff: Optional[Callable[[EpochRunner], Network]]  # previous stage's runner -> that frozen network
+    build: Callable[..., EpochRunner]  # (cfg, data, seed, frozen network or None) -> runner
+
+    def epochs(self, cfg) -> int:
+        return self.train(cfg).epochs
+
+
+STAGES: dict[int, Stage] = {stage.number: stage for stage in (
+    Stage(1, "teacher", lambda cfg: cfg.teacher.train, None, None,
+          lambda cfg, data, seed, frozen: SSLStageRunner(cfg, data, seed)),
+    # LWS on stage I's network; stage III distils from it with the scales folded in
+    Stage(2, "teacher", lambda cfg: cfg.ssd.lws, "teacher", lambda previous: previous.model,
+          lambda cfg, data, seed, frozen: LWSRunner(cfg, frozen, "main", "stage2", data, seed)),
+    Stage(3, "student", lambda cfg: cfg.student.train, "teacher", lambda previous: previous.folded_network(),
+          lambda cfg, data, seed, frozen: SelfDistillRunner(cfg, frozen, data, seed)),
+    Stage(4, "student", lambda cfg: cfg.ssd.lws, "student", lambda previous: previous.model,
+          lambda cfg, data, seed, frozen: LWSRunner(cfg, frozen, "main", "stage4", data, seed)),
+)}
+TEACHER_STAGES = (1, 2)  # run once by the sweep's driver: stage II's folded network is the teacher
+
+
+def stages_of(cfg) -> list[int]:
+    """The stages a run of `cfg` trains: I-IV, or III-IV from a saved stage-II teacher (IV optional)."""
+    return ([*TEACHER_STAGES] if cfg.ssd.start_stage == 1 else []) + [3] + ([4] if cfg.ssd.stage4 else [])
+
+
+def stage_runner(stage: int, cfg, data: DataBundle, seed: int, frozen: Optional[Network] = None) -> EpochRunner:
+    """The runner of `stage`, training on `frozen` (see Stage.handoff) where the stage has one."""
+    return STAGES[stage].build(cfg, data, seed, frozen)
 
 
 def stage_checkpoint(folder: Path, stage: int) -> Path:
@@ -251,7 +286,7 @@ def save_stage_output(folder: Path, stage: int, runner: EpochRunner, cfg, data: 
                       metrics: Optional[dict] = None) -> Path:
     """A stage's network (LWS scales folded in) as a checkpoint the next stage, or a later run, loads."""
     network = runner.folded_network() if isinstance(runner, LWSRunner) else runner.model
-    model_name = cfg.teacher.model if stage in (1, 2) else cfg.student.model
+    model_name = getattr(cfg, STAGES[stage].network).model
     extra = {k: float(v) for k, v in (metrics or {}).items() if isinstance(v, (int, float))}
     return save_checkpoint(stage_checkpoint(folder, stage), network, model_name, data, extra=extra)
 
@@ -262,13 +297,14 @@ def train_teacher_stages(cfg, data: DataBundle, folder: Path, on_epoch: Optional
     stage-II network, its scales folded into the classifier, is the teacher of stage III and of
     the proxy. Returns its checkpoint (ssd_stage2.pt)."""
     previous = None
-    for stage in (1, 2):
-        runner = stage_runner(stage, cfg, data, cfg.seed, previous)
+    for stage in TEACHER_STAGES:
+        frozen = STAGES[stage].handoff(previous) if previous is not None else None
+        runner = stage_runner(stage, cfg, data, cfg.seed, frozen)
         history = run_to_completion(runner, on_epoch=(lambda m, s=stage: on_epoch({**m, "stage": s}))
                                     if on_epoch else None, progress=progress)
         save_stage_output(folder, stage, runner, cfg, data, history[-1])
         previous = runner
-    return stage_checkpoint(folder, 2)
+    return stage_checkpoint(folder, TEACHER_STAGES[-1])
 
 
 # ------------------------------------------------------------------ the chain
@@ -276,22 +312,31 @@ def train_teacher_stages(cfg, data: DataBundle, folder: Path, on_epoch: Optional
 class SSDChainRunner:
     """Stages I-IV (or III-IV from a saved stage-II teacher) as one run, one epoch per step."""
 
+    show_progress = False
+    values = RunValues()  # a multi-stage run changes no value mid-way (Method.schedulable is False)
+
     def __init__(self, cfg, teacher_checkpoint: Optional[str] = None, data: Optional[DataBundle] = None,
                  seed: Optional[int] = None, work_dir: Optional[Path] = None):
         self.cfg, self.seed = cfg, cfg.seed if seed is None else seed
         self.data = data if data is not None else load_data(cfg.data)
         self.work_dir = Path(work_dir) if work_dir else None
-        self.stages = ([1, 2] if cfg.ssd.start_stage == 1 else []) + [3] + ([4] if cfg.ssd.stage4 else [])
-        self.lengths = {1: cfg.teacher.train.epochs, 2: cfg.ssd.lws.epochs, 3: cfg.student.train.epochs,
-                        4: cfg.ssd.lws.epochs}
+        self.stages = stages_of(cfg)
         self.teacher_checkpoint = teacher_checkpoint
         if cfg.ssd.start_stage == 3 and teacher_checkpoint is None:
             raise ValueError("ssd.start_stage 3 needs the stage-II teacher checkpoint")
         self.index, self.epoch = 0, 0
         self.completed: dict[str, float] = {}  # the last metrics of finished stages, carried forward
         teacher = load_checkpoint(teacher_checkpoint, self.data)[0] if self.stages[0] == 3 else None
-        self.current = stage_runner(self.stages[0], cfg, self.data, self.seed, teacher=teacher)
+        self.current = stage_runner(self.stages[0], cfg, self.data, self.seed, teacher)
         self.device = self.current.device
+
+    @property
+    def total_epochs(self) -> int:
+        return sum(STAGES[stage].epochs(self.cfg) for stage in self.stages)
+
+    @property
+    def epochs_done(self) -> int:
+        return self.epoch  # over every stage so far
 
     @property
     def stage(self) -> int:
@@ -302,6 +347,7 @@ class SSDChainRunner:
         return self.index == len(self.stages) - 1 and self.current.finished
 
     def run_epoch(self) -> dict[str, Any]:
+        self.current.show_progress = self.show_progress
         metrics = self.current.run_epoch()  # test_acc / test_loss: the stage's deployed head
         self.epoch += 1
         stage = self.stage
@@ -314,31 +360,28 @@ class SSDChainRunner:
                 save_stage_output(self.work_dir, stage, self.current, self.cfg, self.data)
             previous = self.current
             self.index += 1
-            self.current = stage_runner(self.stage, self.cfg, self.data, self.seed, previous)
+            self.current = stage_runner(self.stage, self.cfg, self.data, self.seed, STAGES[self.stage].handoff(previous))
         return metrics
 
     def state_dict(self) -> dict[str, Any]:
         state = {"index": self.index, "epoch": self.epoch, "current": self.current.state_dict(),
                  "completed": dict(self.completed)}
-        # the fixed network the stage trains on, with the heads it has, so a restore rebuilds it
-        fixed = self.current.network if self.stage in (2, 4) else self.current.teacher if self.stage == 3 else None
-        if fixed is not None:
-            state["fixed_network"] = {"heads": head_sizes(fixed), "state_dict": fixed.state_dict()}
+        # the frozen network the stage trains on, with the heads it has, so a restore rebuilds it
+        if STAGES[self.stage].frozen is not None:
+            frozen = self.current.frozen
+            state["fixed_network"] = {"heads": head_sizes(frozen), "state_dict": frozen.state_dict()}
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["index"] != self.index:
             self.index = state["index"]
-            stage = self.stage
-            if stage in (2, 3, 4):
-                model = self.cfg.student if stage == 4 else self.cfg.teacher
-                saved = state["fixed_network"]
-                network = build_network(model.model, saved["heads"], self.data.channels, model.model_args)
-                network.load_state_dict(saved["state_dict"])
-                self.current = (SelfDistillRunner(self.cfg, network, self.data, self.seed) if stage == 3
-                                else LWSRunner(self.cfg, network, "main", f"stage{stage}", self.data, self.seed))
-            else:
-                self.current = stage_runner(1, self.cfg, self.data, self.seed)
+            stage = STAGES[self.stage]
+            frozen = None
+            if stage.frozen is not None:
+                model, saved = getattr(self.cfg, stage.frozen), state["fixed_network"]
+                frozen = build_network(model.model, saved["heads"], self.data.channels, model.model_args)
+                frozen.load_state_dict(saved["state_dict"])
+            self.current = stage_runner(stage.number, self.cfg, self.data, self.seed, frozen)
         self.current.load_state_dict(state["current"])
         self.epoch = state["epoch"]
         self.completed = dict(state["completed"])
@@ -352,7 +395,10 @@ def _uses_stage2_teacher(cfg) -> bool:
     return cfg.ssd.start_stage == 3
 
 
+STAGES_I_II = OwnTeacher("ssd-stages", lambda folder: stage_checkpoint(folder, TEACHER_STAGES[-1]),
+                         train_teacher_stages)
+
 METHOD = register(Method(
-    "ssd", SSDConfig, _build, teacher="ssd_stages", uses_teacher=_uses_stage2_teacher,
+    "ssd", SSDConfig, _build, teacher=STAGES_I_II, uses_teacher=_uses_stage2_teacher,
     hyperparameters=("ssd.temperature", "ssd.kd_weight"), schedulable=False,
     description="self supervision to distillation for long-tailed data (Li, Wang and Wu, ICCV 2021)"))

@@ -21,7 +21,7 @@ import torch
 from ray import tune
 
 from augtune.trainables import methods
-from augtune.trainables.config import apply_trial_values
+from augtune.trainables.values import apply_trial_values
 from augtune.trainables.runner import EpochRunner
 
 STATE_FILE = "runner.pt"
@@ -73,9 +73,10 @@ def as_trainable(build_runner: Callable[..., EpochRunner], name: str) -> type[tu
             metrics["diverged"] = not all(math.isfinite(v) for k, v in metrics.items()
                                           if k.startswith("train_") and k.endswith("loss"))
             metrics["done"] = self.runner.finished or metrics["diverged"]
-            if metrics["done"] and getattr(self.runner, "schedule_log", None):
-                # the values of every epoch that made this network (a PBT trial's lineage), for MLflow
-                metrics["schedule_log"] = json.dumps(self.runner.schedule_log)
+            if metrics["done"] and self.runner.values.log:
+                # the values and metrics of every epoch that made this network (a PBT trial's lineage)
+                metrics["schedule_log"] = json.dumps(self.runner.values.log)
+                metrics["lineage_curves"] = json.dumps(self.runner.values.curves)
             return metrics
 
         def save_checkpoint(self, checkpoint_dir: str) -> None:
@@ -113,7 +114,7 @@ def _method_runner(config: dict[str, Any], experiment: dict[str, Any], method, c
     runner = method.runner(cfg, data=cache.get(experiment["data"]), seed=config.get("seed"),
                            teacher_checkpoint=teacher_checkpoint, work_dir=work_dir)
     if track:
-        runner.track(track)
+        runner.values.track(track)
     return runner
 
 
