@@ -88,6 +88,15 @@ class SchedulerConfig(Section):
                                                                           "(else scale it by 0.8 or 1.2)")
 
 
+class ResourcesConfig(Section):
+    cpu: float = Field(1.0, gt=0, description="CPUs per trial (per worker when workers_per_trial > 1)")
+    gpu: float = Field(0.0, ge=0, description="GPUs per trial (per worker); fractions pack trials on one device")
+    workers_per_trial: int = Field(1, ge=1, description="data-parallel training of each trial on this many Ray "
+                                                        "Train workers (NCCL on GPUs, gloo on CPUs); 1: one process")
+    sync_batchnorm: bool = Field(True, description="workers_per_trial > 1 on GPUs: BatchNorm as SyncBatchNorm "
+                                                   "(torch has none on CPUs: each worker normalises its slice)")
+
+
 class SearchConfig(Section):
     method: str = Field(
         "kd", description="a registered method (trainables.methods): kd: proxy-pruned KD; sla: SLA (no teacher, "
@@ -108,7 +117,7 @@ class SearchConfig(Section):
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     hyperparameters: dict[str, Any] = Field(default_factory=dict,
                                             description="e.g. lr: {loguniform: [0.01, 0.1]}")
-    resources: dict[str, float] = Field(default_factory=lambda: {"cpu": 1.0, "gpu": 0.0})
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     ray_address: Optional[str] = Field(None, description="'auto' to join a running cluster")
     storage_path: Optional[str] = Field(None, description="shared on clusters (s3://, NFS)")
     seed: int = Field(0, ge=0, lt=2**31, description="seeds the searcher (Optuna, random search, sentinels)")
@@ -125,15 +134,6 @@ class SearchConfig(Section):
         parse_hyperparameters(value)
         return value
 
-    @field_validator("resources")
-    @classmethod
-    def _resources(cls, value):
-        unknown = set(value) - {"cpu", "gpu"}
-        if unknown:
-            raise ValueError(f"resources takes cpu and gpu, not {sorted(unknown)}")
-        if any(v < 0 for v in value.values()) or value.get("cpu", 1) <= 0:
-            raise ValueError("resources: cpu must be > 0 and gpu >= 0")
-        return value
 
 
 class TrackingConfig(Section):
@@ -256,6 +256,10 @@ class SweepConfig(DistillConfig):
         if s.validate_proxy:
             raise ValueError("search.validate_proxy trains every candidate to the end with fixed values; "
                              "use scheduler.kind fifo (not pbt) for it")
+        if s.resources.workers_per_trial > 1:
+            raise ValueError("search.resources.workers_per_trial: PBT pauses a trial and clones another's through "
+                             "Tune checkpoints, and a multi-worker trial keeps its checkpoints in Ray Train; use "
+                             "scheduler.kind asha or fifo with several workers, or workers_per_trial: 1 with pbt")
         hypers = parse_hyperparameters(s.hyperparameters)
         fixed = [h.name for h in hypers if h.form != "constant"
                  and not changeable_during_run(h.name, self.method.hyperparameters, self.method.fixed_during_run)]
@@ -291,12 +295,18 @@ class SweepConfig(DistillConfig):
 
         cpus, gpus = os.cpu_count() or 1, torch.cuda.device_count()
         wanted = self.search.resources
-        if wanted.get("cpu", 1.0) > cpus:
-            raise ConfigError(f"search.resources.cpu: a trial asks for {wanted['cpu']:g} CPUs, this machine has "
-                              f"{cpus}; lower it, or set search.ray_address to run on a cluster")
-        if wanted.get("gpu", 0.0) > gpus:
-            raise ConfigError(f"search.resources.gpu: a trial asks for {wanted['gpu']:g} GPUs, this machine has "
-                              f"{gpus}; lower it, or set search.ray_address to run on a cluster")
+        workers = wanted.workers_per_trial
+        each = f" ({workers} workers x {{:g}})" if workers > 1 else ""
+        if wanted.cpu * workers > cpus:
+            field = "workers_per_trial" if workers > 1 and wanted.cpu <= cpus else "cpu"
+            raise ConfigError(f"search.resources.{field}: a trial asks for {wanted.cpu * workers:g} CPUs"
+                              f"{each.format(wanted.cpu)}, this machine has {cpus}; lower it, or set "
+                              "search.ray_address to run on a cluster")
+        if wanted.gpu * workers > gpus:
+            field = "workers_per_trial" if workers > 1 and wanted.gpu <= gpus else "gpu"
+            raise ConfigError(f"search.resources.{field}: a trial asks for {wanted.gpu * workers:g} GPUs"
+                              f"{each.format(wanted.gpu)}, this machine has {gpus}; lower it, or set "
+                              "search.ray_address to run on a cluster")
 
     def check_selection_split(self) -> None:
         """Sweeps select on val_* by default: they need a validation split (other commands do not)."""

@@ -57,9 +57,14 @@ def log_best_student(cfg: SweepConfig, tracker: Tracker, parent: str, best: Tria
         grids = [phase_results(cfg, best.experiment, teacher_path)]
     result = next((r for g in grids for r in g if (r.metrics or {}).get("trial_id") == best.trial_id), None)
     runs = tracker.runs(f"tags.`{TRIAL_TAG}` = '{best.trial_id}' and tags.`mlflow.parentRunId` = '{parent}'")
-    if result is None or result.checkpoint is None or not runs:
+    checkpoint = result.checkpoint if result is not None else None
+    if checkpoint is None and result is not None and (result.metrics or {}).get("checkpoint_path"):
+        from ray.tune import Checkpoint  # a multi-worker trial's: its Ray Train run's latest
+
+        checkpoint = Checkpoint(result.metrics["checkpoint_path"])
+    if checkpoint is None or not runs:
         return
-    with result.checkpoint.as_directory() as folder, tempfile.TemporaryDirectory() as tmp:
+    with checkpoint.as_directory() as folder, tempfile.TemporaryDirectory() as tmp:
         state = torch.load(Path(folder) / RUNNER_STATE_FILE, map_location="cpu", weights_only=True)
         student = cfg.student.build(data.num_classes, data.channels)
         student.load_state_dict(state["modules"]["model"])

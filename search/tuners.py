@@ -61,7 +61,7 @@ def init_ray(cfg: SweepConfig) -> None:
         return
     if cfg.search.ray_address:
         ray.init(address=cfg.search.ray_address, log_to_driver=False)
-        wanted = {"CPU": cfg.search.resources.get("cpu", 1.0), "GPU": cfg.search.resources.get("gpu", 0.0)}
+        wanted = {"CPU": cfg.search.resources.cpu, "GPU": cfg.search.resources.gpu}
         nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
         if not any(all(node.get(k, 0.0) >= v for k, v in wanted.items() if v) for node in nodes):
             # an autoscaling cluster may still add such a node; a fixed one never will
@@ -72,7 +72,9 @@ def init_ray(cfg: SweepConfig) -> None:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         # per-epoch checkpoints of short trials trip this warning constantly; it is noise here
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-        ray.init(include_dashboard=False, log_to_driver=False)
+        # multi-worker trials: Ray Train's placement-group cleaner reads the state API, which the
+        # dashboard serves (on 127.0.0.1); without it a finished trial's workers stay reserved
+        ray.init(include_dashboard=cfg.search.resources.workers_per_trial > 1, log_to_driver=False)
 
 
 def _storage(cfg: SweepConfig) -> str:
@@ -87,16 +89,22 @@ def method_trainable(cfg: SweepConfig, teacher_path: Optional[Path], track: Sequ
     the experiment was built with (search_trainable / method_trainable)."""
     from ray import tune
 
-    from augtune.trainables.tune import trainable_of
+    from augtune.trainables.tune import data_parallel_trainable, trainable_of
 
-    resources = {"cpu": cfg.search.resources.get("cpu", 1.0), "gpu": cfg.search.resources.get("gpu", 0.0)}
+    wanted = cfg.search.resources
     fixed: dict[str, Any] = {"experiment": cfg.distill_dict()}
     if track:
         fixed["track"] = list(track)
     if cfg.method.teacher != "none":
         fixed["teacher_checkpoint"] = str(Path(teacher_path).resolve())
-    with_fixed = tune.with_parameters(trainable_of(cfg.method), **fixed)
-    return tune.with_resources(with_fixed, resources)
+    if wanted.workers_per_trial == 1:
+        with_fixed = tune.with_parameters(trainable_of(cfg.method), **fixed)
+        return tune.with_resources(with_fixed, {"cpu": wanted.cpu, "gpu": wanted.gpu})
+    trainable = data_parallel_trainable(cfg.method, wanted.workers_per_trial, wanted.cpu, wanted.gpu,
+                                        wanted.sync_batchnorm, f"{_storage(cfg).rstrip('/')}/train-runs")
+    # the trial's function only starts its Ray Train workers, which hold the CPUs and GPUs; Tune
+    # cannot place a bundle of nothing, so it asks for one byte of memory
+    return tune.with_resources(tune.with_parameters(trainable, **fixed), {"cpu": 0, "memory": 1})
 
 
 class ClipToDomains:
@@ -126,6 +134,12 @@ def search_trainable(cfg: SweepConfig, teacher_path: Optional[Path], validate: b
     (its schedule); built and restored alike, so a resumed member goes on recording them."""
     pbt = cfg.search.scheduler.kind == "pbt" and not validate
     return method_trainable(cfg, teacher_path, track=list(pbt_mutations(cfg)) if pbt else ())
+
+
+def _reuse_actors(cfg: SweepConfig) -> bool:
+    """search.reuse_actors, for one-process trials: a multi-worker trial's actor only starts its
+    Ray Train run, whose workers must go when the trial ends, so the next trial can have them."""
+    return cfg.search.reuse_actors and cfg.search.resources.workers_per_trial == 1
 
 
 def _search_seed(cfg: SweepConfig, top_up: Optional[int]) -> int:
@@ -173,7 +187,7 @@ def build_pbt_tuner(cfg: SweepConfig, survivors: list[str], teacher_path: Option
     sampler = BasicVariantGenerator(points_to_evaluate=first, random_state=_search_seed(cfg, num_samples))
     tune_config = tune.TuneConfig(metric=s.metric, mode=metric_mode(s.metric),
                                   search_alg=sampler, scheduler=scheduler, num_samples=samples,
-                                  reuse_actors=s.reuse_actors)
+                                  reuse_actors=_reuse_actors(cfg))
     trainable = search_trainable(cfg, teacher_path)
     # a member may restore a donor's boundary checkpoint after the donor has trained one more interval
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,
@@ -184,11 +198,11 @@ def build_pbt_tuner(cfg: SweepConfig, survivors: list[str], teacher_path: Option
 def _run_config(cfg: SweepConfig, experiment_name: str, callback, keep_checkpoints: Optional[int] = 2):
     from ray import tune
 
-    return tune.RunConfig(
-        name=experiment_name, storage_path=_storage(cfg), callbacks=[callback], verbose=1,
-        checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=1, num_to_keep=keep_checkpoints,
-                                                checkpoint_at_end=True),
-        failure_config=tune.FailureConfig(max_failures=1))
+    # a multi-worker trial's checkpoints are its Ray Train run's (trainables.tune.data_parallel_trainable)
+    checkpoints = (tune.CheckpointConfig(checkpoint_frequency=1, num_to_keep=keep_checkpoints, checkpoint_at_end=True)
+                   if cfg.search.resources.workers_per_trial == 1 else tune.CheckpointConfig())
+    return tune.RunConfig(name=experiment_name, storage_path=_storage(cfg), callbacks=[callback], verbose=1,
+                          checkpoint_config=checkpoints, failure_config=tune.FailureConfig(max_failures=1))
 
 
 def build_grid_tuner(cfg: SweepConfig, candidates: list[str], seeds: int, teacher_path: Optional[Path], callback,
@@ -203,7 +217,7 @@ def build_grid_tuner(cfg: SweepConfig, candidates: list[str], seeds: int, teache
     param_space = {"augmentation": tune.grid_search(candidates),
                    "seed": tune.grid_search([cfg.seed + i for i in range(seeds)])}
     tune_config = tune.TuneConfig(metric=s.metric, mode=mode, num_samples=1, scheduler=FIFOScheduler(),
-                                  max_concurrent_trials=s.max_concurrent, reuse_actors=s.reuse_actors)
+                                  max_concurrent_trials=s.max_concurrent, reuse_actors=_reuse_actors(cfg))
     return tune.Tuner(method_trainable(cfg, teacher_path), param_space=param_space, tune_config=tune_config,
                       run_config=_run_config(cfg, experiment_name, callback))
 
@@ -239,13 +253,13 @@ def build_tuner(cfg: SweepConfig, survivors: list[str], teacher_path: Optional[P
                                         seed=_search_seed(cfg, num_samples))
         param_space = {}
         tune_config = tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent),
-                                      scheduler=scheduler, num_samples=samples, reuse_actors=s.reuse_actors)
+                                      scheduler=scheduler, num_samples=samples, reuse_actors=_reuse_actors(cfg))
     else:  # random search: independent draws of the candidate and every hyperparameter
         param_space = {"augmentation": tune.choice(survivors),
                        **{h.name: h.tune_domain() for h in parse_hyperparameters(s.hyperparameters)}}
         sampler = BasicVariantGenerator(random_state=_search_seed(cfg, num_samples), max_concurrent=s.max_concurrent)
         tune_config = tune.TuneConfig(search_alg=sampler, scheduler=scheduler, num_samples=samples,
-                                      reuse_actors=s.reuse_actors)
+                                      reuse_actors=_reuse_actors(cfg))
     trainable = search_trainable(cfg, teacher_path)
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,
                       run_config=_run_config(cfg, experiment_name, callback))

@@ -16,7 +16,8 @@ def ray_session():
     """One local Ray per test session (starting Ray costs seconds)."""
     import ray
 
-    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False,
+    # the dashboard serves the state API, which Ray Train's placement-group cleaner reads (multi-worker trials)
+    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=True, log_to_driver=False,
              object_store_memory=200 * 1024**2)
     yield ray
     ray.shutdown()

@@ -3,18 +3,20 @@ in MLflow (status FAILED, tag augtune.diverged), and best/report leave it out.""
 import math
 import sys
 
-
 from augtune.search.cli import main
 from augtune.search.trials import TrialRow, pick_best
 from augtune.search.tuners import collect_trials
 from augtune.search.tracking import CANDIDATE_TAG, Tracker
 from augtune.search.trial_logger import TrialLogger
+from augtune.trainables.values import RunValues
 
 EPOCHS = 5
 
 
 class ScriptedRunner:
     """Reports a loss curve chosen by the trial config: finite, or NaN from epoch 2 on."""
+
+    values = RunValues()  # nothing changes mid-run, nothing recorded
 
     def __init__(self, config):
         self.config, self.epoch = config, 0

@@ -235,3 +235,37 @@ def test_pbt_sweep_survives_sigkill(kill_point, tmp_path):
     summary = replay_exported_best(tmp_path, "kill", uri)
     best = json.loads((tmp_path / "runs" / "kill" / "sweep_state.json").read_text())["finished"]["best"]
     assert (summary["val_loss"], summary["test_loss"]) == (best["val_loss"], best["test_loss"])
+
+
+def test_two_worker_trials_resume_after_sigkill(tmp_path):
+    """Multi-worker trials (2 Ray Train workers each): the driver SIGKILLed once a trial has
+    logged an epoch, then `--resume`: the trial's Ray Train run goes on from its checkpoint (it does
+    not start over), and every trial's MLflow run has each epoch once."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    epochs = 6  # an epoch of two workers takes seconds here (gloo, a checkpoint each): time to land in
+    path = write_sweep_config(tmp_path, "kill", uri, num_samples=2, max_concurrent=1,
+                              prune={"mode": "fixed", "candidate": "cutout"}, scheduler={"kind": "fifo"},
+                              resources={"cpu": 1, "gpu": 0, "workers_per_trial": 2})
+    path.write_text(path.read_text().replace("epochs: 2", f"epochs: {epochs}"))
+    proc = subprocess.Popen([*AUGTUNE, "sweep", str(path), "--no-progress"], cwd=tmp_path, env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    experiments = tmp_path / "runs" / "kill" / "ray"
+    _kill_when(proc, lambda: 2 <= _furthest_epoch(experiments) < epochs)
+    before = {p.parent.name: len(p.read_text().splitlines()) for p in experiments.glob("sweep-*/*/result.json")}
+    done = subprocess.run([*AUGTUNE, "sweep", str(path), "--resume", "--no-progress"], cwd=tmp_path, env=_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    client = MlflowClient(tracking_uri=uri)
+    runs = runs_by_stage(uri, "kill")["trial"]
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    for run in runs:
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_loss"))
+        assert steps == list(range(1, epochs + 1)), steps
+    resumed = 0
+    for results in experiments.glob("sweep-*/*/result.json"):
+        lines = [json.loads(line) for line in results.read_text().splitlines()]
+        after = lines[before.get(results.parent.name, 0):]
+        if before.get(results.parent.name) and after:  # a trial that had started: its first epoch after
+            assert after[0]["epoch"] > 1, [r["epoch"] for r in lines]  # the restore is not epoch 1 again
+            resumed += 1
+    assert resumed >= 1

@@ -153,6 +153,7 @@ def test_schedule_steps_are_checked(tmp_path):
     ({"scheduler": {"kind": "pbt"}, "hyperparameters": {"batch_size": {"int": [16, 64]}}}, "cannot change mid-run"),
     ({"scheduler": {"kind": "pbt"}, "hyperparameters": {"lr": 0.05}}, "at least one search.hyperparameters"),
     ({"scheduler": {"kind": "pbt", "perturbation_interval": 2}}, "would never exploit"),
+    ({"scheduler": {"kind": "pbt"}, "resources": {"cpu": 1, "workers_per_trial": 2}}, "use scheduler.kind asha"),
     ({"hyperparameters": {"randaugment.magnitude": {"uniform": [1, 9]}}}, "takes whole numbers"),
     ({"hyperparameters": {"cutmix.alpha": {"uniform": [0.1, 20.0]}}}, "cutmix.alpha must lie in"),
 ])

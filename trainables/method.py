@@ -37,7 +37,8 @@ class Method:
     name: str  # the value of search.method and the name of the config section
     section: type  # its config section (a trainables.config.Section)
     # (cfg: DistillConfig, data, seed, teacher_checkpoint, work_dir) -> a runner: run_epoch, finished,
-    # total_epochs, epochs_done, show_progress, state_dict / load_state_dict (an EpochRunner has them all)
+    # total_epochs, epochs_done, show_progress, values (trainables.values.RunValues), make_data_parallel,
+    # state_dict / load_state_dict (an EpochRunner has them all)
     build_runner: Callable[..., Any]
     teacher: TeacherSource = "none"
     # names a search may set besides lr/weight_decay/momentum/batch_size/epochs and kind.param

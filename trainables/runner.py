@@ -15,6 +15,7 @@ import torch
 
 from augtune.trainables.config import ExperimentConfig, TrainConfig
 from augtune.trainables.data import BatchFeeder, DataBundle, load_data
+from augtune.trainables.distributed import DataParallel
 from augtune.trainables.engine import (InputPipeline, accuracy_and_loss, autocast, build_optimizer, build_scheduler, progress_bar,
                                        predict_logits, resolve_device, seed_everything)
 from augtune.trainables.metrics import shot_accuracy, shot_groups
@@ -40,6 +41,7 @@ class EpochRunner:
     deployed_head = "main"
     metric_prefix = ""  # e.g. "stage1_": metric keys become test_stage1_HEAD_acc
     progress_label = "epoch"
+    parallel: Optional[DataParallel] = None  # one rank of a data-parallel trial (make_data_parallel)
 
     def __init__(self, cfg: ExperimentConfig, train: TrainConfig, data: Optional[DataBundle] = None,
                  seed: Optional[int] = None):
@@ -87,6 +89,8 @@ class EpochRunner:
         sums: dict[str, torch.Tensor] = {}
         count = 0
         for images, labels in self.batches(f"{self.progress_label} {self.epoch + 1}"):
+            if self.parallel is not None:  # every rank reads the global batch and trains on its slice
+                images, labels = self.parallel.shard(images, labels)
             with autocast(self.device, self.train_cfg.bf16):
                 loss, parts = self.loss(images, labels)
             self.optimise(loss)
@@ -95,6 +99,10 @@ class EpochRunner:
             for name, value in {"loss": loss, **parts}.items():  # summed on the device: no sync per batch
                 sums[f"train_{name}"] = sums.get(f"train_{name}", 0) + value.detach().float() * n
             count += n
+        if self.parallel is not None:  # means over the global batches; BatchNorm statistics of rank 0
+            sums = {name: self.parallel.total(total) for name, total in sums.items()}
+            count = self.parallel.total(torch.tensor(float(count), device=self.device))
+            self.parallel.broadcast(self.modules().values(), buffers_only=True)
         metrics = {name: (total / count).item() for name, total in sums.items()}
         metrics.update(self.evaluate())
         return metrics
@@ -152,6 +160,8 @@ class EpochRunner:
         """One SGD step on `loss`, then the per-step learning-rate schedule."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.parallel is not None:
+            self.parallel.average_gradients(p for group in self.optimizer.param_groups for p in group["params"])
         self.optimizer.step()
         self.scheduler.step()
 
@@ -161,7 +171,20 @@ class EpochRunner:
             return iter(self.train_feeder)
         return progress_bar(self.train_feeder, nested=True, desc=description, leave=False)
 
+    def make_data_parallel(self, parallel: DataParallel, sync_batchnorm: bool = True) -> None:
+        """Train as one rank of `parallel` (trainables/distributed.py): rank 0's weights on every
+        rank, BatchNorm synchronised on accelerators when `sync_batchnorm`."""
+        from augtune.trainables.distributed import sync_batchnorm as to_sync
+
+        self.parallel = parallel
+        if sync_batchnorm:
+            for module in self.modules().values():
+                to_sync(module, self.device)
+        parallel.broadcast(self.modules().values())
+
     def run_epoch(self) -> dict[str, Any]:
+        if self.parallel is not None:  # this rank's own draws, reproducible from (seed, rank, epoch)
+            self.generator.manual_seed(self.parallel.augmentation_seed(self.seed, self.epoch))
         self.values.before_epoch(self)
         start = time.perf_counter()
         metrics = self.train_epoch()

@@ -25,6 +25,7 @@ from augtune.spaces import moco
 from augtune.spaces.candidates import Context, parse_candidate
 from augtune.trainables.config import SSDConfig
 from augtune.trainables.data import DataBundle, load_data
+from augtune.trainables.distributed import DataParallel
 from augtune.trainables.engine import build_network, full_precision, head_sizes, load_checkpoint, save_checkpoint
 from augtune.trainables.losses.kd import kl_at_temperature
 from augtune.trainables.losses.moco import masked_contrastive_loss
@@ -314,6 +315,12 @@ class SSDChainRunner:
 
     show_progress = False
     values = RunValues()  # a multi-stage run changes no value mid-way (Method.schedulable is False)
+    parallel: Optional[DataParallel] = None
+
+    def make_data_parallel(self, parallel: DataParallel, sync_batchnorm: bool = True) -> None:
+        """Every stage trains as one rank of `parallel` (EpochRunner.make_data_parallel)."""
+        self.parallel, self.sync_batchnorm = parallel, sync_batchnorm
+        self.current.make_data_parallel(parallel, sync_batchnorm)
 
     def __init__(self, cfg, teacher_checkpoint: Optional[str] = None, data: Optional[DataBundle] = None,
                  seed: Optional[int] = None, work_dir: Optional[Path] = None):
@@ -361,6 +368,8 @@ class SSDChainRunner:
             previous = self.current
             self.index += 1
             self.current = stage_runner(self.stage, self.cfg, self.data, self.seed, STAGES[self.stage].handoff(previous))
+            if self.parallel is not None:
+                self.current.make_data_parallel(self.parallel, self.sync_batchnorm)
         return metrics
 
     def state_dict(self) -> dict[str, Any]:
@@ -382,6 +391,8 @@ class SSDChainRunner:
                 frozen = build_network(model.model, saved["heads"], self.data.channels, model.model_args)
                 frozen.load_state_dict(saved["state_dict"])
             self.current = stage_runner(stage.number, self.cfg, self.data, self.seed, frozen)
+            if self.parallel is not None:
+                self.current.make_data_parallel(self.parallel, self.sync_batchnorm)
         self.current.load_state_dict(state["current"])
         self.epoch = state["epoch"]
         self.completed = dict(state["completed"])

@@ -54,6 +54,20 @@ class DataCache:
         return self.bundles[key]
 
 
+def epoch_result(runner: EpochRunner) -> dict[str, Any]:
+    """One epoch of `runner` as a trial result: a NaN or infinite training loss ends the trial at
+    this epoch, marked as diverged; the last result carries the lineage of a tracked run."""
+    metrics = runner.run_epoch()
+    metrics["diverged"] = not all(math.isfinite(v) for k, v in metrics.items()
+                                  if k.startswith("train_") and k.endswith("loss"))
+    metrics["done"] = runner.finished or metrics["diverged"]
+    if metrics["done"] and runner.values.log:
+        # the values and metrics of every epoch that made this network (a PBT trial's lineage)
+        metrics["schedule_log"] = json.dumps(runner.values.log)
+        metrics["lineage_curves"] = json.dumps(runner.values.curves)
+    return metrics
+
+
 def as_trainable(build_runner: Callable[..., EpochRunner], name: str) -> type[tune.Trainable]:
     class RunnerTrainable(tune.Trainable):
         def setup(self, config: dict[str, Any], **fixed: Any) -> None:
@@ -68,16 +82,7 @@ def as_trainable(build_runner: Callable[..., EpochRunner], name: str) -> type[tu
             return True
 
         def step(self) -> dict[str, Any]:
-            metrics = self.runner.run_epoch()
-            # a NaN or infinite training loss ends the trial at this epoch, marked as diverged
-            metrics["diverged"] = not all(math.isfinite(v) for k, v in metrics.items()
-                                          if k.startswith("train_") and k.endswith("loss"))
-            metrics["done"] = self.runner.finished or metrics["diverged"]
-            if metrics["done"] and self.runner.values.log:
-                # the values and metrics of every epoch that made this network (a PBT trial's lineage)
-                metrics["schedule_log"] = json.dumps(self.runner.values.log)
-                metrics["lineage_curves"] = json.dumps(self.runner.values.curves)
-            return metrics
+            return epoch_result(self.runner)
 
         def save_checkpoint(self, checkpoint_dir: str) -> None:
             torch.save(self.runner.state_dict(), os.path.join(checkpoint_dir, STATE_FILE))
@@ -128,6 +133,69 @@ KDTrainable = trainable_for(methods.get_method("kd"))
 SLATrainable = trainable_for(methods.get_method("sla"))
 SSDTrainable = trainable_for(methods.get_method("ssd"))
 _BUILTIN_TRAINABLES = {"kd": KDTrainable, "sla": SLATrainable, "ssd": SSDTrainable}
+
+
+# ---------------------------------------------------------------- several workers per trial
+
+def _data_parallel_worker(loop: dict[str, Any]) -> None:
+    """One Ray Train worker of a multi-worker trial: the method's runner as one rank
+    (trainables/distributed.py), resumed from the run's latest checkpoint; every rank reports each
+    epoch, rank 0 with the runner's state (Ray Train passes rank 0's metrics on to Tune)."""
+    import tempfile
+
+    import ray.train
+
+    from augtune.trainables.distributed import DataParallel
+
+    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+    runner = _method_runner(loop["config"], cache=DataCache(), trial=loop["trial"], method=loop["method"],
+                            **loop["fixed"])
+    runner.make_data_parallel(DataParallel.current(), loop["sync_batchnorm"])
+    saved = ray.train.get_checkpoint()
+    if saved is not None:
+        with saved.as_directory() as folder:
+            runner.load_state_dict(torch.load(os.path.join(folder, STATE_FILE), map_location=runner.device,
+                                              weights_only=True))
+    rank = ray.train.get_context().get_world_rank()
+    done = runner.finished
+    while not done:
+        metrics = epoch_result(runner)
+        done = metrics["done"]
+        with tempfile.TemporaryDirectory() as folder:
+            checkpoint = None
+            if rank == 0:
+                torch.save(runner.state_dict(), os.path.join(folder, STATE_FILE))
+                checkpoint = ray.train.Checkpoint.from_directory(folder)
+            ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def data_parallel_trainable(method, workers: int, cpu: float, gpu: float, sync_batchnorm: bool,
+                            storage_path: str) -> Callable[..., None]:
+    """A Tune function trainable that runs each trial of `method` as a Ray Train TorchTrainer on
+    `workers` workers (`cpu` / `gpu` each; gloo on CPUs, NCCL on GPUs), the way Ray 2.60 combines
+    Train with Tune: the function starts the trainer, and Train's TuneReportCallback hands rank
+    0's epochs to Tune (schedulers, the MLflow trial logger). The trainer's run is named after
+    the trial under `storage_path`, so a trial restarted after a kill resumes from its checkpoint."""
+
+    def trial(config: dict[str, Any], **fixed: Any) -> None:
+        import ray.train
+        from ray.train.torch import TorchTrainer
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        name = tune.get_context().get_trial_id()
+        loop = {"config": config, "fixed": fixed, "method": method, "trial": name, "sync_batchnorm": sync_batchnorm}
+        per_worker = {"CPU": cpu, **({"GPU": gpu} if gpu else {})}
+        trainer = TorchTrainer(
+            _data_parallel_worker, train_loop_config=loop,
+            scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=gpu > 0,
+                                                   resources_per_worker=per_worker),
+            run_config=ray.train.RunConfig(name=name, storage_path=storage_path, callbacks=[TuneReportCallback()],
+                                           checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+                                           failure_config=ray.train.FailureConfig(max_failures=1)))
+        trainer.fit()
+
+    trial.__name__ = trial.__qualname__ = f"{method.name.upper()}DataParallel"
+    return trial
 
 
 def trainable_of(method) -> type[tune.Trainable]:
