@@ -72,9 +72,25 @@ def init_ray(cfg: SweepConfig) -> None:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         # per-epoch checkpoints of short trials trip this warning constantly; it is noise here
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-        # multi-worker trials: Ray Train's placement-group cleaner reads the state API, which the
-        # dashboard serves (on 127.0.0.1); without it a finished trial's workers stay reserved
-        ray.init(include_dashboard=cfg.search.resources.workers_per_trial > 1, log_to_driver=False)
+        if cfg.search.resources.workers_per_trial > 1:
+            ray.init(log_to_driver=False, **own_state_api())
+        else:
+            ray.init(include_dashboard=False, log_to_driver=False)
+
+
+def own_state_api() -> dict[str, Any]:
+    """`ray.init` arguments for a local Ray whose multi-worker trials can end cleanly. Ray Train's
+    placement-group cleaner reads the state API, which the dashboard serves; without it, or when
+    it finds another Ray on this machine (it then refuses to guess which), a finished trial's
+    workers stay reserved and the next trial never starts. So: the dashboard on 127.0.0.1 at a
+    free port, and every worker of this job told that address (RAY_API_SERVER_ADDRESS)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return {"include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port,
+            "runtime_env": {"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}}}
 
 
 def _storage(cfg: SweepConfig) -> str:

@@ -16,9 +16,11 @@ def ray_session():
     """One local Ray per test session (starting Ray costs seconds)."""
     import ray
 
-    # the dashboard serves the state API, which Ray Train's placement-group cleaner reads (multi-worker trials)
-    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=True, log_to_driver=False,
-             object_store_memory=200 * 1024**2)
+    from augtune.search.tuners import own_state_api
+
+    # the state API at this Ray's own dashboard: Ray Train's cleaner reads it (multi-worker trials)
+    ray.init(address="local", num_cpus=2, num_gpus=0, log_to_driver=False, object_store_memory=200 * 1024**2,
+             **own_state_api())
     yield ray
     ray.shutdown()
 
