@@ -303,12 +303,18 @@ def fit_phase(tuner, expected: int, restored: bool = False):
     return grid  # a restored experiment may end short (trials it had not saved): the caller tops up
 
 
+def _local_folder(experiment_path) -> Optional[Path]:
+    """The experiment's folder when it is on local disk and exists (repairs are local only)."""
+    folder = Path(experiment_path)
+    return folder if "://" not in str(experiment_path) and folder.is_dir() else None
+
+
 def _set_aside_unreadable(experiment_path: str) -> None:
     """A driver killed while Ray wrote its state can leave empty or half-written state files,
     and Ray then restarts the experiment from nothing. Move those aside (suffix .unreadable),
     so the restore uses the newest readable state. Local storage only."""
-    folder = Path(experiment_path)
-    if "://" in experiment_path or not folder.is_dir():
+    folder = _local_folder(experiment_path)
+    if folder is None:
         return
     for path in list(folder.glob("experiment_state-*.json")) + list(folder.glob("search_gen_state-*.json")):
         try:
@@ -330,8 +336,8 @@ def _stand_in_for_deleted_checkpoints(experiment_path: str) -> None:
     ("Error handling checkpoint ... FileNotFoundError", and that save is not recorded). An empty
     folder stands in for each missing checkpoint below a trial's newest, so Ray's deletion finds
     it; those Ray never names are removed when the phase ends. Local storage only."""
-    folder = Path(experiment_path)
-    if "://" in experiment_path or not folder.is_dir():
+    folder = _local_folder(experiment_path)
+    if folder is None:
         return
     for trial in (p for p in folder.iterdir() if p.is_dir()):
         indices = [int(p.name.rpartition("_")[2]) for p in trial.glob("checkpoint_*")
@@ -344,9 +350,10 @@ def _stand_in_for_deleted_checkpoints(experiment_path: str) -> None:
 
 
 def _remove_stand_ins(experiment_path: str) -> None:
-    if "://" in str(experiment_path) or not Path(experiment_path).is_dir():
+    folder = _local_folder(experiment_path)
+    if folder is None:
         return
-    for mark in Path(experiment_path).glob(f"*/checkpoint_*/{STAND_IN}"):
+    for mark in folder.glob(f"*/checkpoint_*/{STAND_IN}"):
         if [p.name for p in mark.parent.iterdir()] == [STAND_IN]:
             shutil.rmtree(mark.parent)
 
