@@ -47,6 +47,10 @@ CONFIG_CASES = [
     ("data.samples_per_class", True, "samples_per_class"),
     ("data.imbalance_factor", NAN, "data.imbalance_factor"), ("data.imbalance_factor", 0.5, "data.imbalance_factor"),
     ("data.image_size", 4, "data.image_size"),
+    ("data.mean", [0.5], "data.std"), ("data.std", [0.2], "data.mean"),
+    ("data", {"name": "digits", "val_per_class": 3, "mean": [0.4, 0.4, 0.4], "std": [0.2, 0.2, 0.2]},
+     "data.mean has 3 values; digits images have 1 channel"),
+    ("data", {"name": "digits", "val_per_class": 3, "mean": [0.4], "std": [0.0]}, "data.std"),
     ("data.val_per_class", 500, "data.val_per_class"), ("data.val_per_class", -1, "data.val_per_class"),
     ("data.val_per_class", 0, "data.val_per_class"),  # the sweep selects on val_loss
     ("data.val_size", 10, "val_per_class"),

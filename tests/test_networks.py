@@ -140,6 +140,10 @@ def test_teacher_weights_are_the_teacher_its_logits_unchanged(tmp_path):
     assert main(["train", "kd", str(path), "--no-progress"]) == 0
     teacher, payload = load_checkpoint(tmp_path / "runs" / "weights" / "teacher.pt")
     assert payload["extra"]["weights"].endswith("resnet18.pth")
+    # the run normalised as torchvision's resnet18 weights expect (grey: their channel average)
+    expected = torchvision.models.ResNet18_Weights.DEFAULT.transforms()
+    assert payload["mean"] == pytest.approx([sum(expected.mean) / 3])
+    assert payload["std"] == pytest.approx([sum(expected.std) / 3])
     data = load_data(DataConfig(**BASE["data"]))
     pipeline = InputPipeline(data, torch.device("cpu"))
     x = pipeline.normalise(pipeline.to_unit(data.test.images[:8]))
@@ -218,3 +222,94 @@ def test_classifiers_inside_named_and_numbered_sequentials_are_found(name):
     x = torch.rand(1, 3, 224, 224)
     with torch.no_grad():
         assert torch.allclose(network(x), original(x), atol=1e-5)
+
+
+# ---- input side and normalisation follow the network's weights, unless data.* sets them
+
+
+def _distill(data, teacher, student=None):
+    from augtune.trainables.config import DistillConfig
+
+    return DistillConfig.model_validate({"data": data, "teacher": teacher,
+                                         **({"student": student} if student else {})})
+
+
+def _torchvision_weights(tmp_path):
+    import torchvision
+
+    path = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), path)
+    return {"model": "torchvision:resnet18", "model_args": {"num_classes": 10}, "weights": str(path)}
+
+
+def test_input_follows_torchvisions_weights_meta_on_grey_data(tmp_path):
+    import torchvision
+
+    transforms = torchvision.models.ResNet18_Weights.DEFAULT.transforms()
+    cfg = _distill({"name": "digits"}, _torchvision_weights(tmp_path))
+    assert cfg.data.image_size == transforms.crop_size[0]
+    assert cfg.data.mean == pytest.approx([sum(transforms.mean) / 3])
+    assert cfg.data.std == pytest.approx([sum(transforms.std) / 3])
+
+
+def test_input_follows_timms_pretrained_config_on_rgb_data(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    save_file(timm.create_model("test_resnet", num_classes=10).state_dict(), str(tmp_path / "w.safetensors"))
+    teacher = {"model": "timm:test_resnet", "model_args": {"num_classes": 10}, "weights": str(tmp_path / "w.safetensors")}
+    (tmp_path / "cifar").mkdir()
+    cfg = _distill({"name": "cifar10", "root": str(tmp_path / "cifar")}, teacher)
+    expected = timm.data.resolve_data_config(model=timm.create_model("test_resnet"))
+    assert cfg.data.image_size == expected["input_size"][-1]
+    assert cfg.data.mean == pytest.approx(list(expected["mean"]))
+    assert cfg.data.std == pytest.approx(list(expected["std"]))
+
+
+def test_what_the_config_sets_wins_and_the_rest_still_follows(tmp_path):
+    import torchvision
+
+    teacher = _torchvision_weights(tmp_path)
+    sized = _distill({"name": "digits", "image_size": 16}, teacher)
+    assert sized.data.image_size == 16
+    assert sized.data.mean == pytest.approx([sum(torchvision.models.ResNet18_Weights.DEFAULT.transforms().mean) / 3])
+    given = _distill({"name": "digits", "mean": [0.3], "std": [0.2]}, teacher)
+    assert (given.data.mean, given.data.std) == ([0.3], [0.2]) and given.data.image_size == 224
+    again = type(given).model_validate(given.model_dump(mode="json"))  # a logged config states them
+    assert (again.data.image_size, again.data.mean, again.data.std) == (224, [0.3], [0.2])
+
+
+def test_a_pretrained_student_decides_when_the_teacher_carries_nothing(tmp_path):
+    student = _torchvision_weights(tmp_path)
+    cfg = _distill({"name": "digits"}, {"model": "resnet8"}, student)
+    assert cfg.data.image_size == 224
+    scratch = _distill({"name": "digits"}, {"model": "torchvision:resnet18"}, {"model": "timm:test_resnet"})
+    assert (scratch.data.image_size, scratch.data.mean, scratch.data.std) == (None, None, None)
+
+
+def test_an_augtune_checkpoint_brings_the_normalisation_it_was_trained_with(tmp_path):
+    from augtune.trainables.config import DataConfig
+    from augtune.trainables.data import load_data
+    from augtune.trainables.engine import save_checkpoint
+
+    trained_on = load_data(DataConfig(name="digits", image_size=10, samples_per_class=20))
+    save_checkpoint(tmp_path / "teacher.pt", build_model("resnet8", 10, 1), "resnet8", trained_on)
+    cfg = _distill({"name": "digits", "samples_per_class": 5}, {"model": "resnet8",
+                                                                 "checkpoint": str(tmp_path / "teacher.pt")})
+    assert cfg.data.image_size == 10
+    assert cfg.data.mean == pytest.approx(list(trained_on.mean)) and cfg.data.std == pytest.approx(list(trained_on.std))
+
+
+def test_the_data_is_normalised_with_the_configured_statistics():
+    from augtune.trainables.config import DataConfig
+    from augtune.trainables.data import load_data
+    from augtune.trainables.engine import InputPipeline
+
+    own = load_data(DataConfig(name="digits", image_size=8))
+    pixels = own.train.images.float() / 255
+    assert own.mean == pytest.approx((pixels.mean().item(),)) and own.std == pytest.approx((pixels.std().item(),))
+    given = load_data(DataConfig(name="digits", image_size=8, mean=[0.3], std=[0.2]))
+    assert (given.mean, given.std) == ((0.3,), (0.2,))
+    pipeline = InputPipeline(given, torch.device("cpu"))
+    unit = pipeline.to_unit(given.test.images[:4])
+    assert torch.allclose(pipeline.normalise(unit), (unit - 0.3) / 0.2)

@@ -13,8 +13,8 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationI
                       model_validator)
 
 from augtune.trainables.method import BUILTIN_NAMES, REGISTRY
-from augtune.trainables.models import (MODEL_REGISTRY, build_model, check_model_name, foreign_module,
-                                       load_own_layout, pretrained_weights, read_own_weights)
+from augtune.trainables.models import (MODEL_REGISTRY, InputSpec, build_model, check_model_name, foreign_module,
+                                       load_own_layout, pretrained_input, pretrained_weights, read_own_weights)
 from augtune.trainables.values import check_schedule_value
 
 
@@ -53,6 +53,61 @@ def check_checkpoint_file(path: Path) -> None:
         raise ValueError(f"{exc}; give a checkpoint saved by augtune (augtune train teacher CONFIG)") from None
 
 
+def dataset_channels(name: str) -> int:
+    return 1 if name == "digits" else 3
+
+
+def input_facts(section: Any) -> Optional[InputSpec]:
+    """The input a model section's weights were trained on: an augtune checkpoint's recorded side
+    and normalisation, else the pretrained network's (`weights` / `pretrained`; see
+    `models.pretrained_input`). None when its weights carry none, or when the section is wrong in a
+    way its own checks report."""
+    def get(key):
+        return section.get(key) if isinstance(section, dict) else getattr(section, key, None)
+
+    if get("checkpoint"):
+        from augtune.trainables.checkpoint_io import CheckpointError, read_checkpoint
+
+        try:
+            payload = read_checkpoint(Path(get("checkpoint")))
+            return InputSpec(int(payload["data"]["image_size"]), tuple(payload["mean"]), tuple(payload["std"]))
+        except (CheckpointError, KeyError, TypeError, ValueError):
+            return None
+    if get("weights") or get("pretrained") is True:
+        try:
+            return pretrained_input(str(get("model")), get("model_args") or {})
+        except Exception:  # a name or model_args the section's own checks refuse with a clear message
+            return None
+    return None
+
+
+def inputs_follow_the_network(raw: dict, roles: tuple[str, ...]) -> dict:
+    """`raw` with data.image_size and data.mean/std filled in where the config leaves them out,
+    from the first of `roles` (model sections) whose weights carry input facts: so a pretrained
+    teacher sees inputs as its weights were trained. Three-channel statistics on grey data
+    (digits) become their channel average, matching the summed first convolution. The values are
+    written into the config, so a logged config states them."""
+    given = raw.get("data", {})
+    # on assignment pydantic passes the validated sections: a DataConfig comes back as one
+    data = dict(given) if isinstance(given, dict) else given.model_dump(exclude_unset=True)
+    if data.get("image_size") is not None and data.get("mean") is not None:
+        return raw
+    for role in roles:
+        spec = input_facts(raw[role]) if role in raw else None
+        if spec is None:
+            continue
+        channels = dataset_channels(data.get("name", "digits"))
+        mean, std = list(spec.mean), list(spec.std)
+        if channels == 1 and len(mean) == 3:
+            mean, std = [sum(mean) / 3], [sum(std) / 3]
+        if data.get("image_size") is None:
+            data["image_size"] = spec.size
+        if data.get("mean") is None and data.get("std") is None and len(mean) == channels:
+            data["mean"], data["std"] = mean, std
+        return {**raw, "data": data if isinstance(given, dict) else type(given).model_validate(data)}
+    return raw
+
+
 class DataConfig(Section):
     name: Literal["digits", "cifar10", "cifar100", "imagefolder"] = "digits"
     root: Optional[Path] = Field(None, description="dataset folder (cifar*, imagefolder)")
@@ -61,7 +116,14 @@ class DataConfig(Section):
     test_list: Optional[Path] = None
     val_list: Optional[Path] = None
     num_classes: Optional[int] = Field(None, gt=1, description="imagefolder: default max label + 1")
-    image_size: Optional[int] = Field(None, ge=8, le=512, description="resize images to this side")
+    image_size: Optional[int] = Field(None, ge=8, le=1024, description="resize images to this side; default: the "
+                                                                      "pretrained network's input side, else the "
+                                                                      "dataset's own (digits 8, CIFAR 32, "
+                                                                      "imagefolder 224)")
+    mean: Optional[list[float]] = Field(None, description="per-channel normalisation mean of [0, 1] pixels; "
+                                                         "default: the pretrained network's, else the training "
+                                                         "images' own")
+    std: Optional[list[float]] = Field(None, description="per-channel normalisation std, with mean")
     val_per_class: int = Field(0, ge=0, description="hold out this many training images of every class for "
                                                     "validation (balanced even for long tails), before any "
                                                     "few-shot or long-tail subsampling; fixed by split_seed")
@@ -75,6 +137,10 @@ class DataConfig(Section):
     num_workers: int = Field(2, ge=0)
     many_shot_threshold: int = Field(100, ge=1, description="classes with more images are 'many'")
     few_shot_threshold: int = Field(20, ge=1, description="classes with fewer images are 'few'")
+
+    @property
+    def channels(self) -> int:
+        return dataset_channels(self.name)
 
     @model_validator(mode="before")
     @classmethod
@@ -103,6 +169,16 @@ class DataConfig(Section):
                     raise ValueError(f"data.{field} {value} does not exist")
         if self.val_per_class and self.val_list is not None:
             raise ValueError("data.val_per_class and data.val_list both define the validation split; keep one")
+        if (self.mean is None) != (self.std is None):
+            given, missing = ("mean", "std") if self.std is None else ("std", "mean")
+            raise ValueError(f"data.{given} is set without data.{missing}; give both (one value per channel) or neither")
+        for field in ("mean", "std"):
+            values = getattr(self, field)
+            if values is not None and len(values) != self.channels:
+                raise ValueError(f"data.{field} has {len(values)} values; {self.name} images have {self.channels} "
+                                 f"channel{'s' if self.channels > 1 else ''}, give one value each")
+        if self.std is not None and min(self.std) <= 0:
+            raise ValueError("data.std: every value must be positive")
         if self.few_shot_threshold > self.many_shot_threshold:
             raise ValueError("data.few_shot_threshold must not exceed data.many_shot_threshold")
         return self
@@ -206,6 +282,13 @@ class ExperimentConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: ModelConfig = Field(default_factory=ModelConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _inputs_follow_the_network(cls, raw):
+        """Input side and normalisation follow the teacher's (else the student's) weights unless
+        data.* sets them (`inputs_follow_the_network`)."""
+        return inputs_follow_the_network(raw, ("teacher", "student")) if isinstance(raw, dict) else raw
 
     @field_validator("device")
     @classmethod

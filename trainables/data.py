@@ -149,7 +149,7 @@ def load_digits_data(cfg: DataConfig) -> DataBundle:
     train = _image_set(all_images, labels, pool_idx[train_idx])
     val = _image_set(all_images, labels, None if val_idx is None else pool_idx[val_idx])
     test = _image_set(all_images, labels, test_idx)
-    return _bundle(train, test, val, 10, 1, side)
+    return _bundle(cfg, train, test, val, 10, 1, side)
 
 
 def load_cifar_data(cfg: DataConfig) -> DataBundle:
@@ -171,7 +171,7 @@ def load_cifar_data(cfg: DataConfig) -> DataBundle:
     images = _resize_uint8(images, side)
     train, val = _image_set(images, labels, train_idx), _image_set(images, labels, val_idx)
     test = ImageSet(torch.from_numpy(splits[False][1]).long(), _resize_uint8(splits[False][0], side))
-    return _bundle(train, test, val, num_classes, 3, side)
+    return _bundle(cfg, train, test, val, num_classes, 3, side)
 
 
 def read_split_list(list_file: Path, root: Path) -> tuple[list[Path], np.ndarray]:
@@ -242,11 +242,13 @@ def load_imagefolder_data(cfg: DataConfig) -> DataBundle:
             return ImageSet(label_tensor, torch.stack([_decode_image(p, side) for p in paths]))
         return ImageSet(label_tensor, paths=paths, image_size=side)
 
-    return _bundle(make("train"), make("test"), make("val"), num_classes, 3, side)
+    return _bundle(cfg, make("train"), make("test"), make("val"), num_classes, 3, side)
 
 
-def _bundle(train, test, val, num_classes, channels, side) -> DataBundle:
-    if train.images is not None:
+def _bundle(cfg: DataConfig, train, test, val, num_classes, channels, side) -> DataBundle:
+    if cfg.mean is not None:  # set in the config, or from the teacher's weights (config.inputs_follow_the_network)
+        mean, std = cfg.mean, cfg.std
+    elif train.images is not None:
         pixels = train.images.float().div_(255).transpose(0, 1).reshape(channels, -1)
         mean, std = pixels.mean(1).tolist(), pixels.std(1).clamp_min(1e-3).tolist()
     else:  # ImageNet statistics for file-backed data, to avoid a full decoding pass

@@ -6,6 +6,7 @@ returns the logits of the "main" head; `Network.features` the pooled feature vec
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional
 
 import torch
@@ -341,6 +342,47 @@ def pretrained_weights(name: str) -> dict[str, torch.Tensor]:
                              f"({constants.HF_HUB_CACHE}): {str(exc).splitlines()[0][:200]}") from None
     raise ValueError(f"model {name!r}: pretrained weights come with torchvision: and timm: networks; give "
                      "teacher.weights for others")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The input a network's weights expect: a square side and per-channel normalisation
+    statistics of [0, 1] pixels."""
+
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def pretrained_input(name: str, model_args: Optional[Mapping[str, Any]] = None) -> Optional[InputSpec]:
+    """The input side and normalisation of `name`'s pretrained weights: torchvision's default
+    weights' evaluation transforms (crop size, mean, std), timm's pretrained config (input_size,
+    mean, std; `model_args.img_size` when given, as it sets the network's side). None for augtune's
+    own networks, the user's modules, and names that name nothing (refused elsewhere)."""
+    source, _, target = name.partition(":")
+    if source == "torchvision":
+        import torchvision
+
+        try:
+            transforms = torchvision.models.get_model_weights(target).DEFAULT.transforms()
+            side, mean, std = transforms.crop_size[0], transforms.mean, transforms.std
+        except (ValueError, AttributeError, KeyError, IndexError):
+            return None
+    elif source == "timm":
+        try:
+            import timm.models
+        except ImportError:
+            return None
+        cfg = timm.models.get_pretrained_cfg(target, allow_unregistered=False) if timm.is_model(target) else None
+        if cfg is None or not cfg.input_size or cfg.input_size[1] != cfg.input_size[2]:
+            return None  # no config, or a non-square input (the data section then decides)
+        side, mean, std = cfg.input_size[-1], cfg.mean, cfg.std
+        img_size = (model_args or {}).get("img_size")
+        if isinstance(img_size, int) and not isinstance(img_size, bool):
+            side = img_size
+    else:
+        return None
+    return InputSpec(int(side), tuple(float(v) for v in mean), tuple(float(v) for v in std))
 
 
 def load_own_layout(module: nn.Module, weights: Mapping[str, torch.Tensor], name: str) -> None:
