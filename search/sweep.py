@@ -4,6 +4,7 @@ Ray Tune (Optuna TPE + ASHA, or PBT) -> MLflow -> the best augmentation.
 On a cluster's head node, search/submit.py runs it as a script (`ray submit cluster.yaml
 search/submit.py -- CONFIG`).
 """
+import itertools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,38 +213,40 @@ def stage_audit(cfg: SweepConfig, state: SweepState, tracker: Tracker, teacher_p
 
 
 def stage_search(cfg: SweepConfig, state: SweepState, teacher_path: Optional[Path], score_of: dict[str, float]):
-    """The student trials on Ray (restored when the sweep is resumed), plus a top-up of the
-    trials a restored experiment lost. Returns the result grids."""
+    """The student trials on Ray (restored when the sweep is resumed), plus top-ups of the
+    trials restored experiments lost. Returns the result grids."""
     from augtune.search.trial_logger import TrialLogger
 
     folder, survivors, validate = job_dir(cfg), state.survivors, state.validate_proxy
     callback = TrialLogger(cfg.tracking.uri, cfg.experiment_name, state.parent_run_id, pair_name(cfg), score_of)
 
-    def rename(field: str):
-        def set_name(name: str) -> None:
-            setattr(state, field, name)
+    def fit(name: str, record_name, **top_up):
+        """One Tune experiment, restored or built; `record_name(new)` notes a new name in the state."""
+        def renamed(new: str) -> None:
+            record_name(new)
             state.save(folder)
-        return set_name
 
-    tuner, restored = restore_or_build(
-        cfg, state.ray_experiment, lambda name: build_tuner(cfg, survivors, teacher_path, callback, name, validate),
-        search_trainable(cfg, teacher_path, validate), rename("ray_experiment"))
-    expected = len(survivors) * cfg.search.seeds if validate else cfg.search.num_samples
-    grids = [fit_phase(tuner, expected, restored)]
-    missing = expected - len(grids[0])
-    if missing > 0 or state.topup_experiment:
-        # the restored experiment lost trials it had not saved yet: run them as a top-up
-        if state.topup_experiment is None:
-            state.topup_experiment, state.topup_trials = f"{state.ray_experiment}-topup", missing
-            state.save(folder)
-        print(f"\nrunning the {state.topup_trials} trial(s) the interrupted experiment lost")
-        tried = [t.augmentation for t in collect_trials(grids[0])]
         tuner, restored = restore_or_build(
-            cfg, state.topup_experiment,
-            lambda name: build_tuner(cfg, survivors, teacher_path, callback, name, validate,
-                                     num_samples=state.topup_trials, tried=tried),
-            search_trainable(cfg, teacher_path, validate), rename("topup_experiment"))
-        grids.append(fit_phase(tuner, state.topup_trials, restored))
+            cfg, name, lambda new: build_tuner(cfg, survivors, teacher_path, callback, new, validate, **top_up),
+            search_trainable(cfg, teacher_path, validate), renamed)
+        return fit_phase(tuner, top_up.get("num_samples") or expected, restored)
+
+    expected = len(survivors) * cfg.search.seeds if validate else cfg.search.num_samples
+    grids = [fit(state.ray_experiment, lambda new: setattr(state, "ray_experiment", new))]
+    # a restored experiment may have lost trials it had not saved yet (a restored top-up too):
+    # the earlier rounds are restored, then a new round runs what is still missing
+    for round_number in itertools.count(1):
+        missing = expected - sum(len(grid) for grid in grids)
+        if round_number > len(state.topups):
+            if missing <= 0:
+                break
+            state.topups.append({"experiment": f"{state.ray_experiment}-topup{round_number}", "trials": missing})
+            state.save(folder)
+        record = state.topups[round_number - 1]
+        print(f"\nrunning the {record['trials']} trial(s) the interrupted experiment lost (top-up {round_number})")
+        tried = [t.augmentation for grid in grids for t in collect_trials(grid)]
+        grids.append(fit(record["experiment"], lambda new, record=record: record.update(experiment=new),
+                         num_samples=record["trials"], tried=tried, top_up=round_number))
     return grids
 
 

@@ -29,8 +29,9 @@ class SweepState:
     audit_done: bool = True
     audit: Optional[dict[str, Any]] = None  # AuditOutcome.as_dict()
     audit_phases: list[dict[str, Any]] = field(default_factory=list)  # {candidates, name, values, seconds, trials}
-    topup_experiment: Optional[str] = None  # trials a restored experiment lost, run again
-    topup_trials: Optional[int] = None
+    # trials restored experiments lost, run again: one {experiment, trials} per round (a restored
+    # top-up can lose trials too)
+    topups: list[dict[str, Any]] = field(default_factory=list)
     finished: Optional[dict[str, Any]] = None  # {best, compute, trials} once the summary is logged
 
     def save(self, folder: Path) -> None:
@@ -47,5 +48,7 @@ class SweepState:
         if not path.is_file():
             return None
         raw = json.loads(path.read_text())
+        if raw.get("topup_experiment"):  # a state written before top-ups had rounds
+            raw["topups"] = [{"experiment": raw["topup_experiment"], "trials": raw["topup_trials"]}]
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in raw.items() if k in known})

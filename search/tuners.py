@@ -158,13 +158,14 @@ def _reuse_actors(cfg: SweepConfig) -> bool:
     return cfg.search.reuse_actors and cfg.search.resources.workers_per_trial == 1
 
 
-def _search_seed(cfg: SweepConfig, top_up: Optional[int]) -> int:
-    """search.seed, or another one for a top-up, so it does not draw the trials it replaces again."""
-    return cfg.search.seed + (1 if top_up else 0)
+def _search_seed(cfg: SweepConfig, top_up: int) -> int:
+    """search.seed, or another one for each top-up round, so it does not draw the trials it
+    replaces (or an earlier round drew) again."""
+    return cfg.search.seed + top_up
 
 
 def build_pbt_tuner(cfg: SweepConfig, survivors: list[str], teacher_path: Optional[Path], callback,
-                    experiment_name: str, num_samples: Optional[int] = None):
+                    experiment_name: str, num_samples: Optional[int] = None, top_up: int = 0):
     """A population of `num_samples` trials. The first members start from the proxy's ranking
     (one per surviving candidate, best first, at that candidate's own parameter values); the rest
     draw a candidate and values at random. Every `perturbation_interval` epochs, the bottom
@@ -192,7 +193,7 @@ def build_pbt_tuner(cfg: SweepConfig, survivors: list[str], teacher_path: Option
                if name in numeric_params() and name.startswith(candidate.kind + ".")
                and candidate.params.get(name.split(".", 1)[1]) is not None}
         first.append({"augmentation": candidate_id, "seed": cfg.seed + rank, **own})
-    random.seed(_search_seed(cfg, num_samples))  # PBT's explore draws from Python's random
+    random.seed(_search_seed(cfg, top_up))  # PBT's explore draws from Python's random
     scheduler = PopulationBasedTraining(
         time_attr="training_iteration", perturbation_interval=sched.perturbation_interval,
         hyperparam_mutations=mutations, quantile_fraction=sched.quantile_fraction,
@@ -200,7 +201,7 @@ def build_pbt_tuner(cfg: SweepConfig, survivors: list[str], teacher_path: Option
         synch=False)  # Ray's synchronous mode lost members' epochs in tests (2.60): the asynchronous one
     # no concurrency limit: every member exists from the start (resources bound how many train at
     # once), so the first members do not exploit among themselves before the others begin
-    sampler = BasicVariantGenerator(points_to_evaluate=first, random_state=_search_seed(cfg, num_samples))
+    sampler = BasicVariantGenerator(points_to_evaluate=first, random_state=_search_seed(cfg, top_up))
     tune_config = tune.TuneConfig(metric=s.metric, mode=metric_mode(s.metric),
                                   search_alg=sampler, scheduler=scheduler, num_samples=samples,
                                   reuse_actors=_reuse_actors(cfg))
@@ -239,10 +240,10 @@ def build_grid_tuner(cfg: SweepConfig, candidates: list[str], seeds: int, teache
 
 
 def build_tuner(cfg: SweepConfig, survivors: list[str], teacher_path: Optional[Path], callback, experiment_name: str,
-                validate: bool, num_samples: Optional[int] = None, tried: Sequence[str] = ()):
-    """The search phase's tuner. A top-up (`num_samples` left to run after a restore lost some)
-    skips the first points of augmentations already `tried` and draws with another seed, so it
-    does not repeat trials the restored experiment holds."""
+                validate: bool, num_samples: Optional[int] = None, tried: Sequence[str] = (), top_up: int = 0):
+    """The search phase's tuner. Top-up round `top_up` (`num_samples` left to run after a restore
+    lost some) skips the first points of augmentations already `tried` and draws with its own seed,
+    so it does not repeat trials the restored experiments hold."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
@@ -253,7 +254,7 @@ def build_tuner(cfg: SweepConfig, survivors: list[str], teacher_path: Optional[P
     if validate:
         return build_grid_tuner(cfg, survivors, s.seeds, teacher_path, callback, experiment_name)
     if s.scheduler.kind == "pbt":
-        return build_pbt_tuner(cfg, survivors, teacher_path, callback, experiment_name, num_samples)
+        return build_pbt_tuner(cfg, survivors, teacher_path, callback, experiment_name, num_samples, top_up)
     samples = num_samples or s.num_samples
     metric, mode = s.metric, metric_mode(s.metric)
     epochs = cfg.student.train.epochs
@@ -266,14 +267,14 @@ def build_tuner(cfg: SweepConfig, survivors: list[str], teacher_path: Optional[P
         first = [p for p in space.first_points() if p.get(f"{p['augmentation_kind']}.variant",
                                                              space.families[p["augmentation_kind"]][0]) not in tried]
         searcher = TolerantOptunaSearch(space=space, metric=metric, mode=mode, points_to_evaluate=first[:samples],
-                                        seed=_search_seed(cfg, num_samples))
+                                        seed=_search_seed(cfg, top_up))
         param_space = {}
         tune_config = tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent),
                                       scheduler=scheduler, num_samples=samples, reuse_actors=_reuse_actors(cfg))
     else:  # random search: independent draws of the candidate and every hyperparameter
         param_space = {"augmentation": tune.choice(survivors),
                        **{h.name: h.tune_domain() for h in parse_hyperparameters(s.hyperparameters)}}
-        sampler = BasicVariantGenerator(random_state=_search_seed(cfg, num_samples), max_concurrent=s.max_concurrent)
+        sampler = BasicVariantGenerator(random_state=_search_seed(cfg, top_up), max_concurrent=s.max_concurrent)
         tune_config = tune.TuneConfig(search_alg=sampler, scheduler=scheduler, num_samples=samples,
                                       reuse_actors=_reuse_actors(cfg))
     trainable = search_trainable(cfg, teacher_path)

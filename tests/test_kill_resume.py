@@ -79,49 +79,62 @@ def _newest_state_files(folder: Path) -> list[Path]:
     return files[-1:]
 
 
-@pytest.mark.parametrize("kill_point", ["teacher", "proxy-scoring", "before-tuner", "trials", "trials-corrupt-state",
-                                        "summary"])
-def test_sigkill_then_resume_completes_once(kill_point, tmp_path):
+def test_sigkill_at_every_stage_then_resume_completes_once(tmp_path):
+    """One sweep SIGKILLed at each stage in turn, every resume itself killed at the next moment:
+    while the teacher trains, while the candidates are scored, after pruning with Ray starting,
+    after a trial finished, after another one with Ray's newest experiment state left empty (what a
+    kill during Ray's write leaves); then resumed to completion; then the summary's worst moment
+    recreated and resumed."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     path = write_sweep_config(tmp_path, "kill", uri, num_samples=NUM_SAMPLES, max_concurrent=1)
-    text = path.read_text().replace("epochs: 2", "epochs: 3")
-    if kill_point == "proxy-scoring":  # long enough a scoring stage to land in
-        text = text.replace("passes: 2", "passes: 40")
-    path.write_text(text)
+    # 20 passes: a scoring stage long enough to land a kill in
+    path.write_text(path.read_text().replace("epochs: 2", "epochs: 3").replace("passes: 2", "passes: 20"))
     teacher = tmp_path / "runs" / "kill" / "teacher.pt"
     state_file = tmp_path / "runs" / "kill" / "sweep_state.json"
-    proc = subprocess.Popen([*AUGTUNE, "sweep", str(path), "--no-progress"], cwd=tmp_path, env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    if kill_point == "teacher":  # the state is saved as the parent run opens, before the teacher trains
-        _kill_when(proc, lambda: _stage(state_file) == "proxy")
-    elif kill_point == "proxy-scoring":  # the teacher is saved; the candidates are being scored
-        _kill_when(proc, lambda: teacher.is_file() and _stage(state_file) == "proxy")
-    elif kill_point == "before-tuner":  # pruned and saved; Ray still starting
-        _kill_when(proc, lambda: _stage(state_file) == "search")
-    elif kill_point == "summary":
-        # the worst moment of the summary: everything logged, the parent still RUNNING, the state
-        # not yet marked finished (too short a window to hit with a signal, so it is recreated)
-        assert proc.wait(timeout=600) == 0
-        state = json.loads(state_file.read_text())
-        state.pop("finished")
-        state_file.write_text(json.dumps(state))
-        MlflowClient(tracking_uri=uri).update_run(state["parent_run_id"], status="RUNNING")
-    else:
-        _kill_when(proc, lambda: _finished_trials(uri) >= 1)
-    if kill_point == "trials-corrupt-state":
-        experiment = json.loads(state_file.read_text())["ray_experiment"]
-        for f in _newest_state_files(tmp_path / "runs" / "kill" / "ray" / experiment):
-            f.write_text("")  # what a kill during Ray's write leaves behind
+    moments = {
+        # the state is saved as the parent run opens, before the teacher trains
+        "teacher": lambda: _stage(state_file) == "proxy",
+        "proxy-scoring": lambda: teacher.is_file() and _stage(state_file) == "proxy",
+        "before-tuner": lambda: _stage(state_file) == "search",  # pruned and saved; Ray still starting
+        "trials": lambda: _finished_trials(uri) >= 1,
+        "trials-corrupt-state": lambda: _finished_trials(uri) >= 2,
+    }
+    for attempt, (moment, ready) in enumerate(moments.items()):
+        proc = subprocess.Popen([*AUGTUNE, "sweep", str(path), "--no-progress", *(["--resume"] if attempt else [])],
+                                cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        _kill_when(proc, ready)
+        if moment == "trials-corrupt-state":  # the experiment Ray was writing: the newest top-up, if any
+            state = json.loads(state_file.read_text())
+            experiment = (state["topups"][-1]["experiment"] if state["topups"] else state["ray_experiment"])
+            for f in _newest_state_files(tmp_path / "runs" / "kill" / "ray" / experiment):
+                f.write_text("")
     done = subprocess.run([*AUGTUNE, "sweep", str(path), "--resume", "--no-progress"], cwd=tmp_path, env=_env(),
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "best augmentation" in done.stdout
+    _assert_one_complete_sweep(uri)
 
+    # the worst moment of the summary: everything logged, the parent still RUNNING, the state not
+    # yet marked finished (too short a window to hit with a signal, so it is recreated)
+    state = json.loads(state_file.read_text())
+    state.pop("finished")
+    state_file.write_text(json.dumps(state))
+    MlflowClient(tracking_uri=uri).update_run(state["parent_run_id"], status="RUNNING")
+    again = subprocess.run([*AUGTUNE, "sweep", str(path), "--resume", "--no-progress"], cwd=tmp_path, env=_env(),
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    _assert_one_complete_sweep(uri)
+
+
+def _assert_one_complete_sweep(uri: str) -> None:
+    """Parent FINISHED, the proxy runs of one scoring, every trial one run with no step twice,
+    the parent's summary metrics logged once."""
     client = MlflowClient(tracking_uri=uri)
     runs = runs_by_stage(uri, "kill")
     (parent,) = runs["sweep"]
     assert parent.info.status == "FINISHED"
-    assert len(runs["proxy"]) == 8  # partial proxy runs of the killed driver were discarded
+    assert len(runs["proxy"]) == 8  # partial proxy runs of a killed driver were discarded
     assert not [r for r in runs["trial"] if r.info.status == "RUNNING"]
     finished = [r for r in runs["trial"] if r.info.status == "FINISHED"]
     trial_ids = Counter(r.data.tags["augtune.trial_id"] for r in runs["trial"])

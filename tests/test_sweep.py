@@ -299,3 +299,19 @@ def test_exported_best_trial_reproduces_exactly_without_ray(pruned_sweep, tmp_pa
     again, _ = load_checkpoint(summary["student_checkpoint"])
     for (name, a), (_, b) in zip(logged.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+def test_a_state_written_before_top_up_rounds_resumes_its_top_up(tmp_path):
+    """A sweep state with the single `topup_experiment` of earlier versions loads as round 1, so
+    `--resume` restores that experiment instead of running its trials again."""
+    import json
+
+    from augtune.search.sweep_state import SweepState
+
+    old = {"parent_run_id": "p", "ray_experiment": "sweep-1", "validate_proxy": False, "stage": "search",
+           "topup_experiment": "sweep-1-topup", "topup_trials": 2}
+    (tmp_path / "sweep_state.json").write_text(json.dumps(old))
+    state = SweepState.load(tmp_path)
+    assert state.topups == [{"experiment": "sweep-1-topup", "trials": 2}]
+    state.save(tmp_path)
+    assert json.loads((tmp_path / "sweep_state.json").read_text())["topups"] == state.topups
