@@ -4,7 +4,6 @@ Ray Tune (Optuna TPE + ASHA, or PBT) -> MLflow -> the best augmentation.
 On a cluster's head node, search/submit.py runs it as a script (`ray submit cluster.yaml
 search/submit.py -- CONFIG`).
 """
-import itertools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +20,9 @@ from augtune.search.sweep_format import TEST_SELECTION_WARNING, describe_best, f
 from augtune.search.sweep_state import STATE_FILE, SweepState
 from augtune.search.tracking import Tracker
 from augtune.search.trials import TrialRow, pick_best
-from augtune.search.tuners import (SweepInterrupted, build_grid_tuner, build_tuner, collect_trials, fit_phase,
-                                   init_ray, method_trainable, phase_results, restore_or_build, search_trainable)
+from augtune.search.tuners import (SweepInterrupted, build_grid_tuner, build_tuner, collect_trials, fit_with_top_ups,
+                                   grid_points, init_ray, method_trainable, missing_points, phase_results,
+                                   search_trainable)
 from augtune.spaces.candidates import expand_candidates
 from augtune.trainables.method import OwnTeacher
 
@@ -105,18 +105,25 @@ class AuditTrainer:
             self.state.save(job_dir(self.cfg))
         seeds = self.cfg.search.prune.audit_seeds
         phase = self.phases[index]
+        points = grid_points(self.cfg, candidates, seeds)
 
-        def rename(name: str) -> None:
-            phase["name"] = name
+        def save() -> None:
             self.state.save(job_dir(self.cfg))
 
-        tuner, restored = restore_or_build(
-            self.cfg, phase["name"],
-            lambda experiment: build_grid_tuner(self.cfg, candidates, seeds, self.teacher_path, self.callback,
-                                                experiment), method_trainable(self.cfg, self.teacher_path), rename)
+        def renamed(name: str) -> None:
+            phase["name"] = name
+            save()
+
         print(f"\naudit: training {', '.join(candidates)} ({seeds} seeds each, the config's hyperparameters)")
-        grid = fit_phase(tuner, len(candidates) * seeds, restored)
-        trials = collect_trials(grid, phase="audit", experiment=phase["name"])
+        grids = fit_with_top_ups(
+            self.cfg, phase["name"], renamed,
+            lambda experiment, lost, _round, _grids: build_grid_tuner(
+                self.cfg, candidates, seeds, self.teacher_path, self.callback, experiment, points=lost),
+            method_trainable(self.cfg, self.teacher_path), len(points), lambda grids: missing_points(grids, points),
+            phase.setdefault("topups", []), save)
+        # each row names the experiment that trained it (where its weights are)
+        trials = [t for grid in grids for t in collect_trials(grid, phase="audit",
+                                                              experiment=Path(grid.experiment_path).name)]
         metric = self.cfg.search.metric
         values: dict[str, list[float]] = {}
         for t in trials:
@@ -220,34 +227,31 @@ def stage_search(cfg: SweepConfig, state: SweepState, teacher_path: Optional[Pat
     folder, survivors, validate = job_dir(cfg), state.survivors, state.validate_proxy
     callback = TrialLogger(cfg.tracking.uri, cfg.experiment_name, state.parent_run_id, pair_name(cfg), score_of)
 
-    def fit(name: str, record_name, **top_up):
-        """One Tune experiment, restored or built; `record_name(new)` notes a new name in the state."""
-        def renamed(new: str) -> None:
-            record_name(new)
-            state.save(folder)
+    def renamed(new: str) -> None:
+        state.ray_experiment = new
+        state.save(folder)
 
-        tuner, restored = restore_or_build(
-            cfg, name, lambda new: build_tuner(cfg, survivors, teacher_path, callback, new, validate, **top_up),
-            search_trainable(cfg, teacher_path, validate), renamed)
-        return fit_phase(tuner, top_up.get("num_samples") or expected, restored)
+    if validate:  # every candidate x seed: a top-up runs exactly the points a restore lost
+        points = grid_points(cfg, survivors, cfg.search.seeds)
 
-    expected = len(survivors) * cfg.search.seeds if validate else cfg.search.num_samples
-    grids = [fit(state.ray_experiment, lambda new: setattr(state, "ray_experiment", new))]
-    # a restored experiment may have lost trials it had not saved yet (a restored top-up too):
-    # the earlier rounds are restored, then a new round runs what is still missing
-    for round_number in itertools.count(1):
-        missing = expected - sum(len(grid) for grid in grids)
-        if round_number > len(state.topups):
-            if missing <= 0:
-                break
-            state.topups.append({"experiment": f"{state.ray_experiment}-topup{round_number}", "trials": missing})
-            state.save(folder)
-        record = state.topups[round_number - 1]
-        print(f"\nrunning the {record['trials']} trial(s) the interrupted experiment lost (top-up {round_number})")
-        tried = [t.augmentation for grid in grids for t in collect_trials(grid)]
-        grids.append(fit(record["experiment"], lambda new, record=record: record.update(experiment=new),
-                         num_samples=record["trials"], tried=tried, top_up=round_number))
-    return grids
+        def build(name, lost_points, _round, _grids):
+            return build_grid_tuner(cfg, survivors, cfg.search.seeds, teacher_path, callback, name, points=lost_points)
+
+        def lost(grids):
+            return missing_points(grids, points)
+    else:  # a sample count: a top-up draws the number of trials a restore lost, with its own seed
+
+        def build(name, lost_count, round_number, grids):
+            tried = [t.augmentation for grid in grids for t in collect_trials(grid)]
+            return build_tuner(cfg, survivors, teacher_path, callback, name, validate, num_samples=lost_count,
+                               tried=tried, top_up=round_number)
+
+        def lost(grids):
+            return max(0, cfg.search.num_samples - sum(len(grid) for grid in grids))
+
+    expected = len(points) if validate else cfg.search.num_samples
+    return fit_with_top_ups(cfg, state.ray_experiment, renamed, build, search_trainable(cfg, teacher_path, validate),
+                            expected, lost, state.topups, lambda: state.save(folder))
 
 
 def stage_summarise(cfg: SweepConfig, state: SweepState, tracker: Tracker, grids, data) -> SweepOutcome:

@@ -29,8 +29,8 @@ class SweepState:
     audit_done: bool = True
     audit: Optional[dict[str, Any]] = None  # AuditOutcome.as_dict()
     audit_phases: list[dict[str, Any]] = field(default_factory=list)  # {candidates, name, values, seconds, trials}
-    # trials restored experiments lost, run again: one {experiment, trials} per round (a restored
-    # top-up can lose trials too)
+    # trials restored search experiments lost, run again: one {experiment, lost} per round (a
+    # restored top-up can lose trials too; tuners.fit_with_top_ups). Audit phases keep their own.
     topups: list[dict[str, Any]] = field(default_factory=list)
     finished: Optional[dict[str, Any]] = None  # {best, compute, trials} once the summary is logged
 
@@ -49,6 +49,6 @@ class SweepState:
             return None
         raw = json.loads(path.read_text())
         if raw.get("topup_experiment"):  # a state written before top-ups had rounds
-            raw["topups"] = [{"experiment": raw["topup_experiment"], "trials": raw["topup_trials"]}]
+            raw["topups"] = [{"experiment": raw["topup_experiment"], "lost": raw["topup_trials"]}]
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in raw.items() if k in known})

@@ -1,6 +1,7 @@
 """Ray Tune for the sweep: the search space, the tuners (Optuna + ASHA/FIFO, grids for audits and
 proxy validation, PBT), the trial table of a result grid, and restoring an interrupted
 experiment. The driver (search/sweep.py) decides when each runs."""
+import itertools
 import json
 import os
 import shutil
@@ -222,19 +223,32 @@ def _run_config(cfg: SweepConfig, experiment_name: str, callback, keep_checkpoin
                           checkpoint_config=checkpoints, failure_config=tune.FailureConfig(max_failures=1))
 
 
+def grid_points(cfg: SweepConfig, candidates: list[str], seeds: int) -> list[dict[str, Any]]:
+    """The (augmentation, seed) trials of a grid: every candidate at seeds seed, seed+1, ..."""
+    return [{"augmentation": c, "seed": cfg.seed + i} for c in candidates for i in range(seeds)]
+
+
 def build_grid_tuner(cfg: SweepConfig, candidates: list[str], seeds: int, teacher_path: Optional[Path], callback,
-                     experiment_name: str):
+                     experiment_name: str, points: Optional[list[dict[str, Any]]] = None):
     """Every candidate x seed at the config's own hyperparameters, trained to the end (no early
-    stopping): the same budget for each. Validation sweeps and sentinel audits use it."""
+    stopping): the same budget for each. Validation sweeps and sentinel audits use it. `points`:
+    only these (augmentation, seed) trials (a top-up of the ones a restored grid lost)."""
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
+    from ray.tune.search import BasicVariantGenerator
 
     s = cfg.search
     mode = metric_mode(s.metric)
-    param_space = {"augmentation": tune.grid_search(candidates),
-                   "seed": tune.grid_search([cfg.seed + i for i in range(seeds)])}
-    tune_config = tune.TuneConfig(metric=s.metric, mode=mode, num_samples=1, scheduler=FIFOScheduler(),
-                                  max_concurrent_trials=s.max_concurrent, reuse_actors=_reuse_actors(cfg))
+    if points is None:
+        param_space = {"augmentation": tune.grid_search(candidates),
+                       "seed": tune.grid_search([cfg.seed + i for i in range(seeds)])}
+        search = {}
+    else:  # each point is one trial: the values are placeholders the points replace
+        param_space = {"augmentation": tune.choice(candidates), "seed": tune.choice([p["seed"] for p in points])}
+        search = {"search_alg": BasicVariantGenerator(points_to_evaluate=[dict(p) for p in points])}
+    tune_config = tune.TuneConfig(metric=s.metric, mode=mode, num_samples=1 if points is None else len(points),
+                                  scheduler=FIFOScheduler(), max_concurrent_trials=s.max_concurrent,
+                                  reuse_actors=_reuse_actors(cfg), **search)
     return tune.Tuner(method_trainable(cfg, teacher_path), param_space=param_space, tune_config=tune_config,
                       run_config=_run_config(cfg, experiment_name, callback))
 
@@ -302,6 +316,46 @@ def fit_phase(tuner, expected: int, restored: bool = False):
     if unfinished or (len(grid) < expected and not restored):
         raise SweepInterrupted(f"{grid.num_terminated} of {expected} trials finished")
     return grid  # a restored experiment may end short (trials it had not saved): the caller tops up
+
+
+def fit_with_top_ups(cfg: SweepConfig, name: str, rename, build, trainable, expected: int, lost,
+                     rounds: list[dict[str, Any]], save) -> list:
+    """Experiment `name` (restored or built), then its top-up rounds. Ray can restore an
+    experiment from a state older than its searcher's and end short of the trials it was asked
+    for; a restored top-up can end short too. So: the rounds already in `rounds` are restored in
+    order, then, while `lost(grids)` names lost work (a trial count, or a grid's missing points),
+    a new round runs it. `build(experiment, lost, round, grids)` builds a tuner (lost None: the
+    whole experiment); `rename(new)` records a new name of the experiment; `save()` persists
+    `rounds`. Returns the result grids, first the experiment's."""
+    tuner, restored = restore_or_build(cfg, name, lambda new: build(new, None, 0, []), trainable, rename)
+    grids = [fit_phase(tuner, expected, restored)]
+    for number in itertools.count(1):
+        if number > len(rounds):
+            missing = lost(grids)
+            if not missing:
+                break
+            rounds.append({"experiment": f"{name}-topup{number}", "lost": missing})
+            save()
+        record = rounds[number - 1]
+        size = record["lost"] if isinstance(record["lost"], int) else len(record["lost"])
+        print(f"\nrunning the {size} trial(s) the interrupted experiment lost (top-up {number})")
+
+        def renamed(new: str, record=record) -> None:
+            record["experiment"] = new
+            save()
+
+        def build_round(new: str, record=record, number=number):
+            return build(new, record["lost"], number, grids)
+
+        tuner, restored = restore_or_build(cfg, record["experiment"], build_round, trainable, renamed)
+        grids.append(fit_phase(tuner, size, restored))
+    return grids
+
+
+def missing_points(grids, points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The (augmentation, seed) points of `points` that no trial of `grids` ran."""
+    ran = {(t.augmentation, t.seed) for grid in grids for t in collect_trials(grid)}
+    return [p for p in points if (p["augmentation"], p["seed"]) not in ran]
 
 
 def _local_folder(experiment_path) -> Optional[Path]:

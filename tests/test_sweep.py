@@ -312,6 +312,63 @@ def test_a_state_written_before_top_up_rounds_resumes_its_top_up(tmp_path):
            "topup_experiment": "sweep-1-topup", "topup_trials": 2}
     (tmp_path / "sweep_state.json").write_text(json.dumps(old))
     state = SweepState.load(tmp_path)
-    assert state.topups == [{"experiment": "sweep-1-topup", "trials": 2}]
+    assert state.topups == [{"experiment": "sweep-1-topup", "lost": 2}]
     state.save(tmp_path)
     assert json.loads((tmp_path / "sweep_state.json").read_text())["topups"] == state.topups
+
+
+class _Grid(list):
+    """What fit_phase reads of a Ray ResultGrid: its trials, how many ended, where it lives."""
+
+    def __init__(self, size: int):
+        super().__init__(range(size))
+        self.num_terminated, self.num_errors, self.experiment_path = size, 0, "/nonexistent"
+
+
+def test_top_ups_run_in_rounds_until_nothing_is_lost(monkeypatch):
+    """Ray restores the experiment with 1 of 4 trials and the first top-up (known from the
+    state) with 1 of its 3: a second round runs the 2 still missing, built fresh, and is recorded."""
+    from augtune.search import tuners
+
+    restored_sizes = {"x": 1, "x-topup1": 1}  # what Ray's restores give back
+    built = []
+
+    def restore_or_build(cfg, name, build, trainable, rename):
+        if name in restored_sizes:
+            return type("Tuner", (), {"fit": lambda self: _Grid(restored_sizes[name])})(), True
+        return build(name), False
+
+    def build(name, lost, round_number, grids):
+        built.append((name, lost, round_number, [len(g) for g in grids]))
+        return type("Tuner", (), {"fit": lambda self: _Grid(lost)})()
+
+    saves = []
+    monkeypatch.setattr(tuners, "restore_or_build", restore_or_build)
+    rounds = [{"experiment": "x-topup1", "lost": 3}]
+    grids = tuners.fit_with_top_ups(None, "x", None, build, None, 4,
+                                    lambda gs: 4 - sum(len(g) for g in gs), rounds, lambda: saves.append(1))
+    assert [len(g) for g in grids] == [1, 1, 2]
+    assert rounds == [{"experiment": "x-topup1", "lost": 3}, {"experiment": "x-topup2", "lost": 2}]
+    assert built == [("x-topup2", 2, 2, [1, 1])] and saves
+
+
+def test_a_grid_top_up_runs_exactly_the_points_a_restore_lost(tmp_path, ray_session):
+    import torch
+    from ray.tune import Callback
+
+    from augtune.search.tuners import build_grid_tuner, collect_trials, grid_points, missing_points
+    from augtune.trainables.data import load_data
+    from augtune.trainables.engine import save_checkpoint
+    from augtune.trainables.models import build_model
+
+    cfg = load_config(write_sweep_config(tmp_path, "points", f"sqlite:///{tmp_path}/m.db"),
+                      {"student.train.epochs": 1})
+    torch.manual_seed(0)
+    teacher = save_checkpoint(tmp_path / "teacher.pt", build_model("resnet8", 10, 1), "resnet8", load_data(cfg.data))
+    candidates = ["crop_flip", "cutout"]
+    lost = [{"augmentation": "cutout", "seed": cfg.seed + 1}, {"augmentation": "crop_flip", "seed": cfg.seed}]
+    grid = build_grid_tuner(cfg, candidates, 2, teacher, Callback(), "points-topup1", points=lost).fit()
+    assert sorted((t.augmentation, t.seed) for t in collect_trials(grid)) == sorted(
+        (p["augmentation"], p["seed"]) for p in lost)
+    assert missing_points([grid], grid_points(cfg, candidates, 2)) == [
+        {"augmentation": "crop_flip", "seed": cfg.seed + 1}, {"augmentation": "cutout", "seed": cfg.seed}]
