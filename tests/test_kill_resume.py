@@ -147,6 +147,38 @@ def _assert_one_complete_sweep(uri: str) -> None:
         assert len(client.get_metric_history(parent.info.run_id, metric)) == 1, metric
 
 
+def test_a_killed_audit_still_compares_every_candidate_on_every_seed(tmp_path):
+    """An audited sweep (3 kept + 2 sentinels, 2 seeds each) SIGKILLed after its first audit trial
+    finished, and its resume killed after the fourth with the audit grid's newest Ray state left
+    empty: Ray then restores the grid from the first run's older state, beside the newer searcher
+    state, and comes back short. After the last `--resume` the audit holds every (candidate, seed)
+    once: the lost points are topped up, not dropped from the comparison. (A point Ray forgot after
+    it had finished is trained again, so its first MLflow run stays beside the new one.)"""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    path = write_sweep_config(tmp_path, "kill", uri, max_concurrent=1,
+                              prune={"mode": "top_k", "top_k": 3, "audit": 2, "audit_seeds": 2,
+                                     "on_disagreement": "report"})
+    state_file = tmp_path / "runs" / "kill" / "sweep_state.json"
+    for attempt, finished in enumerate((1, 4)):
+        proc = subprocess.Popen([*AUGTUNE, "sweep", str(path), "--no-progress", *(["--resume"] if attempt else [])],
+                                cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        _kill_when(proc, lambda: _finished_trials(uri) >= finished)  # only audit trials run before the search
+    grid = json.loads(state_file.read_text())["audit_phases"][-1]["name"]
+    for f in _newest_state_files(tmp_path / "runs" / "kill" / "ray" / grid):
+        f.write_text("")
+    done = subprocess.run([*AUGTUNE, "sweep", str(path), "--resume", "--no-progress"], cwd=tmp_path, env=_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    audit = json.loads(state_file.read_text())["audit"]
+    audited = audit["kept"] + audit["sentinels"]
+    assert len(audited) == 5 and all(len(audit["values"][c]) == 2 for c in audited), audit["values"]
+    runs = [r for r in runs_by_stage(uri, "kill")["trial"] if r.data.tags.get("augtune.phase") == "audit"]
+    finished = {(r.data.tags["augtune.candidate"], r.data.params["seed"]) for r in runs if r.info.status == "FINISHED"}
+    assert finished == {(c, str(seed)) for c in audited for seed in (0, 1)}
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+
+
 def test_sigkill_of_a_trial_worker_continues_from_its_checkpoint(tmp_path):
     """Ray's FailureConfig restarts the killed trial from its last checkpoint; its MLflow run goes
     on (no second run, no step twice) and the sweep ends normally."""
