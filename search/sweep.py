@@ -243,8 +243,8 @@ def stage_search(cfg: SweepConfig, state: SweepState, teacher_path: Optional[Pat
 
         def build(name, lost_count, round_number, grids):
             tried = [t.augmentation for grid in grids for t in collect_trials(grid)]
-            return build_tuner(cfg, survivors, teacher_path, callback, name, validate, num_samples=lost_count,
-                               tried=tried, top_up=round_number)
+            return build_tuner(cfg, survivors, teacher_path, callback, name, num_samples=lost_count, tried=tried,
+                               top_up=round_number)
 
         def lost(grids):
             return max(0, cfg.search.num_samples - sum(len(grid) for grid in grids))

@@ -254,10 +254,11 @@ def build_grid_tuner(cfg: SweepConfig, candidates: list[str], seeds: int, teache
 
 
 def build_tuner(cfg: SweepConfig, survivors: list[str], teacher_path: Optional[Path], callback, experiment_name: str,
-                validate: bool, num_samples: Optional[int] = None, tried: Sequence[str] = (), top_up: int = 0):
-    """The search phase's tuner. Top-up round `top_up` (`num_samples` left to run after a restore
-    lost some) skips the first points of augmentations already `tried` and draws with its own seed,
-    so it does not repeat trials the restored experiments hold."""
+                num_samples: Optional[int] = None, tried: Sequence[str] = (), top_up: int = 0):
+    """The search phase's tuner (a validation sweep's grid is `build_grid_tuner`'s). Top-up round
+    `top_up` (`num_samples` left to run after a restore lost some) skips the first points of
+    augmentations already `tried` and draws with its own seed, so it does not repeat trials the
+    restored experiments hold."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
@@ -265,8 +266,6 @@ def build_tuner(cfg: SweepConfig, survivors: list[str], teacher_path: Optional[P
     from augtune.search.tolerant_optuna import TolerantOptunaSearch
 
     s = cfg.search
-    if validate:
-        return build_grid_tuner(cfg, survivors, s.seeds, teacher_path, callback, experiment_name)
     if s.scheduler.kind == "pbt":
         return build_pbt_tuner(cfg, survivors, teacher_path, callback, experiment_name, num_samples, top_up)
     samples = num_samples or s.num_samples

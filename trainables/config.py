@@ -69,7 +69,7 @@ def input_facts(section: Any) -> Optional[InputSpec]:
         from augtune.trainables.checkpoint_io import CheckpointError, read_checkpoint
 
         try:
-            payload = read_checkpoint(Path(get("checkpoint")))
+            payload = read_checkpoint(Path(get("checkpoint")), lazy=True)  # its facts; the field's check reads it
             return InputSpec(int(payload["data"]["image_size"]), tuple(payload["mean"]), tuple(payload["std"]))
         except (CheckpointError, KeyError, TypeError, ValueError):
             return None
