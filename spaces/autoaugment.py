@@ -240,3 +240,21 @@ def trivial_augment(x: torch.Tensor, generator: torch.Generator, bins: int = 31)
     op_index = torch.randint(0, len(RAND_OPS), (b,), generator=generator, device=x.device)
     bin_index = torch.randint(0, bins, (b,), generator=generator, device=x.device)
     return apply_per_sample(x, op_index, _lookup(table, RAND_OPS, op_index, bin_index), RAND_OPS, generator)
+
+
+SUBPOLICY_OPS = [name for name in OPS if name != "Identity"]  # the batched op set of a sub-policy
+
+
+def sub_policy(x: torch.Tensor, generator: torch.Generator, steps: list[tuple[str, float, int]]) -> torch.Tensor:
+    """A PBA/AutoAugment-style sub-policy: each (op, probability, magnitude bin 0..9) step is applied
+    to each sample with its own draw of the probability and of the sign, at AutoAugment's magnitude
+    table for this image size."""
+    b, device = x.shape[0], x.device
+    table = magnitude_table(10, x.shape[-1])
+    for name, probability, magnitude in steps:
+        active = torch.rand(b, generator=generator, device=device) < probability
+        op_index = torch.where(active, torch.full((b,), _INDEX[name], device=device),
+                               torch.full((b,), _INDEX["Identity"], device=device))
+        bins = torch.full((b,), magnitude, device=device, dtype=torch.long)
+        x = apply_per_sample(x, op_index, _lookup(table, _NAMES, op_index, bins), _NAMES, generator)
+    return x

@@ -1,6 +1,7 @@
 """Named augmentation candidates: declarative specs with stable ids, validated parameters.
 
-A candidate is a kind (registered below) plus parameter values. Its id, e.g.
+A candidate is a kind (registered below) plus parameter values; a policy (`Policy`) composes
+up to three of them, one per stage (base, erase, mix), and its id joins theirs with '+'. Its id, e.g.
 `cutmix_pick(entropy=teacher,pool=2,keep=0.5)`, names it everywhere: proxy tables, MLflow runs,
 reports. `parse_candidate` accepts that string form or a mapping `{name: ..., param: value}`;
 a list value (`keep: [0.3, 0.5]`) expands into one candidate per value (`expand_candidates`).
@@ -133,6 +134,14 @@ register(Kind("trivialaugment", (), lambda x, ctx: autoaugment.trivial_augment(x
               "TrivialAugmentWide, one op and magnitude per sample"))
 register(Kind("moco_v2", (), lambda x, ctx: moco.moco_v2(x, ctx.generator),
               "MoCo-v2 view: resized crop, colour jitter, grayscale, blur, flip; per sample"))
+_STEP_PARAMS = tuple(p for i in (1, 2) for p in (
+    Param(f"op{i}", str, "Rotate", choices=tuple(autoaugment.SUBPOLICY_OPS)),
+    Param(f"p{i}", float, 0.5, 0.0, 1.0),
+    Param(f"m{i}", int, 5, 0, 9)))
+register(Kind("subpolicy", _STEP_PARAMS,
+              lambda x, ctx, op1, p1, m1, op2, p2, m2: autoaugment.sub_policy(
+                  x, ctx.generator, [(op1, p1, m1), (op2, p2, m2)]),
+              "AutoAugment/PBA sub-policy: two ops, each with its probability and magnitude bin (0-9), per sample"))
 register(Kind("mixup", (Param("alpha", float, 1.0, 0.01, 10.0),),
               lambda x, ctx, alpha: ops.mixup(x, ctx.generator, alpha).images,
               "mixup with a per-sample lambda ~ Beta(alpha, alpha)", mixes=True))
@@ -152,7 +161,7 @@ def _generic_pick(x, ctx, base, entropy, pool, keep, tau):
 
 
 register(Kind("pick", (Param("base", str, "cutout", choices=tuple(
-    n for n in REGISTRY if n not in ("identity", "cutmix_pick"))),) + _PICK_PARAMS,
+    n for n in REGISTRY if n not in ("identity", "cutmix_pick", "subpolicy"))),) + _PICK_PARAMS,
     _generic_pick, "DA pick: the highest-entropy images of a pool of any base augmentation"))
 
 # The nine schemes compared by Wang et al. (NeurIPS 2022), on top of crop+flip.
@@ -187,11 +196,86 @@ class Candidate:
     def mixes(self) -> bool:
         return REGISTRY[self.kind].mixes or self.params.get("base") in ("mixup", "cutmix")
 
+    @property
+    def stages(self) -> tuple["Candidate", ...]:
+        """The ops applied in order: this one (none for identity)."""
+        return () if self.kind == "identity" else (self,)
+
+    def numeric_value(self, name: str) -> Any:
+        """The value of `kind.param` (e.g. `cutmix.alpha`) when this candidate is of that kind."""
+        kind, _, param = name.partition(".")
+        return self.params.get(param) if kind == self.kind else None
+
     def apply(self, images: torch.Tensor, ctx: Context) -> torch.Tensor:
         return REGISTRY[self.kind].apply(images, ctx, **self.params)
 
     def __str__(self) -> str:
         return self.id
+
+
+# A policy composes at most one op of each stage, in this order, on the loader's crop+flip view:
+# a base op (geometric / colour), an erasing op, a mixing op (which may pick by entropy).
+STAGES = ("base", "erase", "mix")
+ERASE_KINDS = ("cutout",)
+
+
+def stage_of(kind: str) -> str:
+    if kind in ERASE_KINDS:
+        return "erase"
+    return "mix" if REGISTRY[kind].mixes or kind == "pick" else "base"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Stages applied one after the other: `randaugment(num_ops=2,magnitude=9)+cutout(size=4)+cutmix(alpha=1.0)`.
+    The id joins the stages' ids with '+' in stage order, so it is canonical; a policy of one stage
+    is that candidate itself (`compose` returns the Candidate), so every candidate id keeps its meaning."""
+
+    stages: tuple[Candidate, ...]
+    kind = "policy"
+
+    @property
+    def id(self) -> str:
+        return "+".join(stage.id for stage in self.stages)
+
+    @property
+    def scorer(self) -> Optional[str]:
+        return next((stage.scorer for stage in self.stages if stage.scorer), None)
+
+    @property
+    def mixes(self) -> bool:
+        return any(stage.mixes for stage in self.stages)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {f"{stage.kind}.{k}": v for stage in self.stages for k, v in stage.values}
+
+    def numeric_value(self, name: str) -> Any:
+        return next((v for stage in self.stages if (v := stage.numeric_value(name)) is not None), None)
+
+    def apply(self, images: torch.Tensor, ctx: Context) -> torch.Tensor:
+        # stages before a pick keep the batch's order, so the pick's sources still index x
+        for stage in self.stages:
+            images = stage.apply(images, ctx)
+        return images
+
+    def __str__(self) -> str:
+        return self.id
+
+
+def compose(stages: Sequence[Candidate]) -> Union[Candidate, Policy]:
+    """The policy of these stages (identity stages dropped); one stage is that candidate, none is
+    identity. Refuses two ops of one stage and stages out of order (ids would not be canonical)."""
+    stages = tuple(stage for stage in stages if stage.kind != "identity")
+    order = [STAGES.index(stage_of(stage.kind)) for stage in stages]
+    for (first, a), (second, b) in zip(zip(order, stages), zip(order[1:], stages[1:])):
+        if second <= first:
+            raise ValueError(f"policy {'+'.join(c.id for c in stages)}: {b.id} is a {STAGES[second]}-stage op and "
+                             f"cannot follow {a.id} (a {STAGES[first]}-stage op); give at most one op per stage, in the "
+                             f"order {' + '.join(STAGES)}")
+    if not stages:
+        return parse_candidate("identity")
+    return stages[0] if len(stages) == 1 else Policy(stages)
 
 
 def _format(value: Any) -> str:
@@ -211,8 +295,15 @@ def _literal(text: str) -> Any:
 _ID = re.compile(r"^\s*([a-z_]+)\s*(?:\((.*)\))?\s*$")
 
 
-def parse_candidate(spec: Union[str, Mapping[str, Any]]) -> Candidate:
-    """'cutmix_pick(keep=0.5,pool=2)' or {'name': 'cutmix_pick', 'keep': 0.5} -> Candidate."""
+def parse_candidate(spec: Union[str, Mapping[str, Any]]) -> Union[Candidate, Policy]:
+    """'cutmix_pick(keep=0.5,pool=2)' or {'name': 'cutmix_pick', 'keep': 0.5} -> Candidate;
+    'randaugment(num_ops=2,magnitude=9)+cutmix(alpha=1.0)' -> Policy (stages joined by '+')."""
+    if isinstance(spec, str) and "+" in spec:
+        parts = [part.strip() for part in spec.split("+")]
+        if not all(parts) or "identity" in parts:
+            raise ValueError(f"cannot read policy {spec!r}; join op ids with '+', e.g. "
+                             "randaugment(num_ops=2,magnitude=9)+cutout(size=4)+cutmix(alpha=1.0)")
+        return compose([parse_candidate(part) for part in parts])
     if isinstance(spec, str):
         match = _ID.match(spec)
         if not match:
@@ -256,10 +347,13 @@ def numeric_params() -> dict[str, Param]:
             if p.kind in (int, float)}
 
 
-def with_values(candidate: Candidate, values: Mapping[str, Any]) -> Candidate:
+def with_values(candidate: Union[Candidate, Policy], values: Mapping[str, Any]) -> Union[Candidate, Policy]:
     """`candidate` with the `kind.param` entries of `values` that belong to its kind set (other
-    entries are ignored). A parameter the candidate leaves unset stays unset: a threshold pick
-    (tau) is not turned into a keep-ratio pick by a `cutmix_pick.keep` value."""
+    entries are ignored); a policy sets them on its stage of that kind. A parameter the candidate
+    leaves unset stays unset: a threshold pick (tau) is not turned into a keep-ratio pick by a
+    `cutmix_pick.keep` value."""
+    if isinstance(candidate, Policy):
+        return Policy(tuple(with_values(stage, values) for stage in candidate.stages))
     prefix = f"{candidate.kind}."
     chosen = {k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix)}
     if not chosen:
@@ -270,7 +364,7 @@ def with_values(candidate: Candidate, values: Mapping[str, Any]) -> Candidate:
     return Candidate(candidate.kind, updated)
 
 
-def expand_candidates(specs: Sequence[Union[str, Mapping[str, Any]]]) -> list[Candidate]:
+def expand_candidates(specs: Sequence[Union[str, Mapping[str, Any]]]) -> list[Union[Candidate, Policy]]:
     """Parse specs; a mapping with list values becomes one candidate per combination.
     Duplicates (same id) are an error: they would be scored and logged twice."""
     out: list[Candidate] = []
