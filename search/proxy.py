@@ -7,7 +7,11 @@ For each candidate: stream shuffled crop+flip batches of the training set throug
 group means. Lower predicts a lower student test loss.
 
 Beyond the paper: a bootstrap interval over groups, and an early stop once the ranking of all
-candidates has not changed for a few passes. The proxy zoo (ZOO) is computed from the same softmax
+candidates has not changed for a few passes. Screening many policies: x' of several policies goes
+through the teacher in one forward (`policies_per_forward`), and *racing* drops, after each pass,
+every policy whose T.stddev interval lies wholly above the current top-k's (successive halving on
+the proxy itself), so the passes go to the contenders. Each candidate draws from its own generator,
+seeded by its id: its score does not depend on which other candidates are scored beside it. The proxy zoo (ZOO) is computed from the same softmax
 vectors, so it costs no teacher forward of its own. Candidates are scored in lock-step pass by pass on
 the same data order (common random numbers), each with its own augmentation generator; the
 teacher's output on the shared original view is computed once per batch, not once per candidate.
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import math
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional, Sequence
 
@@ -92,6 +97,8 @@ class _Stream:
 
     candidate: Candidate
     generator: torch.Generator
+    passes: int = 0
+    raced_out: bool = False
     group_sum: Optional[torch.Tensor] = None
     group_count: int = 0
     batches_in_group: int = 0
@@ -129,6 +136,7 @@ class ProxyScore:
     seconds: float
     rank: int = 0
     zoo: dict = field(default_factory=dict)  # the other ZOO scores, by name
+    raced_out: bool = False  # dropped by racing after `passes` passes (its score is from those)
 
     def value(self, name: str) -> float:
         return self.t_stddev if name == "t_stddev" else self.zoo.get(name, float("nan"))
@@ -136,7 +144,7 @@ class ProxyScore:
     def as_row(self) -> dict:
         return {"rank": self.rank, "candidate": self.candidate, "t_stddev": self.t_stddev,
                 "low": self.low, "high": self.high, "groups": self.groups, "passes": self.passes,
-                "seconds": self.seconds, "zoo": dict(self.zoo)}
+                "seconds": self.seconds, "zoo": dict(self.zoo), "raced_out": self.raced_out}
 
 
 def rank_scores(scores: list[ProxyScore], by: str = "t_stddev") -> list[ProxyScore]:
@@ -155,6 +163,46 @@ def _probabilities(teacher_logits: Callable, batches: list[torch.Tensor]) -> lis
     return list(probs.split([len(b) for b in batches]))
 
 
+@dataclass
+class ForwardCounts:
+    """What the teacher was asked to do during a screen: forwards and images, on x and on x'."""
+
+    forwards_on_x: int = 0
+    images_on_x: int = 0
+    forwards_on_augmented: int = 0
+    images_on_augmented: int = 0
+    batches: int = 0  # training batches drawn (each one's x is forwarded once, for every candidate)
+
+
+def stream_seed(seed: int, candidate_id: str) -> int:
+    """A candidate's own augmentation seed: the same whichever candidates are scored beside it."""
+    return (seed * 1_000_003 + zlib.crc32(candidate_id.encode())) % 2**62
+
+
+def jackknife_interval(group_means: np.ndarray, z: float) -> tuple[float, float]:
+    """T.stddev +- z jackknife standard errors over groups: cheap enough to race hundreds of
+    candidates after every pass (the BCa bootstrap is kept for the reported interval)."""
+    k = len(group_means)
+    estimate = t_stddev(group_means)
+    if k < 3:
+        return -math.inf, math.inf
+    leave_one_out = np.array([t_stddev(np.delete(group_means, i, axis=0)) for i in range(k)])
+    se = math.sqrt((k - 1) / k * ((leave_one_out - leave_one_out.mean()) ** 2).sum())
+    return estimate - z * se, estimate + z * se
+
+
+def race(streams: Sequence["_Stream"], keep: int, z: float) -> list["_Stream"]:
+    """The streams to drop: those whose interval's low end lies above the high end of the
+    `keep`-th best (by T.stddev) still running. Never drops one of the current top `keep`."""
+    running = [s for s in streams if not s.raced_out]
+    if len(running) <= keep:
+        return []
+    intervals = {id(s): jackknife_interval(np.asarray(s.group_means), z) for s in running}
+    by_estimate = sorted(running, key=lambda s: t_stddev(np.asarray(s.group_means)))
+    bar = max(intervals[id(s)][1] for s in by_estimate[:keep])
+    return [s for s in by_estimate[keep:] if intervals[id(s)][0] > bar]
+
+
 def _ranking(streams: Sequence[_Stream]) -> tuple[str, ...]:
     scores = [(t_stddev(np.asarray(s.group_means)), s.candidate.id) for s in streams]
     return tuple(cid for _, cid in sorted(scores))
@@ -166,18 +214,23 @@ def score_candidates(teacher: torch.nn.Module, candidates: Sequence[Candidate], 
                      min_passes: int = 2, stable_passes: int = 2, seed: int = 0,
                      extra_scorers: Optional[Mapping[str, Callable]] = None, progress: bool = True,
                      bf16: bool = True, forward_batches: Optional[int] = None,
-                     rank_by: str = "t_stddev") -> list[ProxyScore]:
+                     rank_by: str = "t_stddev", policies_per_forward: int = 1, race_top_k: int = 0,
+                     race_min_passes: int = 2, race_z: float = 2.0,
+                     counts: Optional[ForwardCounts] = None) -> list[ProxyScore]:
     """Score every candidate; returns them ranked by `rank_by` (a ZOO name; default T.stddev,
     lowest first), the zoo's other scores in each ProxyScore.zoo. The teacher sees
     `forward_batches` batches (default: one group) per forward: the original view x once for all
-    candidates, then each candidate's x'."""
+    candidates, then the candidates' x', `policies_per_forward` candidates in one forward.
+    `race_top_k` > 0: after each pass from `race_min_passes` on, drop every candidate whose
+    T.stddev interval (+- `race_z` jackknife errors) lies wholly above the top `race_top_k`'s.
+    `counts`, when given, receives the teacher's forwards and images."""
     forward_batches = forward_batches or group_batches
+    counts = counts if counts is not None else ForwardCounts()
     pipeline = InputPipeline(data, device)
     teacher_logits = pipeline.scorer(teacher, bf16)
     scorers = {"teacher": teacher_logits, **(extra_scorers or {})}
     feeder = BatchFeeder(data.train, batch_size, device, drop_last=len(data.train) > batch_size, seed=seed)
-    streams = [_Stream(c, torch.Generator(device=device).manual_seed(seed * 100_003 + i))
-               for i, c in enumerate(candidates)]
+    streams = [_Stream(c, torch.Generator(device=device).manual_seed(stream_seed(seed, c.id))) for c in candidates]
     contexts = [Context(stream.generator, scorers, pipeline.padding, sources=[]) for stream in streams]
     base_generator = torch.Generator(device=device)
     bar = progress_bar(total=passes * len(candidates) * len(feeder), desc="T.stddev", unit="batch",
@@ -187,25 +240,44 @@ def score_candidates(teacher: torch.nn.Module, candidates: Sequence[Candidate], 
         if device.type == "cuda":
             torch.cuda.synchronize()
 
+    def forward(views: list[torch.Tensor], to_x: bool) -> list[torch.Tensor]:
+        if to_x:
+            counts.forwards_on_x += 1
+            counts.images_on_x += sum(len(v) for v in views)
+        else:
+            counts.forwards_on_augmented += 1
+            counts.images_on_augmented += sum(len(v) for v in views)
+        return _probabilities(teacher_logits, views)
+
     def flush(originals: list[torch.Tensor], labels: list[torch.Tensor], augmented: list[list[tuple]]) -> None:
-        """Forward the original view once for all candidates, each candidate's x' apart; the
-        original view's cost is shared equally between the candidates."""
+        """Forward the original view once for all candidates, then the candidates' x' in forwards
+        of `policies_per_forward` candidates; the original view's cost is shared equally between
+        the running candidates, a shared forward's cost by images."""
         if not originals:
             return
+        running = [(stream, views) for stream, views in zip(streams, augmented) if views]
         start = time.perf_counter()
-        original_probs = _probabilities(teacher_logits, originals)
+        original_probs = forward(originals, to_x=True)
         sync()
-        shared = (time.perf_counter() - start) / len(streams)
-        for stream, views in zip(streams, augmented):
+        shared = (time.perf_counter() - start) / max(len(running), 1)
+        for first in range(0, len(running), policies_per_forward):
+            chunk = running[first:first + policies_per_forward]
             start = time.perf_counter()
-            for p_x, p_aug, y, (_, source) in zip(original_probs, _probabilities(teacher_logits, [v for v, _ in views]),
-                                                  labels, views):
-                stream.add(torch.cat([p_x, p_aug]), group_batches)
-                # x'_i is paired with the x it was made from (a pick draws some x more than once)
-                stream.add_zoo(p_x if source is None else p_x[source], p_aug, y if source is None else y[source])
+            probs = forward([view for _, views in chunk for view, _ in views], to_x=False)
             sync()
-            stream.seconds += time.perf_counter() - start + shared
-            views.clear()
+            images = sum(len(view) for _, views in chunk for view, _ in views)
+            seconds_per_image = (time.perf_counter() - start) / max(images, 1)
+            for stream, views in chunk:
+                start = time.perf_counter()
+                own, probs = probs[:len(views)], probs[len(views):]
+                for p_x, p_aug, y, (view, source) in zip(original_probs, own, labels, views):
+                    stream.add(torch.cat([p_x, p_aug]), group_batches)
+                    # x'_i is paired with the x it was made from (a pick draws some x more than once)
+                    stream.add_zoo(p_x if source is None else p_x[source], p_aug, y if source is None else y[source])
+                sync()
+                stream.seconds += (time.perf_counter() - start + shared
+                                   + seconds_per_image * sum(len(view) for view, _ in views))
+                views.clear()
         originals.clear()
         labels.clear()
 
@@ -219,13 +291,16 @@ def score_candidates(teacher: torch.nn.Module, candidates: Sequence[Candidate], 
             originals: list[torch.Tensor] = []
             labels: list[torch.Tensor] = []
             augmented: list[list[tuple]] = [[] for _ in streams]  # (x', the x index of each, or None)
+            running = [(stream, context, views) for stream, context, views in zip(streams, contexts, augmented)
+                       if not stream.raced_out]
             for images, y in feeder:
                 start = time.perf_counter()
                 x = pipeline.base_augment(pipeline.to_unit(images), base_generator)
                 originals.append(x)
                 labels.append(y)
-                shared = (time.perf_counter() - start) / len(streams)
-                for stream, context, views in zip(streams, contexts, augmented):
+                counts.batches += 1
+                shared = (time.perf_counter() - start) / len(running)
+                for stream, context, views in running:
                     start = time.perf_counter()
                     context.sources.clear()
                     views.append((stream.candidate.apply(x, context), context.sources[-1] if context.sources else None))
@@ -235,6 +310,13 @@ def score_candidates(teacher: torch.nn.Module, candidates: Sequence[Candidate], 
                     flush(originals, labels, augmented)
             flush(originals, labels, augmented)
             done_passes = pass_index + 1
+            for stream, _, _ in running:
+                stream.passes = done_passes
+            if race_top_k and done_passes >= race_min_passes and done_passes < passes:
+                dropped = race(streams, race_top_k, race_z)
+                for stream in dropped:
+                    stream.raced_out = True
+                bar.update(len(dropped) * (passes - done_passes) * len(feeder))  # work no longer to do
             history.append(_ranking(streams))
             if (stop_when_stable and done_passes >= max(min_passes, stable_passes + 1)
                     and len(set(history[-(stable_passes + 1):])) == 1):
@@ -244,8 +326,8 @@ def score_candidates(teacher: torch.nn.Module, candidates: Sequence[Candidate], 
     for i, stream in enumerate(streams):
         means = np.asarray(stream.group_means)
         low, high = bootstrap_interval(means, bootstrap, confidence, seed=seed + i)
-        scores.append(ProxyScore(stream.candidate.id, t_stddev(means), low, high, len(means), done_passes,
-                                 stream.seconds, zoo=stream.zoo()))
+        scores.append(ProxyScore(stream.candidate.id, t_stddev(means), low, high, len(means), stream.passes,
+                                 stream.seconds, zoo=stream.zoo(), raced_out=stream.raced_out))
     return rank_scores(scores, rank_by)
 
 

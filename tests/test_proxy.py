@@ -144,7 +144,7 @@ def test_forward_batching_does_not_change_the_score(data):
 def _joint_forward_reference(net, candidates, data, passes, group_batches, batch_size, seed=0):
     """T.stddev as computed before the original view was shared: every candidate on its own,
     one forward of [x; x'] per batch."""
-    from augtune.search.proxy import _Stream
+    from augtune.search.proxy import _Stream, stream_seed
     from augtune.spaces.candidates import Context
     from augtune.trainables.data import BatchFeeder
     from augtune.trainables.engine import InputPipeline
@@ -156,7 +156,7 @@ def _joint_forward_reference(net, candidates, data, passes, group_batches, batch
     base = torch.Generator(device=device)
     out = {}
     for i, candidate in enumerate(candidates):
-        stream = _Stream(candidate, torch.Generator(device=device).manual_seed(seed * 100_003 + i))
+        stream = _Stream(candidate, torch.Generator(device=device).manual_seed(stream_seed(seed, candidate.id)))
         context = Context(stream.generator, {"teacher": logits}, pipeline.padding)
         for pass_index in range(passes):
             feeder.generator.manual_seed(seed * 7919 + pass_index)
