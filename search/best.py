@@ -7,7 +7,7 @@ from statistics import mean
 from typing import Optional
 
 from augtune.search.metric import lower_is_better
-from augtune.search.tracking import DIVERGED_TAG, STAGE_TAG, Tracker
+from augtune.search.tracking import BASELINE_VERDICT_TAG, DIVERGED_TAG, STAGE_TAG, Tracker
 from augtune.search.trials import TrialRow, completed_trials, trial_rows
 
 
@@ -147,3 +147,11 @@ def export_best(uri: str, experiment: str, path: Path, metric: str = "val_loss")
             shutil.copy(tracker.client.download_artifacts(run.info.run_id, "student.pt", tmp), weights)
             out["student"] = weights
     return out
+
+
+def baseline_lines(uri: str, experiment: str) -> list[str]:
+    """Each sweep's recipe-baseline line (the comparison it printed), newest first."""
+    tracker = Tracker(uri, experiment)
+    sweeps = tracker.runs(f"tags.`{STAGE_TAG}` = 'sweep'", order_by=["attributes.start_time DESC"])
+    return [f"sweep {run.info.run_id}: {run.data.tags[BASELINE_VERDICT_TAG]}" for run in sweeps
+            if BASELINE_VERDICT_TAG in run.data.tags]

@@ -73,7 +73,7 @@ def _sweep(args) -> int:
 
 
 def _best(args) -> int:
-    from augtune.search.best import format_left_out, format_summary, left_out, summarise_trials
+    from augtune.search.best import baseline_lines, format_left_out, format_summary, left_out, summarise_trials
     from augtune.search.sweep_format import TEST_SELECTION_WARNING
 
     if args.metric.startswith("test_") and not args.select_on_test:
@@ -103,6 +103,8 @@ def _best(args) -> int:
             f"  test_loss={run.test_loss:.4f}  test_acc={run.test_acc:.4f}"
         print(f"  run {run.run_id}  {run.run_name}  {args.metric}={run.metric(args.metric):.4f}{test}  "
               f"epochs={run.epochs:.0f}")
+    for line in baseline_lines(args.tracking_uri, args.experiment)[:3]:
+        print(line)
     if args.export:
         from augtune.search.best import export_best
 

@@ -18,27 +18,30 @@ def epoch_seconds_by_candidate(trials: Sequence[TrialRow]) -> dict[str, list[flo
 
 def compute_summary(trials: Sequence[TrialRow], scores: list, survivors: list[str],
                     audit_phases: Sequence[dict[str, Any]] = (), full_epochs: int = 0,
-                    candidates: Sequence[str] = ()) -> dict[str, float]:
-    """What the sweep spent (proxy, audit and search trials, expansions included; `scores` the
-    ProxyScores) against the
-    replay benchmark's reference: one full-length run of every candidate, at the seconds per
-    epoch measured in this sweep (a candidate never trained: the mean over those that were).
-    `candidates`: every candidate of the space (default: the scored ones, else the survivors)."""
+                    candidates: Sequence[str] = (), baseline_trials: Sequence[TrialRow] = ()) -> dict[str, float]:
+    """What the sweep spent (proxy screening with its racing, audit, search and baseline trials,
+    expansions included; `scores` the ProxyScores) against the replay benchmark's reference: one
+    full-length run of every screened candidate, at the seconds per epoch measured in this sweep
+    (a candidate never trained: the mean over those that were). `candidates`: every candidate of
+    the space (default: the scored ones, else the survivors)."""
+    baseline_seconds = sum(t.seconds for t in baseline_trials)
+    trials = list(trials)
     trial_seconds = sum(t.seconds for t in trials)
     audit_seconds = sum(p.get("seconds", 0.0) for p in audit_phases)
     audited = {c for p in audit_phases for c in p.get("values") or {}}
     proxy_seconds = sum(s.seconds for s in scores)
     names = list(candidates) or [s.candidate for s in scores] or list(survivors)
-    measured = epoch_seconds_by_candidate(trials)
+    measured = epoch_seconds_by_candidate([*trials, *baseline_trials])
     for phase in audit_phases:
         for candidate, seconds in (phase.get("epoch_seconds") or {}).items():
             measured.setdefault(candidate, []).extend(seconds)
     per_epoch = {c: sum(v) / len(v) for c, v in measured.items() if v}
     fallback = sum(per_epoch.values()) / len(per_epoch) if per_epoch else 0.0
     exhaustive = full_epochs * sum(per_epoch.get(c, fallback) for c in names)
-    spent = trial_seconds + proxy_seconds + audit_seconds
+    spent = trial_seconds + proxy_seconds + audit_seconds + baseline_seconds
     trained = set(survivors) | audited
     return {"trial_seconds": trial_seconds, "proxy_seconds": proxy_seconds, "audit_seconds": audit_seconds,
+            "baseline_seconds": baseline_seconds, "baseline_trials": len(baseline_trials),
             "spent_seconds": spent, "trials": len(trials),
             "audit_trials": sum(p.get("trials", 0) for p in audit_phases),
             "candidates": len(names), "trained_candidates": len(trained),

@@ -8,8 +8,9 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from augtune.spaces.candidates import DEFAULT_CANDIDATES, expand_candidates
+from augtune.spaces.candidates import DEFAULT_BASELINE, DEFAULT_CANDIDATES, expand_candidates, parse_candidate
 from augtune.spaces.hyper import check_names, parse_hyperparameters
+from augtune.spaces.policies import DEFAULT_POLICY_SPACE, PolicySpace
 from augtune.trainables.config import DistillConfig, Section, check_checkpoint_file
 from augtune.trainables.methods import REGISTRY, get_method
 
@@ -20,6 +21,12 @@ class ConfigError(ValueError):
 
 class SpaceConfig(Section):
     candidates: list[Union[str, dict[str, Any]]] = Field(default_factory=lambda: list(DEFAULT_CANDIDATES))
+    policies: Optional[Union[Literal["default"], dict[str, Any]]] = Field(
+        None, description="a policy space (spaces/policies.py): per stage (base, erase, mix) the ops and their "
+                          "values, or 'default'; `sample` policies drawn from it are screened by the proxy, "
+                          "beside the candidates when those are listed too, instead of them otherwise")
+    sample: int = Field(256, ge=1, description="policies drawn from `policies` (distinct, reproducible)")
+    sample_seed: int = Field(0, ge=0, description="seeds the draw of the policies")
 
     @field_validator("candidates")
     @classmethod
@@ -29,8 +36,35 @@ class SpaceConfig(Section):
         expand_candidates(value)  # raises ValueError naming the bad candidate
         return value
 
+    @field_validator("policies")
+    @classmethod
+    def _space(cls, value):
+        if isinstance(value, dict):
+            policy_space(value)  # raises ValueError naming the stage, op and parameter
+        return value
+
+    def policy_space(self):
+        """The declared PolicySpace, or None."""
+        if self.policies is None:
+            return None
+        return policy_space(None if self.policies == "default" else self.policies)
+
     def resolved(self):
-        return expand_candidates(self.candidates)
+        """The candidates listed (unless only policies are declared), then the sampled policies."""
+        listed = expand_candidates(self.candidates) if self.policies is None or "candidates" in self.model_fields_set \
+            else []
+        if self.policies is None:
+            return listed
+        space = self.policy_space()
+        if self.sample > space.size():
+            raise ValueError(f"space.sample: {self.sample} policies asked for, the space holds {space.size()}; "
+                             "lower space.sample or widen space.policies")
+        ids = {c.id for c in listed}
+        return listed + [p for p in space.sample(self.sample, self.sample_seed) if p.id not in ids]
+
+
+def policy_space(spec: Optional[dict[str, Any]]):
+    return DEFAULT_POLICY_SPACE if spec is None else PolicySpace.from_spec(spec, where="space.policies")
 
 
 class ProxyConfig(Section):
@@ -48,6 +82,13 @@ class ProxyConfig(Section):
         "t_stddev", description="which score ranks the candidates: the teacher-only ones are computed in the "
                                 "same forward passes (search/proxy.py ZOO gives each one's direction); "
                                 "low_fidelity needs low_fidelity_epochs")
+    policies_per_forward: int = Field(8, ge=1, description="candidates whose x' share one teacher forward "
+                                                          "(screening many policies)")
+    race_top_k: int = Field(0, ge=0, description="> 0: racing: after each pass from race_min_passes on, drop the "
+                                                "candidates whose T.stddev interval lies wholly above the top "
+                                                "race_top_k's (at least prune.top_k)")
+    race_min_passes: int = Field(2, ge=1, description="racing: passes before the first drop")
+    race_z: float = Field(2.0, gt=0.0, description="racing: interval half-width in jackknife standard errors")
     low_fidelity_epochs: int = Field(0, ge=0, description="> 0: also train each candidate's student this many "
                                                           "epochs of its full schedule and score it by its "
                                                           "validation loss there (the zoo's one student score)")
@@ -112,6 +153,12 @@ class SearchConfig(Section):
     select_on_test: bool = Field(False, description="allow a test_* metric: the reported best score is then "
                                                     "biased (chosen on the data it is reported on)")
     seeds: int = Field(1, ge=1, description="validation sweeps: seeds per candidate")
+    baseline: Optional[str] = Field(
+        "auto", description="the recipe every sweep compares its choice with, trained at the chosen trial's "
+                            "hyperparameters and seed: an augmentation id; auto: CutMixPick keep 0.5 where the "
+                            "method takes it (else none); null: no baseline")
+    baseline_seeds: int = Field(2, ge=1, description="seeds of the baseline and of the chosen augmentation in the "
+                                                     "comparison (>= 2 measures the seed noise)")
     validate_proxy: bool = Field(False, description="train every candidate (no pruning, no Optuna)")
     prune: PruneConfig = Field(default_factory=PruneConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
@@ -168,6 +215,35 @@ class SweepConfig(DistillConfig):
                 raise ValueError(f"space.candidates: {reason} (search.method {self.search.method})")
         return self
 
+    @property
+    def baseline(self) -> Optional[str]:
+        """The baseline recipe's id, or None (no baseline: switched off, or auto and the method refuses it)."""
+        chosen = self.search.baseline
+        if chosen is None:
+            return None
+        recipe = parse_candidate(DEFAULT_BASELINE if chosen == "auto" else chosen)
+        if chosen == "auto" and (self.method.refuses(recipe) or self.method.teacher == "none"):
+            return None
+        return recipe.id
+
+    @model_validator(mode="after")
+    def _baseline(self) -> "SweepConfig":
+        chosen = self.search.baseline
+        if chosen is None or chosen == "auto" and self.baseline is None:
+            return self
+        try:
+            recipe = parse_candidate(chosen if chosen != "auto" else DEFAULT_BASELINE)
+        except ValueError as exc:
+            raise ValueError(f"search.baseline: {exc}") from None
+        reason = self.method.refuses(recipe)
+        if reason:
+            raise ValueError(f"search.baseline: {reason} (search.method {self.search.method})")
+        space = self.space.policy_space()
+        if space is not None and recipe not in space:
+            raise ValueError(f"search.baseline: {recipe.id} lies outside space.policies ({space.why_outside(recipe)}); "
+                             "set search.baseline to a policy of the space (or null), or widen the space")
+        return self
+
     @model_validator(mode="after")
     def _hyperparameter_names(self) -> "SweepConfig":
         try:
@@ -211,6 +287,15 @@ class SweepConfig(DistillConfig):
             if explicit_k:
                 raise ValueError("search.prune.top_k: mode fixed trains the one candidate it names; top_k does "
                                  "not apply: remove it, or use mode: top_k")
+        if self.proxy.race_top_k and prune.mode == "fixed":
+            raise ValueError("proxy.race_top_k: prune.mode fixed scores no candidate, so there is nothing to race; "
+                             "use race_top_k: 0, or mode top_k")
+        if self.proxy.race_top_k and prune.mode == "top_k" and self.proxy.race_top_k < prune.top_k:
+            raise ValueError(f"proxy.race_top_k: {self.proxy.race_top_k} would let racing drop candidates that "
+                             f"prune.top_k ({prune.top_k}) keeps; use at least {prune.top_k}")
+        if self.proxy.race_top_k and self.proxy.score != "t_stddev":
+            raise ValueError(f"proxy.race_top_k: racing compares T.stddev intervals, and proxy.score is "
+                             f"{self.proxy.score}; use race_top_k: 0 or proxy.score: t_stddev")
         if self.proxy.score == "low_fidelity" and not self.proxy.low_fidelity_epochs:
             raise ValueError("proxy.score: low_fidelity ranks by a few epochs of student training; set "
                              "proxy.low_fidelity_epochs (e.g. 3)")

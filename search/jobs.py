@@ -120,6 +120,12 @@ def write_scores(scores: list[ProxyScore], folder: Path) -> tuple[Path, Path]:
     return csv_path, json_path
 
 
+def screen_children(cfg: SweepConfig) -> int:
+    """How many of a screened policy space's best get an MLflow child run: those pruning keeps."""
+    prune = cfg.search.prune
+    return len(cfg.space.resolved()) if prune.mode in ("none", "overlap") else prune.top_k
+
+
 def run_proxy(cfg: SweepConfig, data: DataBundle, tracker: Tracker, parent_id: str,
               progress: bool = True, score: bool = True) -> ProxyOutcome:
     """The method's teacher (obtained, evaluated, logged), then, with `score`, every candidate's
@@ -147,7 +153,9 @@ def run_proxy(cfg: SweepConfig, data: DataBundle, tracker: Tracker, parent_id: s
                               stop_when_stable=p.stop_when_stable, min_passes=p.min_passes,
                               stable_passes=p.stable_passes, seed=cfg.seed, extra_scorers=extra,
                               progress=progress, bf16=cfg.teacher.train.bf16, forward_batches=p.forward_batches,
-                              rank_by="t_stddev" if p.score == "low_fidelity" else p.score)
+                              rank_by="t_stddev" if p.score == "low_fidelity" else p.score,
+                              policies_per_forward=p.policies_per_forward, race_top_k=p.race_top_k,
+                              race_min_passes=p.race_min_passes, race_z=p.race_z)
     if p.low_fidelity_epochs:
         trained = low_fidelity_scores(cfg, data, teacher_path, p.low_fidelity_epochs, candidates, progress)
         for s in scores:
@@ -158,13 +166,16 @@ def run_proxy(cfg: SweepConfig, data: DataBundle, tracker: Tracker, parent_id: s
     settings = {"proxy.score": p.score, "proxy.passes": p.passes, "proxy.group_batches": p.group_batches,
                 "proxy.batch_size": p.batch_size,
                 "teacher": cfg.teacher.model, "teacher_checkpoint": str(Path(teacher_path).resolve())}
-    run_ids = log_proxy_scores(tracker, parent_id, scores, pair_name(cfg), settings)
+    # a screened policy space: its whole table is the CSV/JSON artifact; child runs for the kept only
+    logged = scores if cfg.space.policies is None else [s for s in scores if not s.raced_out][:screen_children(cfg)]
+    run_ids = log_proxy_scores(tracker, parent_id, logged, pair_name(cfg), settings)
     # exported configs point at the very teacher the trials distilled from
     tracker.log(parent_id, params={"teacher_checkpoint": settings["teacher_checkpoint"]})
     tracker.log_file(parent_id, csv_path)
     tracker.log_file(parent_id, json_path)
     tracker.log(parent_id, metrics={"proxy_seconds": sum(s.seconds for s in scores),
-                                    "proxy_candidates": len(scores)}, once=True)
+                                    "proxy_candidates": len(scores),
+                                    "proxy_raced_out": sum(s.raced_out for s in scores)}, once=True)
     return ProxyOutcome(scores, teacher_path, csv_path, json_path, run_ids)
 
 

@@ -331,8 +331,15 @@ def score_candidates(teacher: torch.nn.Module, candidates: Sequence[Candidate], 
     return rank_scores(scores, rank_by)
 
 
+TABLE_ROWS = 25  # a longer table (a screened policy space) shows its top rows; the CSV holds all
+
+
 def format_table(scores: Sequence[ProxyScore]) -> str:
-    """Ranked rows: T.stddev with its interval, then the zoo side by side (the same passes)."""
+    """Ranked rows: T.stddev with its interval, then the zoo side by side (the same passes); the
+    top TABLE_ROWS of a longer table, and how many racing dropped."""
+    hidden = max(0, len(scores) - TABLE_ROWS - 5)  # never hide just a handful
+    raced = sum(s.raced_out for s in scores)
+    scores = scores[:len(scores) - hidden]
     width = max([len(s.candidate) for s in scores] + [9])
     zoo = [name for name in ZOO if name != "t_stddev" and any(name in s.zoo for s in scores)]
     lines = [f"{'rank':>4}  {'candidate':<{width}}  {'T.stddev':>10}  {'interval':>23}  "
@@ -340,7 +347,12 @@ def format_table(scores: Sequence[ProxyScore]) -> str:
     for s in scores:
         interval = f"[{s.low:.6f}, {s.high:.6f}]"
         lines.append(f"{s.rank:>4}  {s.candidate:<{width}}  {s.t_stddev:>10.6f}  {interval:>23}  "
-                     + "".join(f"{s.zoo.get(name, float('nan')):>11.4f}" for name in zoo) + f"{s.seconds:>9.2f}")
+                     + "".join(f"{s.zoo.get(name, float('nan')):>11.4f}" for name in zoo) + f"{s.seconds:>9.2f}"
+                     + (f"  raced out after {s.passes} passes" if s.raced_out else ""))
+    if hidden:
+        lines.append(f"... {hidden} more rows in proxy.csv")
+    if raced:
+        lines.append(f"racing dropped {raced} candidates before the last pass (clearly worse than the top's)")
     if zoo:
         lines.append("zoo (same forward passes): + higher predicts a better student, - lower")
     return "\n".join(lines)

@@ -18,7 +18,7 @@ from typing import Optional
 
 import numpy as np
 
-from augtune.search.tracking import CANDIDATE_TAG, PAIR_TAG, STAGE_TAG, Tracker
+from augtune.search.tracking import BASELINE_VERDICT_TAG, CANDIDATE_TAG, PAIR_TAG, STAGE_TAG, Tracker
 from augtune.search.trials import completed_trials, trial_rows
 
 MIN_CANDIDATES = 3
@@ -66,6 +66,7 @@ class PairReport:
     pruning: dict = field(default_factory=dict)
     trust: dict = field(default_factory=dict)  # seed-bootstrap intervals, noise ceiling, regret, verdict
     zoo: list = field(default_factory=list)  # zoo_analysis rows
+    baseline: Optional[str] = None  # the sweep's recipe-baseline line (search/baseline.py), when it trained one
 
 
 def correlate(x: list[float], y: list[float], target: str) -> Correlation:
@@ -199,7 +200,8 @@ def build_reports(uri: str, experiment: str, sweep_run_id: Optional[str] = None)
                                                             "trial_seconds", "proxy_seconds") if k in sweep.data.metrics})
         top_k = int(sweep.data.params.get("prune.top_k", 3))
         reports.append(PairReport(pair, sweep.info.run_id, validate, points, correlations, pruning,
-                                  trust_analysis(points, correlations, top_k), zoo_analysis(points)))
+                                  trust_analysis(points, correlations, top_k), zoo_analysis(points),
+                                  sweep.data.tags.get(BASELINE_VERDICT_TAG)))
     if not reports:
         raise ReportError(f"experiment {experiment!r} has no sweep runs")
     return reports
@@ -334,7 +336,10 @@ def markdown(reports: list[PairReport], images: dict[str, str]) -> str:
             out += ["", "The proxy zoo against this sweep's students (test loss; 95% seed-bootstrap intervals):", "",
                     "| " + " | ".join(ZOO_HEADER) + " |", "|" + "---|" * len(ZOO_HEADER)]
             out += ["| " + " | ".join(row) + " |" for row in _zoo_rows(r)]
-        out += ["", *_trust_lines(r), "", *_pruning_lines(r), "", f"![scatter]({images[r.sweep_run_id]})", ""]
+        out += ["", *_trust_lines(r), "", *_pruning_lines(r), ""]
+        if r.baseline:
+            out += ["Recipe " + r.baseline, ""]
+        out += [f"![scatter]({images[r.sweep_run_id]})", ""]
     return "\n".join(out)
 
 
@@ -356,6 +361,7 @@ def html_page(reports: list[PairReport], image_paths: dict[str, Path]) -> str:
                   table(ZOO_HEADER, _zoo_rows(r)) if _zoo_rows(r) else "",
                   "".join(f"<p>{html.escape(line)}</p>" for line in _trust_lines(r)),
                   "".join(f"<p>{html.escape(line)}</p>" for line in _pruning_lines(r)),
+                  f"<p>Recipe {html.escape(r.baseline)}</p>" if r.baseline else "",
                   f"<img alt='scatter' src='data:image/png;base64,{png}'>"]
     parts.append("</body></html>")
     return "".join(parts)

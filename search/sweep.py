@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import yaml
 
+from augtune.search.baseline import BASELINE_PHASE, BaselineComparison, baseline_points, compare
 from augtune.search.compute import compute_summary, epoch_seconds_by_candidate
 from augtune.search.config import ConfigError, SweepConfig
 from augtune.search.jobs import check_tracking_uri, job_dir, load_checked_data, pair_name, run_proxy
@@ -18,9 +20,9 @@ from augtune.search.proxy import ProxyScore, format_table
 from augtune.search.prune import AuditOutcome, proxy_cut, run_audit
 from augtune.search.sweep_format import TEST_SELECTION_WARNING, describe_best, format_audit, print_outcome
 from augtune.search.sweep_state import STATE_FILE, SweepState
-from augtune.search.tracking import Tracker
+from augtune.search.tracking import BASELINE_TAG, BASELINE_VERDICT_TAG, Tracker
 from augtune.search.trials import TrialRow, pick_best
-from augtune.search.tuners import (SweepInterrupted, build_grid_tuner, build_tuner, collect_trials, fit_with_top_ups,
+from augtune.search.tuners import (SweepInterrupted, build_baseline_tuner, build_grid_tuner, build_tuner, collect_trials, fit_with_top_ups,
                                    grid_points, init_ray, method_trainable, missing_points, phase_results,
                                    search_trainable)
 from augtune.spaces.candidates import expand_candidates
@@ -37,6 +39,7 @@ class SweepOutcome:
     compute: dict[str, float]
     interrupted: bool = False
     audit: Optional[dict[str, Any]] = None  # AuditOutcome.as_dict() when the pruning was audited
+    baseline: Optional[dict[str, Any]] = None  # BaselineComparison.as_dict() when a baseline was trained
 
 
 # ---------------------------------------------------------------- results
@@ -254,20 +257,82 @@ def stage_search(cfg: SweepConfig, state: SweepState, teacher_path: Optional[Pat
                             expected, lost, state.topups, lambda: state.save(folder))
 
 
-def stage_summarise(cfg: SweepConfig, state: SweepState, tracker: Tracker, grids, data) -> SweepOutcome:
-    """The best trial (by the selection metric, among the search's and the audit's full-length
-    trials: the same definition as `augtune best`), the compute spent, everything logged once to
-    the parent run; the state is marked finished."""
+def chosen_trial(cfg: SweepConfig, state: SweepState, grids) -> Optional[TrialRow]:
+    """The best trial by the selection metric among the search's and the audit's full-length
+    trials: the same definition as `augtune best`."""
+    trials = [t for grid in grids for t in collect_trials(grid)]
+    audit_trials = [TrialRow.from_dict(row) for phase in state.audit_phases for row in phase.get("rows") or []]
+    return pick_best(trials + audit_trials, cfg.search.metric)
+
+
+def stage_baseline(cfg: SweepConfig, state: SweepState, tracker: Tracker, teacher_path: Optional[Path], grids,
+                   score_of: dict[str, float]) -> Optional[BaselineComparison]:
+    """The recipe baseline (search/baseline.py) at the chosen trial's hyperparameters and seed, and
+    the chosen augmentation again at the further seeds; the comparison logged to the parent run.
+    Not for validation sweeps (every candidate is trained already) or PBT (values follow schedules)."""
+    from augtune.search.trial_logger import TrialLogger
+
+    recipe, best = cfg.baseline, chosen_trial(cfg, state, grids)
+    if recipe is None or best is None or state.validate_proxy or cfg.search.scheduler.kind == "pbt":
+        return None
+    if state.baseline is not None and state.baseline.get("comparison"):
+        return BaselineComparison.from_dict(state.baseline["comparison"])
+    folder, seeds = job_dir(cfg), cfg.search.baseline_seeds
+    points = [p for p in baseline_points(best, recipe, seeds)
+              if (p["augmentation"], p["seed"]) != (best.augmentation, best.seed)]
+    points = list({(p["augmentation"], p["seed"]): p for p in points}.values())
+    if state.baseline is None:
+        state.baseline = {"experiment": f"{state.ray_experiment}-baseline", "topups": [], "rows": None}
+        state.save(folder)
+    phase = state.baseline
+    rows: list[TrialRow] = []
+    if points:
+        print(f"\nbaseline: {recipe} at the chosen trial's hyperparameters, seeds "
+              f"{', '.join(str(int(best.seed or 0) + i) for i in range(seeds))}"
+              + (f"; {best.augmentation} again at the further seeds" if seeds > 1 else ""))
+        callback = TrialLogger(cfg.tracking.uri, cfg.experiment_name, state.parent_run_id, pair_name(cfg), score_of,
+                               phase=BASELINE_PHASE)
+
+        def renamed(name: str) -> None:
+            phase["experiment"] = name
+            state.save(folder)
+
+        phase_grids = fit_with_top_ups(
+            cfg, phase["experiment"], renamed,
+            lambda experiment, lost, _round, _grids: build_baseline_tuner(
+                cfg, points if lost is None else lost, teacher_path, callback, experiment),
+            method_trainable(cfg, teacher_path), len(points), lambda found: missing_points(found, points),
+            phase["topups"], lambda: state.save(folder))
+        rows = [t for g in phase_grids for t in collect_trials(g, phase=BASELINE_PHASE,
+                                                                experiment=Path(g.experiment_path).name)]
+    comparison = compare(best, recipe, rows, cfg.search.metric, seeds)
+    phase.update(rows=[t.as_dict() for t in rows], comparison=comparison.as_dict())
+    state.save(folder)
+    parent = state.parent_run_id
+    tracker.log_json(parent, "baseline.json", comparison.as_dict())
+    sd, _ = comparison.noise()
+    tracker.log(parent, metrics={f"baseline_{cfg.search.metric}": float(np.mean(comparison.baseline_values)),
+                                 "baseline_test_loss": float(np.mean(comparison.baseline_test)),
+                                 "baseline_noise_sd": sd, "baseline_difference": comparison.difference(),
+                                 "baseline_difference_in_noise": comparison.in_noise_units()},
+                tags={BASELINE_TAG: recipe, BASELINE_VERDICT_TAG: comparison.line()}, once=True)
+    return comparison
+
+
+def stage_summarise(cfg: SweepConfig, state: SweepState, tracker: Tracker, grids, data,
+                    baseline: Optional[BaselineComparison] = None) -> SweepOutcome:
+    """The chosen trial (`chosen_trial`), the compute spent, everything logged once to the parent
+    run; the state is marked finished."""
     parent = state.parent_run_id
     scores = [ProxyScore(**row) for row in state.scores]
     trials = [t for grid in grids for t in collect_trials(grid)]
-    audit_trials = [TrialRow.from_dict(row) for phase in state.audit_phases for row in phase.get("rows") or []]
     close_orphans(tracker, parent)
-    best = pick_best(trials + audit_trials, cfg.search.metric)
+    best = chosen_trial(cfg, state, grids)
+    baseline_trials = [TrialRow.from_dict(row) for row in (state.baseline or {}).get("rows") or []]
     # full length = the longest trial (a multi-stage method counts its stages' epochs)
     full_epochs = max([t.epochs for t in trials] + [cfg.student.train.epochs])
     compute = compute_summary(trials, scores, state.survivors, state.audit_phases, full_epochs,
-                              candidates=[c.id for c in cfg.space.resolved()])
+                              candidates=[c.id for c in cfg.space.resolved()], baseline_trials=baseline_trials)
     # proxy_seconds is on the parent already (logged by the proxy stage): log it once
     tracker.log(parent, metrics={k: v for k, v in compute.items() if k != "proxy_seconds"}, once=True)
     tracker.log_json(parent, "trials.json", [t.as_dict() for t in trials])
@@ -284,7 +349,8 @@ def stage_summarise(cfg: SweepConfig, state: SweepState, tracker: Tracker, grids
                              Path(state.teacher_path) if state.teacher_path else None)
     state.finished = {"best": best.as_dict() if best else None, "compute": compute,
                       "trials": [t.as_dict() for t in trials]}
-    return SweepOutcome(parent, scores, state.survivors, trials, best, compute, audit=state.audit)
+    return SweepOutcome(parent, scores, state.survivors, trials, best, compute, audit=state.audit,
+                        baseline=baseline.as_dict() if baseline else None)
 
 
 def run_sweep(cfg: SweepConfig, resume: bool = False, progress: bool = True) -> SweepOutcome:
@@ -305,7 +371,7 @@ def run_sweep(cfg: SweepConfig, resume: bool = False, progress: bool = True) -> 
         outcome = SweepOutcome(state.parent_run_id, [ProxyScore(**row) for row in state.scores], state.survivors,
                                [TrialRow.from_dict(t) for t in state.finished["trials"]],
                                TrialRow.from_dict(best) if best else None, state.finished["compute"],
-                               audit=state.audit)
+                               audit=state.audit, baseline=(state.baseline or {}).get("comparison"))
         if outcome.best is not None:
             print(describe_best(outcome.best, cfg.search.metric))
         return outcome  # nothing left to do, nothing logged again
@@ -345,5 +411,6 @@ def _run_stages(cfg: SweepConfig, state: SweepState, tracker: Tracker, data, res
     print(f"\n{cfg.search.method} trials for {len(state.survivors)} of {len(cfg.space.resolved())} "
           f"candidates: {', '.join(state.survivors)}")
     grids = stage_search(cfg, state, teacher_path, score_of)
-    return stage_summarise(cfg, state, tracker, grids, data)
+    baseline = stage_baseline(cfg, state, tracker, teacher_path, grids, score_of)
+    return stage_summarise(cfg, state, tracker, grids, data, baseline)
 

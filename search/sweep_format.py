@@ -60,6 +60,8 @@ def format_compute(compute: dict[str, float]) -> str:
     if compute.get("audit_trials"):
         parts.append(f"audit {compute['audit_seconds']:.0f} s over {compute['audit_trials']:.0f} trials")
     parts.append(f"search {compute['trial_seconds']:.0f} s over {compute['trials']:.0f} trials")
+    if compute.get("baseline_trials"):
+        parts.append(f"baseline {compute['baseline_seconds']:.0f} s over {compute['baseline_trials']:.0f} trials")
     spent = compute.get("spent_seconds", compute["trial_seconds"] + compute["proxy_seconds"] + compute["audit_seconds"])
     line = f"compute: {spent:.0f} s spent ({', '.join(parts)})"
     if compute.get("estimated_exhaustive_seconds"):
@@ -79,6 +81,8 @@ def print_outcome(cfg, outcome) -> None:
     print("\n" + format_compute(outcome.compute))
     if outcome.best is not None:
         print("\n" + describe_best(outcome.best, cfg.search.metric))
+    if outcome.baseline is not None:
+        print(outcome.baseline["line"])
     print(f"MLflow: experiment {cfg.experiment_name!r}, parent run {outcome.parent_run_id}\n"
           f"  mlflow ui --backend-store-uri {cfg.tracking.uri}\n"
           f"  augtune best --experiment {cfg.experiment_name} --tracking-uri {cfg.tracking.uri}")

@@ -32,6 +32,8 @@ class SweepState:
     # trials restored search experiments lost, run again: one {experiment, lost} per round (a
     # restored top-up can lose trials too; tuners.fit_with_top_ups). Audit phases keep their own.
     topups: list[dict[str, Any]] = field(default_factory=list)
+    # the recipe baseline's phase: {experiment, topups, rows (None until trained), comparison}
+    baseline: Optional[dict[str, Any]] = None
     finished: Optional[dict[str, Any]] = None  # {best, compute, trials} once the summary is logged
 
     def save(self, folder: Path) -> None:

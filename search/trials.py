@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Iterable, Literal, Optional, Sequence
 
 from augtune.search.metric import metric_sign
-from augtune.search.tracking import CANDIDATE_TAG, PARENT_TAG, STAGE_TAG, TRIAL_TAG, Tracker
+from augtune.search.tracking import CANDIDATE_TAG, PARENT_TAG, PHASE_TAG, STAGE_TAG, TRIAL_TAG, Tracker
 
 FINAL_METRICS = ("val_loss", "val_acc", "test_loss", "test_acc")
 # what Ray's trial config holds besides the sampled hyperparameters
@@ -34,7 +34,7 @@ class TrialRow:
     seconds: float = 0.0
     diverged: bool = False
     error: Optional[str] = None
-    phase: Literal["search", "audit"] = "search"
+    phase: Literal["search", "audit", "baseline"] = "search"
     experiment: Optional[str] = None  # the Tune experiment that trained it (an audit phase's, to read its weights)
     run_id: Optional[str] = None  # rows read from MLflow
     run_name: Optional[str] = None
@@ -99,6 +99,8 @@ def trial_rows(tracker: Tracker, parent_run_id: Optional[str] = None) -> list[Tr
         query += f" and tags.`{PARENT_TAG}` = '{parent_run_id}'"
     rows = []
     for run in tracker.runs(query):
+        if run.data.tags.get(PHASE_TAG) == "baseline":  # the recipe baseline's runs compare, they are not chosen
+            continue
         metrics = run.data.metrics
         rows.append(TrialRow(augmentation=run.data.tags.get(CANDIDATE_TAG, "?"), run_id=run.info.run_id,
                              run_name=run.info.run_name, parent=run.data.tags.get(PARENT_TAG),

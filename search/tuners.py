@@ -4,11 +4,14 @@ experiment. The driver (search/sweep.py) decides when each runs."""
 import itertools
 import json
 import os
+import random
 import shutil
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from augtune.search.config import SweepConfig
+import numpy as np
+
+from augtune.search.config import SweepConfig, policy_space
 from augtune.search.jobs import job_dir
 from augtune.search.metric import metric_mode
 from augtune.search.trials import TrialRow
@@ -124,20 +127,36 @@ def method_trainable(cfg: SweepConfig, teacher_path: Optional[Path], track: Sequ
     return tune.with_resources(tune.with_parameters(trainable, **fixed), {"cpu": 0, "memory": 1})
 
 
-class ClipToDomains:
-    """PBT's explore scales a value by 0.8 or 1.2 without looking at its domain; bring every
-    value back inside the declared bounds (and to whole numbers for int domains)."""
+class ExploreInsideDomains:
+    """PBT's explore, kept inside the declared space. PBT scales a value by 0.8 or 1.2 without
+    looking at its domain: every value is brought back inside its bounds (whole numbers for int
+    domains). With a policy space (`space.policies`), the member's augmentation moves too: to a
+    neighbouring policy of the space (PolicySpace.mutate: one stage's op or one parameter one step),
+    or a fresh draw with PBT's resample probability. Draws follow Python's `random`, which the
+    tuner seeds."""
 
-    def __init__(self, hyperparameters: dict[str, Any]):
+    def __init__(self, hyperparameters: dict[str, Any], policies: Optional[Any] = None,
+                 resample_probability: float = 0.25):
         self.bounds = {h.name: (h.form, h.args) for h in parse_hyperparameters(hyperparameters)
                        if h.form in ("uniform", "loguniform", "int")}
+        self.policies, self.resample_probability = policies, resample_probability  # the space's declaration
 
     def __call__(self, config: dict[str, Any]) -> dict[str, Any]:
         for name, (form, (low, high)) in self.bounds.items():
             if name in config:
                 value = min(max(config[name], low), high)
                 config[name] = int(round(value)) if form == "int" else float(value)
+        if self.policies is not None and "augmentation" in config:
+            space = policy_space(None if self.policies == "default" else self.policies)
+            rng = np.random.default_rng(random.getrandbits(64))
+            config["augmentation"] = space.mutate(parse_candidate(config["augmentation"]), rng,
+                                                  self.resample_probability).id
         return config
+
+
+def mutates_policies(cfg: SweepConfig) -> bool:
+    """PBT over a declared policy space moves each member's policy inside it."""
+    return cfg.search.scheduler.kind == "pbt" and cfg.space.policies is not None
 
 
 def pbt_mutations(cfg: SweepConfig) -> dict[str, Any]:
@@ -150,7 +169,8 @@ def search_trainable(cfg: SweepConfig, teacher_path: Optional[Path], validate: b
     """The search phase's trainable: a PBT member records the values PBT mutates, every epoch
     (its schedule); built and restored alike, so a resumed member goes on recording them."""
     pbt = cfg.search.scheduler.kind == "pbt" and not validate
-    return method_trainable(cfg, teacher_path, track=list(pbt_mutations(cfg)) if pbt else ())
+    track = [*pbt_mutations(cfg), *(["augmentation"] if mutates_policies(cfg) else [])] if pbt else []
+    return method_trainable(cfg, teacher_path, track=track)
 
 
 def _reuse_actors(cfg: SweepConfig) -> bool:
@@ -173,7 +193,6 @@ def build_pbt_tuner(cfg: SweepConfig, survivors: list[str], teacher_path: Option
     quantile copies a top member's checkpoint (weights, optimiser, generators, the schedule so
     far) and config, then perturbs the values within their domains: each member's values over
     the epochs are its schedule."""
-    import random
 
     from ray import tune
     from ray.tune.schedulers import PopulationBasedTraining
@@ -198,7 +217,8 @@ def build_pbt_tuner(cfg: SweepConfig, survivors: list[str], teacher_path: Option
     scheduler = PopulationBasedTraining(
         time_attr="training_iteration", perturbation_interval=sched.perturbation_interval,
         hyperparam_mutations=mutations, quantile_fraction=sched.quantile_fraction,
-        resample_probability=sched.resample_probability, custom_explore_fn=ClipToDomains(s.hyperparameters),
+        resample_probability=sched.resample_probability, custom_explore_fn=ExploreInsideDomains(
+            s.hyperparameters, cfg.space.policies if mutates_policies(cfg) else None, sched.resample_probability),
         synch=False)  # Ray's synchronous mode lost members' epochs in tests (2.60): the asynchronous one
     # no concurrency limit: every member exists from the start (resources bound how many train at
     # once), so the first members do not exploit among themselves before the others begin
@@ -249,6 +269,27 @@ def build_grid_tuner(cfg: SweepConfig, candidates: list[str], seeds: int, teache
     tune_config = tune.TuneConfig(metric=s.metric, mode=mode, num_samples=1 if points is None else len(points),
                                   scheduler=FIFOScheduler(), max_concurrent_trials=s.max_concurrent,
                                   reuse_actors=_reuse_actors(cfg), **search)
+    return tune.Tuner(method_trainable(cfg, teacher_path), param_space=param_space, tune_config=tune_config,
+                      run_config=_run_config(cfg, experiment_name, callback))
+
+
+def build_baseline_tuner(cfg: SweepConfig, points: list[dict[str, Any]], teacher_path: Optional[Path], callback,
+                         experiment_name: str):
+    """The recipe baseline's trials (search/baseline.py): each point an (augmentation, seed) at the
+    chosen trial's hyperparameters, trained to the end."""
+    from ray import tune
+    from ray.tune.schedulers import FIFOScheduler
+    from ray.tune.search import BasicVariantGenerator
+
+    s = cfg.search
+    values = {k: v for k, v in points[0].items() if k not in ("augmentation", "seed")}
+    param_space = {"augmentation": tune.choice(sorted({p["augmentation"] for p in points})),
+                   "seed": tune.choice(sorted({p["seed"] for p in points})), **values}
+    tune_config = tune.TuneConfig(metric=s.metric, mode=metric_mode(s.metric), num_samples=len(points),
+                                  scheduler=FIFOScheduler(), max_concurrent_trials=s.max_concurrent,
+                                  reuse_actors=_reuse_actors(cfg),
+                                  search_alg=BasicVariantGenerator(points_to_evaluate=[
+                                      {"augmentation": p["augmentation"], "seed": p["seed"]} for p in points]))
     return tune.Tuner(method_trainable(cfg, teacher_path), param_space=param_space, tune_config=tune_config,
                       run_config=_run_config(cfg, experiment_name, callback))
 

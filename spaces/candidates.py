@@ -167,6 +167,8 @@ register(Kind("pick", (Param("base", str, "cutout", choices=tuple(
 # The nine schemes compared by Wang et al. (NeurIPS 2022), on top of crop+flip.
 PAPER_SCHEMES = ["identity", "flip", "crop_flip", "cutout", "autoaugment", "mixup", "cutmix",
                  "cutmix_pick", "cutmix_pick(entropy=student)"]
+# The recipe every sweep compares its choice with unless the config names another (search.baseline)
+DEFAULT_BASELINE = "cutmix_pick(entropy=teacher,pool=2,keep=0.5)"
 # What a space holds unless the config says otherwise: every scheme that needs no student.
 DEFAULT_CANDIDATES = [c for c in PAPER_SCHEMES if "student" not in c] + ["randaugment", "trivialaugment"]
 

@@ -114,6 +114,22 @@ CONFIG_CASES = [
     ("schedule", [{"epoch": 1, "values": {"lr": NAN}}], "schedule.0.values.lr"),
     ("schedule", [{"epoch": 1, "values": {"mixup.alpha": -1}}], "schedule.0.values.mixup.alpha"),
     ("schedule", [{"epoch": 1, "values": {"augmentation": "nope"}}], "schedule.0.values.augmentation"),
+    # policy spaces and the recipe baseline
+    ("space.policies", {"base": {"randaugment": {"magnitude": []}}}, "space.policies.base.randaugment.magnitude"),
+    ("space.policies", {"base": {"randaugment": {"magnitude": {"int": [9, 3]}}}},
+     "space.policies.base.randaugment.magnitude.int: empty range"),
+    ("space.policies", {"base": {"warp": {}}}, "space.policies.base.warp: unknown op"),
+    ("space.policies", {"base": {"subpolicy": {"m1": [12]}}}, "space.policies.base.subpolicy.m1"),
+    ("space.policies", {"erase": {"none": {}, "cutout": {"size": [0]}}}, "space.policies.erase.cutout.size"),
+    ("space.policies", {"mix": {"mixup": {"alpha": [NAN]}}}, "space.policies.mix.mixup.alpha"),
+    ("space.policies", "everything", "space.policies"),
+    ("space.sample", 0, "space.sample"),
+    ("space", {"policies": {"mix": {"none": {}}}, "sample": 5}, "space.sample"),
+    ("search.baseline", "cutmix(alpha=20.0)", "search.baseline"),
+    ("search.baseline", "warp", "search.baseline"),
+    # the baseline (auto: CutMixPick keep 0.5) lies outside a space without CutMixPick
+    ("space", {"policies": {"mix": {"none": {}, "cutmix": {}}}, "sample": 2}, "search.baseline: cutmix_pick"),
+    ("proxy.race_top_k", 1, "proxy.race_top_k"),
 ]
 
 
