@@ -28,7 +28,9 @@ PROTOCOL (fixed before any run; do not change it after seeing numbers)
   load on the machine cannot inflate one candidate's (wall seconds can: the first table saw 2.5x
   outliers). The replay charges CPU seconds.
 - Proxy: T.stddev and the zoo for every candidate, proxy seeds 0, 1, 2, the config's proxy settings
-  (10 passes, groups of 5 batches of 32), scored together in shared passes.
+  (10 passes, groups of 5 batches of 32), scored together in shared passes (8 candidates per
+  teacher forward), single-threaded; each candidate's seconds are its share of the call's wall
+  seconds scaled to the call's own CPU seconds.
 """
 from __future__ import annotations
 
@@ -144,12 +146,17 @@ def proxy(out: Path) -> None:
         for seed in PROXY_SEEDS:
             if (regime, seed) in done:
                 continue
+            cpu_before = time.process_time()
             scores = score_candidates(teacher, [parse_candidate(c) for c in ids], data, device, passes=p.passes,
                                       group_batches=p.group_batches, batch_size=p.batch_size, bootstrap=0,
-                                      seed=seed, progress=False)
+                                      seed=seed, progress=False, policies_per_forward=p.policies_per_forward)
+            cpu = time.process_time() - cpu_before
+            wall = sum(s.seconds for s in scores)
+            # each candidate's share of the wall seconds, scaled to the call's own CPU seconds
             row = {"regime": regime, "proxy_seed": seed, "commit": lc_table.git_commit(),
                    "scores": {s.candidate: {"t_stddev": s.t_stddev, **s.zoo} for s in scores},
-                   "seconds": {s.candidate: s.seconds for s in scores}}
+                   "seconds": {s.candidate: s.seconds * cpu / wall for s in scores},
+                   "wall_seconds": {s.candidate: s.seconds for s in scores}, "cpu_seconds": cpu}
             with open(log, "a") as sink:
                 sink.write(json.dumps(row) + "\n")
             print(f"proxy {regime} seed {seed}: {sum(row['seconds'].values()):.1f} s", flush=True)
@@ -176,7 +183,46 @@ def main() -> None:
 
 
 def build(out: Path, table: Path) -> None:
-    raise NotImplementedError("written with the table format's version 2")
+    """OUT's logs -> the compact table (format: augtune/search/learning_curves.py, version 2)."""
+    import numpy as np
+
+    from augtune.search.learning_curves import Regime, write_table
+
+    runs, proxies = lc_table.read_jsonl(out / "runs.jsonl"), lc_table.read_jsonl(out / "proxy.jsonl")
+    ids = candidates()
+    fixed = recipes()
+    regimes = {}
+    metrics = (*CURVE_METRICS, "epoch_cpu_seconds")
+    for regime in REGIMES:
+        epochs = regime_config(regime, out).student.train.epochs
+        curves = {m: np.full((len(ids), len(SEEDS), epochs), np.nan) for m in metrics}
+        workers, commits = set(), set()
+        for row in runs:
+            if row["regime"] == regime and row["candidate"] in ids and row["seed"] in SEEDS:
+                for m in metrics:
+                    curves[m][ids.index(row["candidate"]), SEEDS.index(row["seed"])] = row[m]
+                workers.add(row.get("workers"))
+                commits.add(row.get("commit"))
+        proxy_rows = sorted((r for r in proxies if r["regime"] == regime), key=lambda r: r["proxy_seed"])
+        names = sorted({k for r in proxy_rows for scores in r["scores"].values() for k in scores})
+        nan = float("nan")
+        proxy = {name: np.array([[r["scores"].get(c, {}).get(name, nan) for r in proxy_rows] for c in ids],
+                                dtype=float).reshape(len(ids), len(proxy_rows)) for name in names}
+        seconds = (np.array([[r["seconds"].get(c, nan) for r in proxy_rows] for c in ids], dtype=float)
+                   if proxy_rows else None)
+        teacher_file = out / f"teacher-{lc_table.data_key(regime)}.json"
+        teacher = json.loads(teacher_file.read_text()) if teacher_file.is_file() else {}
+        meta = {"overrides": lc_table.REGIMES[regime], "proxy_seeds": [r["proxy_seed"] for r in proxy_rows],
+                "teacher": {k: teacher.get(k) for k in ("seconds", "train_images", "test", "val")},
+                "fixed_recipes": fixed, "policy_sample": {"count": POLICY_COUNT, "seed": POLICY_SEED},
+                "run_workers": sorted(w for w in workers if w), "commits": sorted(c for c in commits if c)}
+        regimes[regime] = Regime(regime, ids, list(SEEDS), epochs, curves, proxy, seconds, meta)
+    write_table(table, regimes, protocol="benchmarks/policy_table.py",
+                machine=f"{platform.machine()}, {os.cpu_count()} cores, cpu, torch threads 1 per run; "
+                        "epoch_cpu_seconds: each run's own CPU seconds")
+    filled = sum(int(r.ran().sum()) for r in regimes.values())
+    total = sum(len(r.candidates) * len(SEEDS) for r in regimes.values())
+    print(f"{table}: {filled}/{total} runs, {table.stat().st_size / 1024:.0f} KiB")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 and per-epoch seconds, and every candidate's proxy scores from several proxy seeds. Searches are
 replayed against a table (search/replay.py) instead of training.
 
-File format `augtune-learning-curves`, version 1: one gzip-compressed JSON document
+File format `augtune-learning-curves`, version 2 (version 1 is read too): one gzip-compressed JSON document
     {"format": "augtune-learning-curves", "version": 1, "protocol": "...", "machine": "...",
      "regimes": {NAME: REGIME, ...}}
     REGIME = {"overrides": {config key: value}, "epochs": E, "candidates": [id, ...] (C),
@@ -11,8 +11,10 @@ File format `augtune-learning-curves`, version 1: one gzip-compressed JSON docum
               "proxy_seeds": [seed, ...] (P), "proxy": {score: C x P floats or null},
               "proxy_seconds": C x P floats or null, "run_workers": [...], "commits": [...]}
 Curve values are stored to 6 decimals. Curve metrics: val_loss, val_acc, test_loss, test_acc,
-epoch_seconds (training + evaluation of that epoch). Proxy scores: search/proxy.py ZOO names.
-Seconds were measured as stated in "machine" and "run_workers" (runs side by side share it).
+epoch_seconds (wall seconds of training + evaluation of that epoch) and, from version 2 on where
+measured, epoch_cpu_seconds (the run's own CPU seconds of that epoch: not inflated by runs side by
+side; replays charge them when present). Proxy scores: search/proxy.py ZOO names. Seconds were
+measured as stated in "machine" and "run_workers" (runs side by side share it).
 """
 from __future__ import annotations
 
@@ -26,8 +28,9 @@ from typing import Any, Optional, Union
 import numpy as np
 
 FORMAT = "augtune-learning-curves"
-VERSION = 1
-CURVE_METRICS = ("val_loss", "val_acc", "test_loss", "test_acc", "epoch_seconds")
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
+CURVE_METRICS = ("val_loss", "val_acc", "test_loss", "test_acc", "epoch_seconds", "epoch_cpu_seconds")
 
 
 @dataclass
@@ -59,9 +62,14 @@ class Regime:
         """[candidate, seed] value at the last epoch."""
         return self.curves[metric][:, :, -1]
 
+    @property
+    def seconds_curve(self) -> str:
+        """The per-epoch seconds replays charge: CPU seconds where the table has them, else wall."""
+        return "epoch_cpu_seconds" if "epoch_cpu_seconds" in self.curves else "epoch_seconds"
+
     def epoch_seconds(self) -> np.ndarray:
         """[candidate] mean seconds of one epoch over the runs in the table."""
-        return np.nanmean(self.curves["epoch_seconds"], axis=(1, 2))
+        return np.nanmean(self.curves[self.seconds_curve], axis=(1, 2))
 
     def exhaustive_seconds(self) -> float:
         """One full-length run of every candidate at its mean per-epoch seconds."""
@@ -148,7 +156,7 @@ def load_table(path: Union[str, Path]) -> dict[str, Regime]:
         raise ValueError(f"learning-curve table {path}: not a gzip-compressed JSON document ({exc})") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise ValueError(f"learning-curve table {path}: format is not {FORMAT!r}")
-    if document.get("version") != VERSION:
+    if document.get("version") not in READABLE_VERSIONS:
         raise ValueError(f"learning-curve table {path}: version {document.get('version')!r}; this augtune reads "
-                         f"version {VERSION}")
+                         f"versions {', '.join(map(str, READABLE_VERSIONS))}")
     return {name: Regime.from_document(name, doc) for name, doc in document["regimes"].items()}

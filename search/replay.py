@@ -242,7 +242,7 @@ def simulate_asha(world: World, candidates: Sequence[str], grace_period: int, re
         candidate = waiting.pop(0)
         trial = _Trial(f"{len(out) + len(events):05d}-{candidate}", candidate)
         scheduler.on_trial_add(None, trial)
-        seconds = world.curve(candidate, 0, "epoch_seconds")
+        seconds = world.curve(candidate, 0, world.regime.seconds_curve)
         heapq.heappush(events, (at + float(seconds[0]), next(order), trial))
 
     for _ in range(min(workers, len(waiting))):
@@ -260,7 +260,7 @@ def simulate_asha(world: World, candidates: Sequence[str], grace_period: int, re
             if waiting:
                 start(now)
         else:
-            seconds = world.curve(trial.candidate, 0, "epoch_seconds")
+            seconds = world.curve(trial.candidate, 0, world.regime.seconds_curve)
             heapq.heappush(events, (now + float(seconds[trial.epochs]), next(order), trial))
     return out
 
