@@ -187,20 +187,105 @@ def asha(grace_period: int, reduction_factor: float = 3, workers: int = 2, order
          score: str = "t_stddev", enter: Optional[int] = None) -> Strategy:
     """Ray Tune's AsyncHyperBandScheduler over one trial per candidate, driven with the table's
     results in the order `workers` concurrent trials would report them. `order`: "random"
-    (arrival order shuffled), "proxy" (best proxy score first; `enter` keeps only the top) or
-    "table" (the table's candidate order)."""
+    (arrival order shuffled; `enter` keeps a random sample of that many), "proxy" (best proxy
+    score first; `enter` keeps only the top) or "table" (the table's candidate order)."""
     def run(world: World) -> str:
         if order == "proxy":
             candidates = world.proxy_ranking(score)[:enter or len(world.regime.candidates)]
         elif order == "table":
             candidates = list(world.regime.candidates)
         else:
-            candidates = [str(c) for c in world.rng.permutation(world.regime.candidates)]
+            candidates = [str(c) for c in world.rng.permutation(world.regime.candidates)][:enter]
         decisions = simulate_asha(world, candidates, grace_period, reduction_factor, workers)
         finished = {c: v for c, (epochs, v) in decisions.items() if epochs == world.regime.epochs}
         if not finished:  # every trial stopped early (cannot happen with Ray's rule: the first one survives)
             finished = {c: v for c, (_, v) in decisions.items()}
         return world.best_of(finished)
+    return run
+
+
+def combined_ranking(world: World, weights: dict[str, float], ranks: bool = False) -> list[str]:
+    """Candidates best first by a weighted sum of proxies, each oriented so that higher predicts a
+    better student (ZOO directions) and standardised over this regime's candidates (z-scores, or
+    ranks with `ranks`); one proxy charge (every proxy comes from the same passes)."""
+    from augtune.search.proxy import ZOO
+
+    scores = world.proxy_scores("t_stddev")
+    names = [s.candidate for s in scores]
+    total = np.zeros(len(names))
+    for proxy, weight in weights.items():
+        values = np.array([s.value(proxy) for s in scores], dtype=float)
+        values = -values if ZOO[proxy] == "lower" else values
+        values = np.nan_to_num(values, nan=np.nanmin(values))
+        if ranks:
+            values = values.argsort().argsort().astype(float)
+        spread = values.std()
+        total += weight * ((values - values.mean()) / spread if spread > 0 else 0.0)
+    order = sorted(range(len(names)), key=lambda i: (-total[i], names[i]))
+    return [names[i] for i in order]
+
+
+def combined_top_k(k: int, weights: dict[str, float], ranks: bool = False) -> Strategy:
+    """The top k of a proxy combination (combined_ranking), trained in full."""
+    def run(world: World) -> str:
+        kept = combined_ranking(world, weights, ranks)[:k]
+        return world.best_of({c: world.train(c) for c in kept})
+    return run
+
+
+def learn_proxy_weights(regime: Regime, proxies: Sequence[str]) -> dict[str, float]:
+    """Least-squares weights of the oriented, standardised proxies (means over proxy seeds)
+    predicting the negated mean final validation loss over every candidate of `regime`: a
+    combination learned on one regime, to be tested on another."""
+    from augtune.search.proxy import ZOO
+
+    columns = []
+    for proxy in proxies:
+        values = np.nanmean(regime.proxy[proxy], axis=1)
+        values = -values if ZOO[proxy] == "lower" else values
+        columns.append((values - values.mean()) / (values.std() or 1.0))
+    target = -np.nanmean(regime.final("val_loss"), axis=1)
+    weights, *_ = np.linalg.lstsq(np.stack(columns, 1), (target - target.mean()) / (target.std() or 1.0), rcond=None)
+    return {proxy: float(w) for proxy, w in zip(proxies, weights)}
+
+
+def tpe_asha(trials: int, grace_period: int, reduction_factor: float = 3) -> Strategy:
+    """Optuna's TPE over the tabulated candidates (a categorical), one trial at a time, each
+    stopped or continued by Ray's AsyncHyperBandScheduler as its epochs arrive; TPE is told each
+    trial's last value (what Ray's OptunaSearch reports for a stopped trial). The best full-length
+    trial is the choice. A candidate TPE proposes again is trained on the next search seed when
+    there is one, else its first run is reused."""
+    import optuna
+    from ray.tune.schedulers import TrialScheduler
+
+    def run(world: World) -> str:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        sampler = optuna.samplers.TPESampler(seed=int(world.rng.integers(1 << 31)), n_startup_trials=min(10, trials))
+        study = optuna.create_study(sampler=sampler, direction="minimize" if metric_sign(world.metric) > 0 else
+                                    "maximize")
+        scheduler = asha_scheduler(world.regime.epochs, grace_period, reduction_factor, world.metric)
+        finished: dict[str, list[float]] = {}
+        proposals: dict[str, int] = {}
+        for number in range(trials):
+            trial = study.ask()
+            candidate = trial.suggest_categorical("candidate", list(world.regime.candidates))
+            seed = min(proposals.get(candidate, 0), world.search_seeds - 1)
+            proposals[candidate] = proposals.get(candidate, 0) + 1
+            record = _Trial(f"{number:05d}-{candidate}", candidate)
+            scheduler.on_trial_add(None, record)
+            value = float("nan")
+            for epoch in range(1, world.regime.epochs + 1):
+                value = world.train(candidate, epoch, seed)
+                result = {"training_iteration": epoch, world.metric: value}
+                if scheduler.on_trial_result(None, record, result) == TrialScheduler.STOP:
+                    break
+            scheduler.on_trial_complete(None, record, {"training_iteration": epoch, world.metric: value})
+            study.tell(trial, value)
+            if epoch == world.regime.epochs:
+                finished.setdefault(candidate, []).append(value)
+        if not finished:  # Ray's rule lets the first trial through, so this does not happen
+            return world.best_of({c: world.train(c, seed=0) for c in proposals})
+        return world.best_of({c: float(np.mean(v)) for c, v in finished.items()})
     return run
 
 
@@ -274,6 +359,8 @@ class ReplayResult:
     regrets: np.ndarray  # one per replay
     compute: np.ndarray  # seconds spent / exhaustive seconds, one per replay
     chosen: list[str]
+    # per replay: true mean of the best reference recipe minus the chosen one's (> 0: the choice is better)
+    margins: Optional[np.ndarray] = None
 
     def mean_regret(self) -> float:
         return float(self.regrets.mean())
@@ -289,9 +376,11 @@ class ReplayResult:
 
 
 def replay(regime: Regime, name: str, strategy: Strategy, replays: int = 200, seed: int = 0,
-           search_seeds: int = 2) -> ReplayResult:
-    """`replays` searches, each with its own seed split, proxy seed and strategy randomness."""
-    regrets, compute, chosen = [], [], []
+           search_seeds: int = 2, references: Sequence[str] = ()) -> ReplayResult:
+    """`replays` searches, each with its own seed split, proxy seed and strategy randomness.
+    `references` (fixed recipes): each replay also records how much better the choice is than the
+    best of them on the same held-out seeds."""
+    regrets, compute, chosen, margins = [], [], [], []
     exhaustive_seconds = regime.exhaustive_seconds()
     for r in range(replays):
         world = World(regime, np.random.default_rng([seed, r]), search_seeds)
@@ -300,7 +389,43 @@ def replay(regime: Regime, name: str, strategy: Strategy, replays: int = 200, se
         regrets.append(float(truth[regime.index(choice)] - truth.min()))
         compute.append(world.seconds / exhaustive_seconds)
         chosen.append(choice)
-    return ReplayResult(name, regime.name, np.array(regrets), np.array(compute), chosen)
+        if references:
+            best_reference = min(truth[regime.index(c)] for c in references)
+            margins.append(float(best_reference - truth[regime.index(choice)]))
+    return ReplayResult(name, regime.name, np.array(regrets), np.array(compute), chosen,
+                        np.array(margins) if references else None)
+
+
+def resample_seeds(regime: Regime, rng: np.random.Generator) -> Regime:
+    """A bootstrap copy of `regime`: every candidate's runs drawn with replacement from its own
+    (a run drawn twice is two draws from the empirical distribution; cross-fitting then treats
+    them as two seeds). Proxy scores and seconds stay as they are."""
+    ran = regime.ran()
+    curves = {m: a.copy() for m, a in regime.curves.items()}
+    for c in range(len(regime.candidates)):
+        seeds = np.flatnonzero(ran[c])
+        picks = rng.choice(seeds, size=len(seeds), replace=True)
+        for m, a in regime.curves.items():
+            curves[m][c, seeds] = a[c, picks]
+    return Regime(regime.name, list(regime.candidates), list(regime.seeds), regime.epochs, curves, regime.proxy,
+                  regime.proxy_seconds, regime.meta)
+
+
+def two_level_bootstrap(regime: Regime, replays_of: Callable[[Regime, int], np.ndarray], outer: int,
+                        seed: int = 0) -> np.ndarray:
+    """`outer` bootstrap values of a mean over replays, with both sources of its uncertainty:
+    level 1 resamples every candidate's seeds (resample_seeds), level 2 resamples the replays
+    `replays_of(resampled regime, replay seed)` returns (with replacement, as many as it
+    returned); each value is the mean of the resampled replays. Draw order, from
+    default_rng(seed): the seed picks of every candidate in table order, the replay seed, the
+    replay picks."""
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(outer):
+        resampled = resample_seeds(regime, rng)
+        per_replay = np.asarray(replays_of(resampled, int(rng.integers(1 << 31))), dtype=float)
+        values.append(float(per_replay[rng.integers(0, len(per_replay), len(per_replay))].mean()))
+    return np.array(values)
 
 
 def replay_asha_through_tune(world: World, candidates: Sequence[str], grace_period: int, reduction_factor: float,

@@ -289,3 +289,27 @@ def test_silent_tracking_server_fails_within_10_s(workdir, capsys):
         for conn in held:
             conn.close()
         listener.close()
+
+
+def _section_paths(model, prefix=""):
+    """Every section of the schema, nested ones included, as dotted paths."""
+    from augtune.trainables.config import Section
+
+    for name, info in model.model_fields.items():
+        kind = info.annotation
+        if isinstance(kind, type) and issubclass(kind, Section):
+            yield prefix + name
+            yield from _section_paths(kind, prefix + name + ".")
+
+
+def test_every_section_given_a_scalar_a_list_or_null_exits_2_naming_it(workdir, capsys):
+    from augtune.search.config import SweepConfig
+
+    paths = list(_section_paths(SweepConfig)) + ["kd"]
+    assert {"data", "teacher", "student.train", "search.prune", "proxy", "space"} <= set(paths)
+    for path in paths:
+        for value in ("digits", [1, 2], None):
+            config = workdir / "config.yaml"
+            config.write_text(yaml.safe_dump(_set(yaml.safe_load(yaml.safe_dump(BASE)), path, value)))
+            err = _expect_refusal(["sweep", str(config)], path, workdir, capsys)
+            assert "Traceback" not in err

@@ -184,3 +184,54 @@ def test_replays_of_the_shipped_table_take_the_same_decisions_through_tune(ray_s
                                                 str(tmp_path / "ray"), name=f"replay-{r}")
         assert through_tune == simulated
         assert sorted({e for e, _ in simulated.values()}) != [regime.epochs]  # some trials were stopped
+
+
+# ---------------------------------------------------------------- protocol v2
+
+def test_two_level_bootstrap_equals_a_hand_computation():
+    from augtune.search.replay import two_level_bootstrap
+
+    regime = fixture_regime(ASHA_VAL, TEST_FINAL, seeds=4)
+    rng = np.random.default_rng(5)
+    regime.curves["test_loss"][:, :, -1] += rng.normal(0, 0.05, (4, 4))  # seeds that differ per candidate
+    regime.curves["val_loss"][2, 3] = np.nan  # candidate c has 3 seeds only
+
+    def per_replay(resampled, replay_seed):  # a stand-in for replays: candidate a's final test losses
+        return resampled.final("test_loss")[0, :4] + 0 * replay_seed
+
+    values = two_level_bootstrap(regime, per_replay, outer=6, seed=11)
+    # by hand, in the documented draw order
+    draw = np.random.default_rng(11)
+    final = regime.final("test_loss")
+    expected = []
+    for _ in range(6):
+        picks = [draw.choice(np.flatnonzero(~np.isnan(regime.curves["val_loss"][c, :, -1])),
+                             size=int((~np.isnan(regime.curves["val_loss"][c, :, -1])).sum()), replace=True)
+                 for c in range(4)]
+        draw.integers(1 << 31)  # the replay seed
+        own = final[0, picks[0]]
+        expected.append(own[draw.integers(0, 4, 4)].mean())
+    np.testing.assert_allclose(values, expected)
+    assert len(set(np.round(values, 9))) > 1
+
+
+def test_replay_records_the_margin_over_the_best_recipe():
+    regime = fixture_regime(ASHA_VAL, TEST_FINAL, seeds=4)
+    result = replay(regime, "exhaustive", exhaustive(), replays=10, references=("a", "d"))
+    # exhaustive picks c by val loss; the recipes' best true mean is d's (0.45 + seed offsets)
+    truth_gap = np.array([0.45 - 0.20] * 10)
+    np.testing.assert_allclose(result.margins, truth_gap, atol=0.03)
+    assert (result.margins > 0).all()
+
+
+def test_combined_proxies_and_learned_weights():
+    from augtune.search.replay import combined_ranking, learn_proxy_weights
+
+    # t_stddev (lower is better) ranks a best; kl (higher is better) ranks d best
+    regime = fixture_regime(ASHA_VAL, TEST_FINAL, proxy={"t_stddev": [0.1, 0.2, 0.3, 0.4], "kl": [0.1, 0.2, 0.3, 0.9]})
+    world = World(regime, np.random.default_rng(0))
+    assert combined_ranking(world, {"t_stddev": 1.0})[0] == "a"
+    assert combined_ranking(world, {"kl": 1.0})[0] == "d"
+    # final val losses 0.40 0.30 0.20 0.35: kl alone explains little, t_stddev points the wrong way
+    weights = learn_proxy_weights(regime, ["t_stddev", "kl"])
+    assert weights["t_stddev"] < 0  # better t_stddev predicted worse students here: learned as such

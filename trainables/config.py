@@ -88,6 +88,8 @@ def inputs_follow_the_network(raw: dict, roles: tuple[str, ...]) -> dict:
     (digits) become their channel average, matching the summed first convolution. The values are
     written into the config, so a logged config states them."""
     given = raw.get("data", {})
+    if not isinstance(given, (dict, Section)):  # a scalar or a list: the schema names the field
+        return raw
     # on assignment pydantic passes the validated sections: a DataConfig comes back as one
     data = dict(given) if isinstance(given, dict) else given.model_dump(exclude_unset=True)
     if data.get("image_size") is not None and data.get("mean") is not None:
