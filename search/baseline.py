@@ -93,19 +93,19 @@ class BaselineComparison:
         return cls(**{k: v for k, v in raw.items() if k in known})
 
 
-def baseline_points(best: TrialRow, baseline: str, seeds: int) -> list[dict[str, Any]]:
-    """The trials to run: the baseline at the chosen trial's seed and the next `seeds - 1`, the
-    chosen augmentation at those next seeds; all at the chosen trial's hyperparameters."""
-    first = int(best.seed or 0)
+def baseline_points(best: TrialRow, baseline: str, seeds: int, first: int) -> list[dict[str, Any]]:
+    """The trials to run: the baseline at the chosen trial's seed `first` and the next `seeds - 1`,
+    the chosen augmentation at those next seeds; all at the chosen trial's hyperparameters."""
     points = [{"augmentation": baseline, "seed": first + i, **best.hyperparameters} for i in range(seeds)]
     points += [{"augmentation": best.augmentation, "seed": first + i, **best.hyperparameters}
                for i in range(1, seeds)]
     return points
 
 
-def compare(best: TrialRow, baseline: str, rows: Sequence[TrialRow], metric: str, seeds: int) -> BaselineComparison:
-    """The comparison from the chosen trial and the baseline phase's rows (usable rows only)."""
-    first = int(best.seed or 0)
+def compare(best: TrialRow, baseline: str, rows: Sequence[TrialRow], metric: str, seeds: int,
+            first: int) -> BaselineComparison:
+    """The comparison from the chosen trial (trained at seed `first`) and the baseline phase's
+    rows (usable rows only)."""
     wanted = [first + i for i in range(seeds)]
     by_point = {(r.augmentation, r.seed): r for r in rows if r.usable(metric)}
     chosen = [best] + [by_point[(best.augmentation, s)] for s in wanted[1:] if (best.augmentation, s) in by_point]

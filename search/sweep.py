@@ -278,8 +278,9 @@ def stage_baseline(cfg: SweepConfig, state: SweepState, tracker: Tracker, teache
     if state.baseline is not None and state.baseline.get("comparison"):
         return BaselineComparison.from_dict(state.baseline["comparison"])
     folder, seeds = job_dir(cfg), cfg.search.baseline_seeds
-    points = [p for p in baseline_points(best, recipe, seeds)
-              if (p["augmentation"], p["seed"]) != (best.augmentation, best.seed)]
+    first = cfg.seed if best.seed is None else int(best.seed)  # search trials train at the config's seed
+    points = [p for p in baseline_points(best, recipe, seeds, first)
+              if (p["augmentation"], p["seed"]) != (best.augmentation, first)]
     points = list({(p["augmentation"], p["seed"]): p for p in points}.values())
     if state.baseline is None:
         state.baseline = {"experiment": f"{state.ray_experiment}-baseline", "topups": [], "rows": None}
@@ -288,7 +289,7 @@ def stage_baseline(cfg: SweepConfig, state: SweepState, tracker: Tracker, teache
     rows: list[TrialRow] = []
     if points:
         print(f"\nbaseline: {recipe} at the chosen trial's hyperparameters, seeds "
-              f"{', '.join(str(int(best.seed or 0) + i) for i in range(seeds))}"
+              f"{', '.join(str(first + i) for i in range(seeds))}"
               + (f"; {best.augmentation} again at the further seeds" if seeds > 1 else ""))
         callback = TrialLogger(cfg.tracking.uri, cfg.experiment_name, state.parent_run_id, pair_name(cfg), score_of,
                                phase=BASELINE_PHASE)
@@ -305,7 +306,7 @@ def stage_baseline(cfg: SweepConfig, state: SweepState, tracker: Tracker, teache
             phase["topups"], lambda: state.save(folder))
         rows = [t for g in phase_grids for t in collect_trials(g, phase=BASELINE_PHASE,
                                                                 experiment=Path(g.experiment_path).name)]
-    comparison = compare(best, recipe, rows, cfg.search.metric, seeds)
+    comparison = compare(best, recipe, rows, cfg.search.metric, seeds, first)
     phase.update(rows=[t.as_dict() for t in rows], comparison=comparison.as_dict())
     state.save(folder)
     parent = state.parent_run_id

@@ -17,7 +17,8 @@ def write_sweep_config(tmp_path: Path, name: str, tracking_uri: str, **search) -
         "student": {"model": "resnet8", "train": {"epochs": 2, "batch_size": 32}},
         "space": {"candidates": EIGHT_CANDIDATES},
         "proxy": {"passes": 2, "group_batches": 2, "batch_size": 16, "bootstrap": 100},
-        "search": {"num_samples": 3, "max_concurrent": 2, "prune": {"mode": "top_k", "top_k": 3},
+        # no recipe baseline unless a test asks for one: it trains extra trials (tests/test_sweep.py covers it)
+        "search": {"baseline": None, "num_samples": 3, "max_concurrent": 2, "prune": {"mode": "top_k", "top_k": 3},
                    "scheduler": {"kind": "fifo"}, "resources": {"cpu": 1, "gpu": 0},
                    "hyperparameters": {"lr": {"loguniform": [0.02, 0.1]}}, **search},
         "tracking": {"uri": tracking_uri},

@@ -22,7 +22,7 @@ def _row(aug, seed, val, test, **hyper):
 
 def test_baseline_points_use_the_chosen_trials_values_and_seed():
     best = _row("cutout(size=4)+mixup(alpha=0.2)", 7, 0.3, 0.3, lr=0.04, **{"kd.temperature": 2.0})
-    points = baseline_points(best, RECIPE, 3)
+    points = baseline_points(best, RECIPE, 3, best.seed)
     assert [(p["augmentation"], p["seed"]) for p in points] == [
         (RECIPE, 7), (RECIPE, 8), (RECIPE, 9), (best.augmentation, 8), (best.augmentation, 9)]
     assert all(p["lr"] == 0.04 and p["kd.temperature"] == 2.0 for p in points)
@@ -32,7 +32,7 @@ def test_comparison_against_a_pooled_t_test_by_hand():
     best = _row("trivialaugment", 3, 0.20, 0.22)
     rows = [_row(RECIPE, 3, 0.26, 0.27), _row(RECIPE, 4, 0.30, 0.29), _row("trivialaugment", 4, 0.22, 0.23),
             _row("identity", 4, 0.1, 0.1)]  # not part of the comparison
-    c = compare(best, RECIPE, rows, "val_loss", 2)
+    c = compare(best, RECIPE, rows, "val_loss", 2, 3)
     assert c.chosen_values == [0.20, 0.22] and c.baseline_values == [0.26, 0.30]
     sd = math.sqrt(((0.20 - 0.21) ** 2 + (0.22 - 0.21) ** 2 + (0.26 - 0.28) ** 2 + (0.30 - 0.28) ** 2) / 2)
     assert c.noise() == (pytest.approx(sd), 2)
@@ -46,12 +46,12 @@ def test_comparison_against_a_pooled_t_test_by_hand():
 
 
 def test_one_seed_each_is_never_called_separable():
-    c = compare(_row("trivialaugment", 0, 0.1, 0.1), RECIPE, [_row(RECIPE, 0, 0.5, 0.5)], "val_loss", 1)
+    c = compare(_row("trivialaugment", 0, 0.1, 0.1), RECIPE, [_row(RECIPE, 0, 0.5, 0.5)], "val_loss", 1, 0)
     assert c.separable() is None and "not separable" in c.line()
 
 
 def test_the_chosen_recipe_is_its_own_baseline():
-    c = compare(_row(RECIPE, 0, 0.2, 0.2), RECIPE, [_row(RECIPE, 1, 0.25, 0.2)], "val_loss", 2)
+    c = compare(_row(RECIPE, 0, 0.2, 0.2), RECIPE, [_row(RECIPE, 1, 0.25, 0.2)], "val_loss", 2, 0)
     assert c.same and "is the baseline recipe" in c.line()
 
 

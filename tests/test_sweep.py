@@ -372,3 +372,62 @@ def test_a_grid_top_up_runs_exactly_the_points_a_restore_lost(tmp_path, ray_sess
         (p["augmentation"], p["seed"]) for p in lost)
     assert missing_points([grid], grid_points(cfg, candidates, 2)) == [
         {"augmentation": "crop_flip", "seed": cfg.seed + 1}, {"augmentation": "cutout", "seed": cfg.seed}]
+
+
+@pytest.fixture(scope="module")
+def policy_sweep(tmp_path_factory, ray_session):
+    """A screened policy space with racing, the kept policies trained, the recipe baseline beside."""
+    from augtune.search.config import load_config
+    from augtune.search.sweep import run_sweep
+
+    tmp_path = tmp_path_factory.mktemp("policies")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    path = write_sweep_config(tmp_path, "policies", uri, num_samples=2, baseline="auto", baseline_seeds=2,
+                              prune={"mode": "top_k", "top_k": 2})
+    cfg = load_config(path, {"space": {"policies": "default", "sample": 12},
+                             "proxy.race_top_k": 3, "proxy.passes": 3})
+    return cfg, uri, run_sweep(cfg, progress=False)
+
+
+def test_a_screened_policy_space_logs_the_table_and_children_for_the_kept_only(policy_sweep):
+    import csv
+
+    from augtune.search.jobs import job_dir
+
+    cfg, uri, outcome = policy_sweep
+    assert len(outcome.scores) == 12 and all("+" in s.candidate or s.candidate for s in outcome.scores)
+    assert len(outcome.survivors) == 2
+    with open(job_dir(cfg) / "proxy.csv") as f:
+        assert len(list(csv.DictReader(f))) == 12  # the whole table
+    proxy_runs = runs_by_stage(uri, "policies")["proxy"]
+    assert sorted(r.data.tags["augtune.candidate"] for r in proxy_runs) == sorted(outcome.survivors)
+
+
+def test_the_baseline_runs_at_the_chosen_trials_values_and_seeds(policy_sweep, capsys):
+    from augtune.search.cli import main
+
+    cfg, uri, outcome = policy_sweep
+    best, recipe = outcome.best, cfg.baseline
+    runs = [r for r in runs_by_stage(uri, "policies")["trial"] if r.data.tags.get("augtune.phase") == "baseline"]
+    points = sorted((r.data.tags["augtune.candidate"], int(r.data.params["seed"])) for r in runs)
+    seed = cfg.seed if best.seed is None else best.seed  # search trials train at the config's seed
+    expected = [(recipe, seed), (recipe, seed + 1)]
+    if best.augmentation != recipe:
+        expected.append((best.augmentation, seed + 1))
+    assert points == sorted(expected)
+    for run in runs:  # the chosen trial's sampled hyperparameters, exactly
+        assert float(run.data.params["lr"]) == pytest.approx(best.hyperparameters["lr"], rel=1e-12)
+        assert run.info.status == "FINISHED"
+    comparison = outcome.baseline
+    assert comparison["chosen"] == best.augmentation and comparison["baseline"] == recipe
+    assert comparison["chosen_values"][0] == pytest.approx(best.val_loss)
+    assert len(comparison["chosen_values"]) == len(comparison["baseline_values"]) == 2
+    parent = MlflowClient(tracking_uri=uri).get_run(outcome.parent_run_id)
+    assert parent.data.tags["augtune.baseline_verdict"] == comparison["line"]
+    assert parent.data.metrics["baseline_val_loss"] == pytest.approx(np.mean(comparison["baseline_values"]))
+    assert outcome.compute["baseline_trials"] == len(runs) and outcome.compute["baseline_seconds"] > 0
+    # best ranks the search's trials only, and prints the same line
+    assert main(["best", "--experiment", "policies", "--tracking-uri", uri]) == 0
+    out = capsys.readouterr().out
+    assert comparison["line"] in out
+    assert f"best augmentation: {best.augmentation}" in out
