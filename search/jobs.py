@@ -64,7 +64,8 @@ def check_teacher_weights(cfg: SweepConfig, data: DataBundle) -> None:
         field = "teacher.weights" if t.weights is not None else "teacher.pretrained"
         raise ConfigError(f"{field}: the network's classifier has {source} classes and the data has "
                           f"{data.num_classes}; set teacher.fine_tune: true to train a new {data.num_classes}-class "
-                          f"head from these weights (teacher.train), or give weights with {data.num_classes} classes")
+                          f"head from these weights (teacher.train), or give weights with {data.num_classes} classes "
+                          "(teacher.model_args.num_classes sets the size the network is built with)")
 
 
 def check_tracking_uri(uri: str, must_exist: bool = False) -> None:

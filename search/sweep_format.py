@@ -6,6 +6,7 @@ from typing import Optional
 
 from augtune.search.metric import metric_sign
 from augtune.search.prune import AuditOutcome
+from augtune.search.tracking import Tracker, runs_view_url
 from augtune.search.trials import TrialRow
 
 
@@ -83,6 +84,9 @@ def print_outcome(cfg, outcome) -> None:
         print("\n" + describe_best(outcome.best, cfg.search.metric))
     if outcome.baseline is not None:
         print(outcome.baseline["line"])
-    print(f"MLflow: experiment {cfg.experiment_name!r}, parent run {outcome.parent_run_id}\n"
-          f"  mlflow ui --backend-store-uri {cfg.tracking.uri}\n"
+    experiment_id = Tracker(cfg.tracking.uri, cfg.experiment_name).experiment_id
+    serve = "" if cfg.tracking.uri.startswith(("http://", "https://")) else \
+        f"  mlflow ui --backend-store-uri {cfg.tracking.uri}   # then open:\n"
+    print(f"MLflow: experiment {cfg.experiment_name!r}, parent run {outcome.parent_run_id}\n{serve}"
+          f"  {runs_view_url(cfg.tracking.uri, experiment_id)}\n"
           f"  augtune best --experiment {cfg.experiment_name} --tracking-uri {cfg.tracking.uri}")

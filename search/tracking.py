@@ -129,3 +129,11 @@ def log_proxy_scores(tracker: Tracker, parent_id: str, scores: Iterable, pair: s
         tracker.end_run(run_id)
         run_ids[score.candidate] = run_id
     return run_ids
+
+
+def runs_view_url(uri: str, experiment_id: str, ui: str = "http://127.0.0.1:5000") -> str:
+    """The MLflow UI page that lists a sweep and its nested trials. MLflow 3 opens an experiment on
+    its GenAI overview; workflowType=machine_learning opens the runs view. A tracking server serves
+    the UI itself; a sqlite store is served by `mlflow ui` (127.0.0.1:5000 by default)."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else ui
+    return f"{base}/#/experiments/{experiment_id}?workflowType=machine_learning"

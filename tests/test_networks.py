@@ -166,6 +166,29 @@ def test_a_classifier_of_another_size_is_refused_unless_fine_tuned(tmp_path, cap
     assert (tmp_path / "runs" / "tuned" / "teacher.pt").is_file()
 
 
+def test_a_state_dict_fine_tuned_for_the_datas_classes_loads_as_it_is(tmp_path, capsys):
+    """torchvision's resnet18 trained for 10 classes, named without model_args: the network is built
+    with the classifier its weights have; a 7-class one names both sizes and the settings."""
+    import torchvision
+
+    from augtune.trainables.config import ModelConfig
+
+    torch.manual_seed(1)
+    original = torchvision.models.resnet18(num_classes=10).eval()
+    torch.save(original.state_dict(), tmp_path / "tuned10.pth")
+    section = ModelConfig(model="torchvision:resnet18", weights=str(tmp_path / "tuned10.pth"))
+    network = section.build(10, 3).eval()
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(network(x), original(x), atol=1e-5)
+    torch.save(torchvision.models.resnet18(num_classes=7).state_dict(), tmp_path / "tuned7.pth")
+    path = _write_teacher(tmp_path, "seven", {"weights": str(tmp_path / "tuned7.pth"), "model_args": {}})
+    assert main(["train", "kd", str(path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "has 7 classes and the data has 10" in err and "fine_tune" in err and "model_args.num_classes" in err
+    assert "size mismatch" not in err
+
+
 @pytest.mark.parametrize("make,text", [
     (lambda p: torch.save(__import__("torchvision").models.resnet34(num_classes=10).state_dict(), p),
      "do not fit this architecture"),

@@ -14,7 +14,8 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationI
 
 from augtune.trainables.method import BUILTIN_NAMES, REGISTRY
 from augtune.trainables.models import (MODEL_REGISTRY, InputSpec, build_model, check_model_name, foreign_module,
-                                       load_own_layout, pretrained_input, pretrained_weights, read_own_weights)
+                                       load_own_layout, module_for_weights, pretrained_input, pretrained_weights,
+                                       read_own_weights)
 from augtune.trainables.values import check_schedule_value
 
 
@@ -253,7 +254,7 @@ class ModelConfig(Section):
             raise ValueError(f"{model!r} is augtune's own network; give its augtune checkpoint as `checkpoint`, or "
                              "use a torchvision:/timm:/module:factory model")
         state = read_own_weights(value) if info.field_name == "weights" else pretrained_weights(model)
-        load_own_layout(foreign_module(model, info.data.get("model_args") or {}), state, model)
+        load_own_layout(module_for_weights(model, info.data.get("model_args") or {}, state), state, model)
         return value
 
     def own_weights(self):

@@ -218,6 +218,7 @@ def build_model(name: str, num_classes: int, in_channels: int = 3, model_args: O
             network.load_state_dict(weights)
     else:
         if weights is not None:
+            module = module_for_weights(name, model_args or {}, weights, module)
             load_own_layout(module, weights, name)
         network = adapt(module, num_classes, in_channels, name)
     network.model_args = dict(model_args or {})
@@ -383,6 +384,39 @@ def pretrained_input(name: str, model_args: Optional[Mapping[str, Any]] = None) 
     else:
         return None
     return InputSpec(int(side), tuple(float(v) for v in mean), tuple(float(v) for v in std))
+
+
+def _classifier_of(module: nn.Module) -> Optional[nn.Linear]:
+    try:
+        if hasattr(module, "get_classifier"):  # timm
+            classifier = module.get_classifier()
+        else:
+            classifier = _classifier_slot(module)[2]
+    except ValueError:
+        return None
+    return classifier if isinstance(classifier, nn.Linear) else None
+
+
+def classes_in_weights(module: nn.Module, weights: Mapping[str, torch.Tensor]) -> Optional[int]:
+    """How many classes the classifier in `weights` has (read at the key of `module`'s classifier)."""
+    classifier = _classifier_of(module)
+    key = next((f"{n}.weight" for n, m in module.named_modules() if m is classifier), None)
+    tensor = weights.get(key) if key else None
+    return int(tensor.shape[0]) if tensor is not None and tensor.ndim == 2 else None
+
+
+def module_for_weights(name: str, model_args: Mapping[str, Any], weights: Mapping[str, torch.Tensor],
+                       module: Optional[nn.Module] = None) -> nn.Module:
+    """The torchvision / timm network built for `weights`: with as many classes as their classifier
+    has (a state dict fine-tuned for the user's own classes loads as it is) unless model_args sets
+    num_classes. Other networks (the user's factories) are built as model_args say."""
+    module = module if module is not None else foreign_module(name, model_args)
+    if not name.startswith(("torchvision:", "timm:")) or "num_classes" in model_args:
+        return module
+    own, theirs = _classifier_of(module), classes_in_weights(module, weights)
+    if own is not None and theirs is not None and theirs != own.out_features:
+        return foreign_module(name, {**model_args, "num_classes": theirs})
+    return module
 
 
 def load_own_layout(module: nn.Module, weights: Mapping[str, torch.Tensor], name: str) -> None:
