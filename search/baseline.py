@@ -110,7 +110,7 @@ def compare(best: TrialRow, baseline: str, rows: Sequence[TrialRow], metric: str
     by_point = {(r.augmentation, r.seed): r for r in rows if r.usable(metric)}
     chosen = [best] + [by_point[(best.augmentation, s)] for s in wanted[1:] if (best.augmentation, s) in by_point]
     recipe = [by_point[(baseline, s)] for s in wanted if (baseline, s) in by_point]
-    if best.augmentation == baseline:
+    if best.augmentation == baseline:  # nothing was trained: the comparison is the chosen trial with itself
         recipe = chosen
     return BaselineComparison(best.augmentation, baseline, metric,
                               [float(r.metric(metric)) for r in chosen], [float(r.metric(metric)) for r in recipe],

@@ -279,9 +279,8 @@ def stage_baseline(cfg: SweepConfig, state: SweepState, tracker: Tracker, teache
         return BaselineComparison.from_dict(state.baseline["comparison"])
     folder, seeds = job_dir(cfg), cfg.search.baseline_seeds
     first = cfg.seed if best.seed is None else int(best.seed)  # search trials train at the config's seed
-    points = [p for p in baseline_points(best, recipe, seeds, first)
-              if (p["augmentation"], p["seed"]) != (best.augmentation, first)]
-    points = list({(p["augmentation"], p["seed"]): p for p in points}.values())
+    # the chosen augmentation is the recipe itself: nothing to compare, nothing to train
+    points = [] if best.augmentation == recipe else baseline_points(best, recipe, seeds, first)
     if state.baseline is None:
         state.baseline = {"experiment": f"{state.ray_experiment}-baseline", "topups": [], "rows": None}
         state.save(folder)
