@@ -21,6 +21,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -68,8 +69,10 @@ class Regime:
         return "epoch_cpu_seconds" if "epoch_cpu_seconds" in self.curves else "epoch_seconds"
 
     def epoch_seconds(self) -> np.ndarray:
-        """[candidate] mean seconds of one epoch over the runs in the table."""
-        return np.nanmean(self.curves[self.seconds_curve], axis=(1, 2))
+        """[candidate] mean seconds of one epoch over the runs in the table (NaN: none ran)."""
+        with warnings.catch_warnings():  # a candidate not run yet has no seconds: NaN, quietly
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.nanmean(self.curves[self.seconds_curve], axis=(1, 2))
 
     def exhaustive_seconds(self) -> float:
         """One full-length run of every candidate at its mean per-epoch seconds."""

@@ -113,3 +113,32 @@ def test_learning_curve_table_builds_from_its_logs(tmp_path):
     assert r.proxy["t_stddev"][1, 0] == 0.02 and np.isnan(r.proxy["t_stddev"][0, 0])
     assert r.meta["proxy_seeds"] == [1] and r.proxy_seconds[1, 0] == 1.5
     assert table["spc50-r8"].ran().sum() == 0
+
+
+def test_policy_table_builds_from_its_logs_with_cpu_seconds(tmp_path):
+    """benchmarks/policy_table.py: 60 distinct candidates (the 15 recipes first, then the sampled
+    policies), and its logs -> a version-2 table whose replays charge the runs' CPU seconds."""
+    import json
+
+    import numpy as np
+
+    from augtune.search.learning_curves import load_table
+
+    pt = _load("policy_table")
+    ids = pt.candidates()
+    assert len(ids) == len(set(ids)) == 60 and ids[:15] == pt.recipes()
+    assert any("+" in c for c in ids[15:])
+    out = tmp_path / "logs"
+    out.mkdir()
+    epochs = 30
+    row = {"regime": "spc30-r8", "candidate": ids[20], "seed": 2, "seconds": 9.0,
+           "epoch_cpu_seconds": [0.25] * epochs,
+           **{m: [0.01 * e + i for e in range(epochs)] for i, m in enumerate(pt.CURVE_METRICS)}}
+    (out / "runs.jsonl").write_text(json.dumps(row) + "\n")
+    path = tmp_path / "p.json.gz"
+    pt.build(out, path)
+    table = load_table(path)
+    r = table["spc30-r8"]
+    assert r.ran().sum() == 1 and r.ran()[20, 2] and r.seconds_curve == "epoch_cpu_seconds"
+    assert r.epoch_seconds()[20] == 0.25  # CPU seconds, not the wall seconds curve
+    assert r.meta["fixed_recipes"] == pt.recipes()
