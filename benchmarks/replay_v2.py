@@ -36,6 +36,8 @@ PROTOCOL v2 (fixed in this script before any replay was run; do not change it af
   (ties: lower mean regret); if none qualifies, the one with the lowest mean (mean regret / noise).
   Beside it, the same rule over the fixed recipes, and whether the chosen search beats the
   better recipe by more than the noise in the majority of replays of either regime.
+- Descriptive, beside the decision: each proxy's Spearman with the candidates' mean test loss
+  (proxy means over proxy seeds; low-fidelity = 3-epoch validation loss), 95% seed bootstrap.
 Outputs: OUT/replay.json (every number), OUT/replay.md (tables and decision), OUT/REGIME.png.
 """
 from __future__ import annotations
@@ -110,6 +112,31 @@ def noise(regime) -> dict:
                                                                                 zip(regime.candidates, ok) if not good]}
 
 
+def proxy_correlations(regime, resamples: int = 1000, seed: int = 0) -> dict:
+    """Spearman between each proxy (mean over proxy seeds, oriented so + means the predicted
+    direction held) and the candidates' mean final test loss, with a 95% seed-bootstrap interval
+    (every candidate's seeds resampled); the low-fidelity score is the 3-epoch validation loss."""
+    from scipy.stats import spearmanr
+
+    from augtune.search.proxy import ZOO
+
+    final = regime.final("test_loss")
+    predictors = {name: (-1.0 if ZOO[name] == "lower" else 1.0) * np.nanmean(values, axis=1)
+                  for name, values in regime.proxy.items() if name in ZOO}
+    predictors["low_fidelity"] = -np.nanmean(regime.curves["val_loss"][:, :, 2], axis=1)
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, predicted in predictors.items():
+        point = -spearmanr(predicted, np.nanmean(final, axis=1)).statistic  # + : better predicted, lower loss
+        draws = []
+        for _ in range(resamples):
+            picks = rng.integers(0, final.shape[1], final.shape)
+            draws.append(-spearmanr(predicted, np.take_along_axis(final, picks, 1).mean(1)).statistic)
+        out[name] = {"spearman": float(point), "interval": [float(np.quantile(draws, 0.025)),
+                                                            float(np.quantile(draws, 0.975))]}
+    return out
+
+
 def complete(regime):
     """The regime restricted to the seeds every candidate has."""
     from augtune.search.learning_curves import Regime
@@ -151,7 +178,7 @@ def study(table: Path, out: Path) -> dict:
                   f"compute {rows[label]['compute']:.3f}  P>noise {rows[label]['p_regret_over_noise']:.2f}  "
                   f"beats recipe {rows[label]['share_beats_best_recipe']:.2f}", flush=True)
         results["regimes"][name] = {"seeds": regime.seeds, "candidates": len(regime.candidates), **level,
-                                    "strategies": rows}
+                                    "proxies": proxy_correlations(regime), "strategies": rows}
     results["decision"] = decide(results)
     return results
 
@@ -198,6 +225,10 @@ def markdown(results: dict) -> str:
             lines.append(f"| {label} | {s['compute']:.3f} | {s['mean_regret']:.4f} | [{s['interval'][0]:.4f}, "
                          f"{s['interval'][1]:.4f}] | {s['p_regret_over_noise']:.2f} | "
                          f"{s['share_beats_best_recipe']:.2f} | `{s['chosen_most']}` |")
+        lines += ["", "Each proxy against the candidates' mean test loss (Spearman, + = the predicted direction "
+                  "held; 95% seed bootstrap):", "", "| proxy | Spearman | interval |", "|---|---|---|"]
+        lines += [f"| {name} | {c['spearman']:+.3f} | [{c['interval'][0]:+.3f}, {c['interval'][1]:+.3f}] |"
+                  for name, c in r["proxies"].items()]
         lines.append("")
     d = results["decision"]
     lines += ["## Decision", "", f"- search strategy: **{d.get('search_strategy')}** ({d.get('how')})",
