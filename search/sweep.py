@@ -20,7 +20,7 @@ from augtune.search.proxy import ProxyScore, format_table
 from augtune.search.prune import AuditOutcome, proxy_cut, run_audit
 from augtune.search.sweep_format import TEST_SELECTION_WARNING, describe_best, format_audit, print_outcome
 from augtune.search.sweep_state import STATE_FILE, SweepState
-from augtune.search.tracking import BASELINE_TAG, BASELINE_VERDICT_TAG, Tracker
+from augtune.search.tracking import BASELINE_TAG, BASELINE_VERDICT_TAG, SUPERSEDED_TAG, TRIAL_TAG, Tracker
 from augtune.search.trials import TrialRow, pick_best
 from augtune.search.tuners import (SweepInterrupted, build_baseline_tuner, build_grid_tuner, build_tuner, collect_trials, fit_with_top_ups,
                                    grid_points, init_ray, method_trainable, missing_points, phase_results,
@@ -53,7 +53,6 @@ def log_best_student(cfg: SweepConfig, tracker: Tracker, parent: str, best: Tria
 
     import torch
 
-    from augtune.search.tracking import TRIAL_TAG
     from augtune.trainables.engine import save_checkpoint
     from augtune.trainables.tune import STATE_FILE as RUNNER_STATE_FILE
 
@@ -74,6 +73,17 @@ def log_best_student(cfg: SweepConfig, tracker: Tracker, parent: str, best: Tria
         student.load_state_dict(state["modules"]["model"])
         tracker.log_file(runs[0].info.run_id, save_checkpoint(Path(tmp) / "student.pt", student,
                                                               cfg.student.model, data))
+
+
+def supersede_forgotten(tracker: Tracker, parent: str, known_trial_ids: set) -> int:
+    """FINISHED trial runs of this sweep that no phase's results hold: Ray forgot them after they
+    finished (a restore from an older experiment state), and a top-up trained their work again.
+    Tagged superseded, so the sweep's one run per trial is what best and report rank."""
+    forgotten = [r for r in tracker.children(parent, "trial") if r.info.status == "FINISHED"
+                 and r.data.tags.get(TRIAL_TAG) not in known_trial_ids and SUPERSEDED_TAG not in r.data.tags]
+    for run in forgotten:
+        tracker.client.set_tag(run.info.run_id, SUPERSEDED_TAG, "true")
+    return len(forgotten)
 
 
 def close_orphans(tracker: Tracker, parent: str) -> int:
@@ -329,6 +339,8 @@ def stage_summarise(cfg: SweepConfig, state: SweepState, tracker: Tracker, grids
     close_orphans(tracker, parent)
     best = chosen_trial(cfg, state, grids)
     baseline_trials = [TrialRow.from_dict(row) for row in (state.baseline or {}).get("rows") or []]
+    audit_trials = [TrialRow.from_dict(row) for phase in state.audit_phases for row in phase.get("rows") or []]
+    supersede_forgotten(tracker, parent, {t.trial_id for t in [*trials, *audit_trials, *baseline_trials]})
     # full length = the longest trial (a multi-stage method counts its stages' epochs)
     full_epochs = max([t.epochs for t in trials] + [cfg.student.train.epochs])
     compute = compute_summary(trials, scores, state.survivors, state.audit_phases, full_epochs,

@@ -22,6 +22,9 @@ CANDIDATE_TAG = "augtune.candidate"
 PAIR_TAG = "augtune.pair"
 TRIAL_TAG = "augtune.trial_id"
 PHASE_TAG = "augtune.phase"  # search | audit | baseline
+# on a trial run Ray forgot after it finished (its work was trained again by a top-up): left out by
+# best and report, kept (nothing a user logged is lost)
+SUPERSEDED_TAG = "augtune.superseded"
 BASELINE_TAG = "augtune.baseline"  # on a sweep's parent run: the recipe its choice was compared with
 BASELINE_VERDICT_TAG = "augtune.baseline_verdict"  # the comparison's one line
 DIVERGED_TAG = "augtune.diverged"  # "true" on trials whose training loss became NaN or infinite

@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Iterable, Literal, Optional, Sequence
 
 from augtune.search.metric import metric_sign
-from augtune.search.tracking import CANDIDATE_TAG, PARENT_TAG, PHASE_TAG, STAGE_TAG, TRIAL_TAG, Tracker
+from augtune.search.tracking import (CANDIDATE_TAG, PARENT_TAG, PHASE_TAG, STAGE_TAG, SUPERSEDED_TAG, TRIAL_TAG,
+                                     Tracker)
 
 FINAL_METRICS = ("val_loss", "val_acc", "test_loss", "test_acc")
 # what Ray's trial config holds besides the sampled hyperparameters
@@ -100,6 +101,8 @@ def trial_rows(tracker: Tracker, parent_run_id: Optional[str] = None) -> list[Tr
     rows = []
     for run in tracker.runs(query):
         if run.data.tags.get(PHASE_TAG) == "baseline":  # the recipe baseline's runs compare, they are not chosen
+            continue
+        if SUPERSEDED_TAG in run.data.tags:  # Ray forgot it after it finished; a top-up trained it again
             continue
         metrics = run.data.metrics
         rows.append(TrialRow(augmentation=run.data.tags.get(CANDIDATE_TAG, "?"), run_id=run.info.run_id,

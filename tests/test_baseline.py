@@ -68,3 +68,26 @@ def test_pbt_explore_moves_a_policy_inside_the_space_and_clips_values():
     assert moved > 35
     without_space = ExploreInsideDomains({}, None)
     assert without_space({"augmentation": "cutmix(alpha=1.0)"})["augmentation"] == "cutmix(alpha=1.0)"
+
+
+def test_a_finished_run_ray_forgot_is_superseded_and_left_out_of_best(tmp_path):
+    """The sweep's summary tags FINISHED trial runs that no phase holds (Ray forgot them, a top-up
+    trained their work again): kept in MLflow, left out of best's rows."""
+    from augtune.search.sweep import supersede_forgotten
+    from augtune.search.tracking import SUPERSEDED_TAG, TRIAL_TAG, Tracker
+    from augtune.search.trials import trial_rows
+
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "forgot")
+    parent = tracker.start_run("sweep:x", "sweep")
+    ids = {}
+    for trial_id in ("kept", "forgotten", "running"):
+        run = tracker.start_run(f"trial:{trial_id}", "trial", parent, {TRIAL_TAG: trial_id, "augtune.candidate": "cutout"})
+        tracker.log(run, metrics={"final_val_loss": 0.3, "epochs_trained": 2})
+        if trial_id != "running":
+            tracker.end_run(run)
+        ids[trial_id] = run
+    assert supersede_forgotten(tracker, parent, {"kept", "running"}) == 1
+    assert SUPERSEDED_TAG in tracker.client.get_run(ids["forgotten"]).data.tags
+    assert tracker.client.get_run(ids["forgotten"]).info.status == "FINISHED"  # nothing logged is lost
+    assert [row.trial_id for row in trial_rows(tracker, parent)] == ["kept"]
+    assert supersede_forgotten(tracker, parent, {"kept", "running"}) == 0  # once

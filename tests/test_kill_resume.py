@@ -152,8 +152,9 @@ def test_a_killed_audit_still_compares_every_candidate_on_every_seed(tmp_path):
     finished, and its resume killed after the fourth with the audit grid's newest Ray state left
     empty: Ray then restores the grid from the first run's older state, beside the newer searcher
     state, and comes back short. After the last `--resume` the audit holds every (candidate, seed)
-    once: the lost points are topped up, not dropped from the comparison. (A point Ray forgot after
-    it had finished is trained again, so its first MLflow run stays beside the new one.)"""
+    once: the lost points are topped up, not dropped from the comparison. A point Ray forgot after
+    it had finished is trained again; its first MLflow run stays (nothing logged is lost), tagged
+    superseded, so exactly one FINISHED run per point counts, and best ranks each trial once."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     path = write_sweep_config(tmp_path, "kill", uri, max_concurrent=1,
                               prune={"mode": "top_k", "top_k": 3, "audit": 2, "audit_seeds": 2,
@@ -174,9 +175,15 @@ def test_a_killed_audit_still_compares_every_candidate_on_every_seed(tmp_path):
     audited = audit["kept"] + audit["sentinels"]
     assert len(audited) == 5 and all(len(audit["values"][c]) == 2 for c in audited), audit["values"]
     runs = [r for r in runs_by_stage(uri, "kill")["trial"] if r.data.tags.get("augtune.phase") == "audit"]
-    finished = {(r.data.tags["augtune.candidate"], r.data.params["seed"]) for r in runs if r.info.status == "FINISHED"}
-    assert finished == {(c, str(seed)) for c in audited for seed in (0, 1)}
+    counted = Counter((r.data.tags["augtune.candidate"], r.data.params["seed"]) for r in runs
+                      if r.info.status == "FINISHED" and "augtune.superseded" not in r.data.tags)
+    assert counted == Counter({(c, str(seed)): 1 for c in audited for seed in (0, 1)}), counted
     assert not [r for r in runs if r.info.status == "RUNNING"]
+    from augtune.search.tracking import Tracker
+    from augtune.search.trials import trial_rows
+
+    superseded = {r.info.run_id for r in runs if "augtune.superseded" in r.data.tags}
+    assert not superseded & {row.run_id for row in trial_rows(Tracker(uri, "kill"))}  # best ranks each point once
 
 
 def test_sigkill_of_a_trial_worker_continues_from_its_checkpoint(tmp_path):
