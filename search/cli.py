@@ -149,6 +149,28 @@ def _report(args) -> int:
     return 0
 
 
+def _replay(args) -> int:
+    from augtune.search.replay_protocol import (DEFAULT_RECIPES, Budget, TableError, load_for_study, markdown, study,
+                                                write_outputs)
+
+    table = Path(args.table)
+    output = Path(args.output) if args.output else Path("reports") / f"replay-{table.name.split('.')[0]}"
+    budget = Budget(args.replays, args.outer, args.inner)
+    if min(budget.replays, budget.outer, budget.inner) < 1:
+        print("augtune: error: --replays, --outer and --inner take positive numbers", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        results = study(load_for_study(table), args.recipes or DEFAULT_RECIPES, budget, source=str(table),
+                        progress=not args.no_progress)
+    except TableError as exc:
+        print(f"augtune: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    files = write_outputs(results, output)
+    print(markdown(results))
+    print(f"wrote {files['markdown']} and {files['json']}")
+    return 0
+
+
 def _overrides(args) -> dict:
     """--set key.path=value pairs; values are read as YAML (numbers, lists, booleans)."""
     out = {}
@@ -216,6 +238,17 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--sweep-run", help="one sweep's parent run id (default: the latest sweep of each pair)")
     report.add_argument("--output", help="folder for the files (default reports/EXPERIMENT)")
     report.set_defaults(handler=_report)
+
+    replay = sub.add_parser("replay", help="which search strategy pays on a learning-curve table (protocol v2)")
+    replay.add_argument("table", help="a learning-curve table (format augtune-learning-curves, >= 3 seeds)")
+    replay.add_argument("--recipes", nargs="+", metavar="ID",
+                        help="the fixed recipes to beat (default: CutMixPick keep 0.5 and TrivialAugment)")
+    replay.add_argument("--replays", type=int, default=200, help="replays per strategy and regime")
+    replay.add_argument("--outer", type=int, default=40, help="seed resamples of the two-level bootstrap")
+    replay.add_argument("--inner", type=int, default=25, help="replays per seed resample")
+    replay.add_argument("--output", help="folder for replay.md/json and the plots (default reports/replay-TABLE)")
+    replay.add_argument("--no-progress", action="store_true", help="no per-strategy lines")
+    replay.set_defaults(handler=_replay)
     return parser
 
 

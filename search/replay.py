@@ -183,6 +183,21 @@ def successive_halving(min_epochs: int, eta: int = 3, enter: Optional[int] = Non
     return run
 
 
+def random_successive_halving(n: int, min_epochs: int, eta: int = 3) -> Strategy:
+    """Synchronous successive halving over a random sample of n candidates (same rule as
+    successive_halving: keep the best ceil(n / eta) at each rung, epochs x eta up to full length)."""
+    def run(world: World) -> str:
+        pool = [str(c) for c in world.rng.choice(world.regime.candidates, size=min(n, len(world.regime.candidates)),
+                                                  replace=False)]
+        epochs, full, sign = min_epochs, world.regime.epochs, metric_sign(world.metric)
+        while epochs < full and len(pool) > 1:
+            values = {c: world.train(c, epochs) for c in pool}
+            pool = sorted(pool, key=lambda c: (sign * values[c], c))[:max(1, math.ceil(len(pool) / eta))]
+            epochs *= eta
+        return world.best_of({c: world.train(c) for c in pool})
+    return run
+
+
 def asha(grace_period: int, reduction_factor: float = 3, workers: int = 2, order: str = "random",
          score: str = "t_stddev", enter: Optional[int] = None) -> Strategy:
     """Ray Tune's AsyncHyperBandScheduler over one trial per candidate, driven with the table's

@@ -235,3 +235,46 @@ def test_combined_proxies_and_learned_weights():
     # final val losses 0.40 0.30 0.20 0.35: kl alone explains little, t_stddev points the wrong way
     weights = learn_proxy_weights(regime, ["t_stddev", "kl"])
     assert weights["t_stddev"] < 0  # better t_stddev predicted worse students here: learned as such
+
+
+def _fixture_table(tmp_path, seeds=4, name="t.json.gz"):
+    regime = fixture_regime(ASHA_VAL, TEST_FINAL, seeds=seeds, proxy={
+        "t_stddev": [0.1, 0.2, 0.3, 0.4], "entropy": [0.5, 0.4, 0.3, 0.2], "kl": [0.1, 0.3, 0.2, 0.4],
+        "agreement": [0.9, 0.8, 0.7, 0.6], "accuracy": [0.9, 0.9, 0.8, 0.7]})
+    regime.curves["test_loss"][:, :, -1] += np.random.default_rng(0).normal(0, 0.01, (4, seeds))
+    return write_table(tmp_path / name, {"one": regime, "two": regime}, protocol="test")
+
+
+def test_replay_command_runs_the_protocol_on_any_table(tmp_path, capsys):
+    from augtune.search.cli import main
+
+    table = _fixture_table(tmp_path)
+    out = tmp_path / "out"
+    assert main(["replay", str(table), "--recipes", "a", "d", "--replays", "6", "--outer", "2", "--inner", "3",
+                 "--output", str(out), "--no-progress"]) == 0
+    results = json.loads((out / "replay.json").read_text())
+    assert set(results["regimes"]) == {"one", "two"} and results["recipes"] == ["a", "d"]
+    rows = results["regimes"]["one"]["strategies"]
+    assert {"fixed a", "fixed d", "exhaustive", "TPE + ASHA 18", "learned combo top3"} <= set(rows)
+    # exhaustive always finds c (val and test agree in the fixture): no regret, beats both recipes
+    assert rows["exhaustive"]["mean_regret"] == pytest.approx(0.0, abs=0.03)
+    assert rows["fixed a"]["compute"] == pytest.approx(0.25)  # one of four equal-cost candidates
+    assert results["decision"]["search_strategy"] in rows
+    assert (out / "one.png").is_file() and "Decision" in (out / "replay.md").read_text()
+
+
+@pytest.mark.parametrize("change, text", [
+    ("seeds", "needs at least 3"), ("version", "version 99"), ("recipes", "no candidate 'zzz'")])
+def test_replay_command_refuses_tables_it_cannot_use(tmp_path, capsys, change, text):
+    from augtune.search.cli import main
+
+    table = _fixture_table(tmp_path, seeds=2 if change == "seeds" else 4)
+    if change == "version":
+        document = json.loads(gzip.decompress(table.read_bytes()))
+        document["version"] = 99
+        table.write_bytes(gzip.compress(json.dumps(document).encode()))
+    recipes = ["zzz"] if change == "recipes" else ["a"]
+    out = tmp_path / "out"
+    assert main(["replay", str(table), "--recipes", *recipes, "--output", str(out), "--no-progress"]) == 2
+    assert text in capsys.readouterr().err
+    assert not out.exists()
