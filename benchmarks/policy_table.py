@@ -2,7 +2,8 @@
 (spaces/policies.py) and the fixed recipes of the first table, every one x every student seed
 trained in full, per-epoch curves and per-epoch seconds, the proxy zoo from several proxy seeds.
 Resumable: each finished run is one line of OUT/runs.jsonl, each proxy set one line of
-OUT/proxy.jsonl; `build` writes the compact table.
+OUT/proxy.jsonl; `build` writes the compact table. On a machine without OUT's logs, the runs and
+proxy scores the committed table holds count as done (rebuilt from it), so the study continues.
 
     .venv/bin/python benchmarks/policy_table.py students [--out runs/policy-table] [--workers 2]
     .venv/bin/python benchmarks/policy_table.py proxy    [--out runs/policy-table]
@@ -102,11 +103,36 @@ def _run_student(job: tuple[str, str, int, str, str]) -> dict:
             "epoch_cpu_seconds": cpu, **{m: [row[m] for row in history] for m in CURVE_METRICS}}
 
 
+def committed_runs(table: Path = TABLE) -> list[dict]:
+    """The runs the committed table already holds, as log rows: a study continued on another machine
+    (runs/ is not committed) picks up where the last build left it."""
+    from augtune.search.learning_curves import load_table
+
+    if not table.is_file():
+        return []
+    rows = []
+    for name, regime in load_table(table).items():
+        ran = regime.ran()
+        for c, candidate in enumerate(regime.candidates):
+            for s, seed in enumerate(regime.seeds):
+                if ran[c, s]:
+                    rows.append({"regime": name, "candidate": candidate, "seed": seed, "from_table": True,
+                                 **{m: [float(v) for v in regime.curves[m][c, s]] for m in regime.curves}})
+    return rows
+
+
+def logged_runs(out: Path) -> list[dict]:
+    """OUT/runs.jsonl, and the committed table's runs that the log does not hold."""
+    rows = lc_table.read_jsonl(out / "runs.jsonl")
+    logged = {(r["regime"], r["candidate"], r["seed"]) for r in rows}
+    return rows + [r for r in committed_runs() if (r["regime"], r["candidate"], r["seed"]) not in logged]
+
+
 def students(out: Path, workers: int) -> None:
     log = out / "runs.jsonl"
     teachers = {r: lc_table.teacher_for(r, out)["path"] for r in REGIMES}
     jobs = [(r, c, seed, teachers[r], str(out)) for seed in SEEDS for r in REGIMES for c in candidates()]
-    done = {(row["regime"], row["candidate"], row["seed"]) for row in lc_table.read_jsonl(log)}
+    done = {(row["regime"], row["candidate"], row["seed"]) for row in logged_runs(out)}
     todo = [job for job in jobs if job[:3] not in done]
     print(f"{len(todo)} student runs to do ({len(jobs) - len(todo)} of {len(jobs)} logged)", flush=True)
     if not todo:
@@ -162,6 +188,29 @@ def proxy(out: Path) -> None:
             print(f"proxy {regime} seed {seed}: {sum(row['seconds'].values()):.1f} s", flush=True)
 
 
+def committed_teacher(regime: str, table: Path = TABLE) -> dict:
+    """The teacher record the committed table holds (a continued study retrains the teacher, seed 0,
+    and its own record then sits in OUT: compare the two test losses to see that it is the same)."""
+    from augtune.search.learning_curves import load_table
+
+    if not table.is_file():
+        return {}
+    return dict(load_table(table)[regime].meta.get("teacher") or {})
+
+
+def committed_proxy_rows(table: Path = TABLE) -> list[dict]:
+    from augtune.search.learning_curves import load_table
+
+    rows = []
+    for name, regime in load_table(table).items():
+        for p, proxy_seed in enumerate(regime.meta.get("proxy_seeds", [])):
+            rows.append({"regime": name, "proxy_seed": proxy_seed,
+                         "scores": {c: {k: float(v[i, p]) for k, v in regime.proxy.items()}
+                                    for i, c in enumerate(regime.candidates)},
+                         "seconds": {c: float(regime.proxy_seconds[i, p]) for i, c in enumerate(regime.candidates)}})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("part", choices=("students", "proxy", "build", "list"))
@@ -188,7 +237,9 @@ def build(out: Path, table: Path) -> None:
 
     from augtune.search.learning_curves import Regime, write_table
 
-    runs, proxies = lc_table.read_jsonl(out / "runs.jsonl"), lc_table.read_jsonl(out / "proxy.jsonl")
+    runs, proxies = logged_runs(out), lc_table.read_jsonl(out / "proxy.jsonl")
+    if not proxies and TABLE.is_file():  # the committed table's proxy scores, when this machine has no log
+        proxies = committed_proxy_rows()
     ids = candidates()
     fixed = recipes()
     regimes = {}
@@ -211,7 +262,7 @@ def build(out: Path, table: Path) -> None:
         seconds = (np.array([[r["seconds"].get(c, nan) for r in proxy_rows] for c in ids], dtype=float)
                    if proxy_rows else None)
         teacher_file = out / f"teacher-{lc_table.data_key(regime)}.json"
-        teacher = json.loads(teacher_file.read_text()) if teacher_file.is_file() else {}
+        teacher = json.loads(teacher_file.read_text()) if teacher_file.is_file() else committed_teacher(regime)
         meta = {"overrides": lc_table.REGIMES[regime], "proxy_seeds": [r["proxy_seed"] for r in proxy_rows],
                 "teacher": {k: teacher.get(k) for k in ("seconds", "train_images", "test", "val")},
                 "fixed_recipes": fixed, "policy_sample": {"count": POLICY_COUNT, "seed": POLICY_SEED},
