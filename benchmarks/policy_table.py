@@ -43,6 +43,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lc_table  # noqa: E402  (the first table's regimes, teachers and logs)
@@ -103,11 +104,12 @@ def _run_student(job: tuple[str, str, int, str, str]) -> dict:
             "epoch_cpu_seconds": cpu, **{m: [row[m] for row in history] for m in CURVE_METRICS}}
 
 
-def committed_runs(table: Path = TABLE) -> list[dict]:
+def committed_runs(table: Optional[Path] = None) -> list[dict]:
     """The runs the committed table already holds, as log rows: a study continued on another machine
     (runs/ is not committed) picks up where the last build left it."""
     from augtune.search.learning_curves import load_table
 
+    table = table or TABLE
     if not table.is_file():
         return []
     rows = []
@@ -188,21 +190,22 @@ def proxy(out: Path) -> None:
             print(f"proxy {regime} seed {seed}: {sum(row['seconds'].values()):.1f} s", flush=True)
 
 
-def committed_teacher(regime: str, table: Path = TABLE) -> dict:
+def committed_teacher(regime: str, table: Optional[Path] = None) -> dict:
     """The teacher record the committed table holds (a continued study retrains the teacher, seed 0,
     and its own record then sits in OUT: compare the two test losses to see that it is the same)."""
     from augtune.search.learning_curves import load_table
 
+    table = table or TABLE
     if not table.is_file():
         return {}
     return dict(load_table(table)[regime].meta.get("teacher") or {})
 
 
-def committed_proxy_rows(table: Path = TABLE) -> list[dict]:
+def committed_proxy_rows(table: Optional[Path] = None) -> list[dict]:
     from augtune.search.learning_curves import load_table
 
     rows = []
-    for name, regime in load_table(table).items():
+    for name, regime in load_table(table or TABLE).items():
         for p, proxy_seed in enumerate(regime.meta.get("proxy_seeds", [])):
             rows.append({"regime": name, "proxy_seed": proxy_seed,
                          "scores": {c: {k: float(v[i, p]) for k, v in regime.proxy.items()}

@@ -115,7 +115,7 @@ def test_learning_curve_table_builds_from_its_logs(tmp_path):
     assert table["spc50-r8"].ran().sum() == 0
 
 
-def test_policy_table_builds_from_its_logs_with_cpu_seconds(tmp_path):
+def test_policy_table_builds_from_its_logs_with_cpu_seconds(tmp_path, monkeypatch):
     """benchmarks/policy_table.py: 60 distinct candidates (the 15 recipes first, then the sampled
     policies), and its logs -> a version-2 table whose replays charge the runs' CPU seconds."""
     import json
@@ -125,6 +125,7 @@ def test_policy_table_builds_from_its_logs_with_cpu_seconds(tmp_path):
     from augtune.search.learning_curves import load_table
 
     pt = _load("policy_table")
+    monkeypatch.setattr(pt, "TABLE", tmp_path / "no-committed-table.json.gz")  # the logs alone
     ids = pt.candidates()
     assert len(ids) == len(set(ids)) == 60 and ids[:15] == pt.recipes()
     assert any("+" in c for c in ids[15:])
