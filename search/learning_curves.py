@@ -80,14 +80,7 @@ class Regime:
 
     def seed_sd(self, metric: str = "test_loss") -> float:
         """Pooled within-candidate standard deviation of the final metric over seeds."""
-        values = self.final(metric)
-        squares, dof = 0.0, 0
-        for row in values:
-            row = row[~np.isnan(row)]
-            if len(row) > 1:
-                squares += float(((row - row.mean()) ** 2).sum())
-                dof += len(row) - 1
-        return math.sqrt(squares / dof) if dof else float("nan")
+        return pooled_seed_sd(self.final(metric))
 
     # -- serialisation
     def to_document(self) -> dict[str, Any]:
@@ -135,6 +128,17 @@ class Regime:
         meta = {k: v for k, v in doc.items() if k not in ("epochs", "candidates", "seeds", "curves", "proxy",
                                                           "proxy_seconds")}
         return cls(name, candidates, seeds, epochs, curves, proxy, proxy_seconds, meta)
+
+
+def pooled_seed_sd(values: np.ndarray) -> float:
+    """Pooled within-row standard deviation of [candidate, seed] values (NaN: not run)."""
+    squares, dof = 0.0, 0
+    for row in values:
+        row = row[~np.isnan(row)]
+        if len(row) > 1:
+            squares += float(((row - row.mean()) ** 2).sum())
+            dof += len(row) - 1
+    return math.sqrt(squares / dof) if dof else float("nan")
 
 
 def write_table(path: Union[str, Path], regimes: dict[str, Regime], **header: Any) -> Path:

@@ -12,7 +12,6 @@ the decision: the cheapest search strategy within noise in every regime.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from augtune.search import replay as replaying
-from augtune.search.learning_curves import Regime, load_table
+from augtune.search.learning_curves import Regime, load_table, pooled_seed_sd
 from augtune.search.proxy import ZOO
 
 SEARCH_SEEDS = 2
@@ -66,16 +65,7 @@ def noise(regime) -> dict:
     means = np.nanmean(final, axis=1)
     ok = means <= FAILED_FACTOR * np.nanmin(means)
 
-    def pooled(rows):
-        squares, dof = 0.0, 0
-        for row in rows:
-            row = row[~np.isnan(row)]
-            if len(row) > 1:
-                squares += float(((row - row.mean()) ** 2).sum())
-                dof += len(row) - 1
-        return math.sqrt(squares / dof) if dof else float("nan")
-
-    return {"noise": pooled(final[ok]), "all_candidates": pooled(final), "failed": [c for c, good in
+    return {"noise": pooled_seed_sd(final[ok]), "all_candidates": pooled_seed_sd(final), "failed": [c for c, good in
                                                                                 zip(regime.candidates, ok) if not good]}
 
 
