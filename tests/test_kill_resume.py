@@ -56,14 +56,14 @@ def _logged_epochs(uri: str) -> int:
         return 0
 
 
-def _kill_when(proc, ready, timeout=300) -> None:
+def _kill_when(proc, ready, timeout=300, moment="the kill point") -> None:
     """SIGKILL the driver and every process it started (its local Ray), at once, when ready()."""
     import psutil
 
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None and not ready():
         time.sleep(0.1)
-    assert proc.poll() is None, "the sweep ended before the kill point"
+    assert proc.poll() is None, f"the sweep ended before {moment}"
     tree = psutil.Process(proc.pid).children(recursive=True)
     os.killpg(proc.pid, signal.SIGKILL)
     for child in tree:  # Ray's own processes may sit in other sessions: only the ones this sweep started
@@ -233,9 +233,12 @@ PBT_INTERVAL = 3
 
 
 def _pbt_config(tmp_path: Path, uri: str) -> Path:
-    """4 members of one candidate (no proxy to wait for), perturbed every 3 of 9 epochs."""
+    """4 members of one candidate (no proxy to wait for), perturbed every 3 of 9 epochs. All four
+    run at once (half a CPU each): with two at a time, the first pair can finish before the second
+    starts, and Ray's PBT ranks only running members, so a whole run could pass without an exploit."""
     path = write_sweep_config(
         tmp_path, "kill", uri, num_samples=4, prune={"mode": "fixed", "candidate": "cutmix"},
+        max_concurrent=4, resources={"cpu": 0.5, "gpu": 0},
         scheduler={"kind": "pbt", "perturbation_interval": PBT_INTERVAL, "quantile_fraction": 0.5,
                    "resample_probability": 0.5},
         hyperparameters={"lr": {"loguniform": [0.02, 0.1]}, "cutmix.alpha": {"uniform": [0.2, 2.0]}})
@@ -267,16 +270,16 @@ def test_pbt_sweep_survives_sigkill_at_several_moments(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     path = _pbt_config(tmp_path, uri)
     experiments = tmp_path / "runs" / "kill" / "ray"
-    moments = [lambda: _furthest_epoch(experiments) >= PBT_INTERVAL - 1,  # before the first perturbation
-               lambda: _exploited(experiments),  # Ray's PBT logged an exploit
-               lambda: _furthest_epoch(experiments) >= PBT_EPOCHS - 1]  # near the end
+    moments = {"before the first perturbation": lambda: _furthest_epoch(experiments) >= PBT_INTERVAL - 1,
+               "an exploit": lambda: _exploited(experiments),  # Ray's PBT logs a line for each
+               "the end": lambda: _furthest_epoch(experiments) >= PBT_EPOCHS - 1}
     logs = []
-    for attempt, moment in enumerate(moments):
+    for attempt, (moment, ready) in enumerate(moments.items()):
         logs.append(tmp_path / f"attempt{attempt}.log")
         proc = subprocess.Popen([*AUGTUNE, "sweep", str(path), "--no-progress", *(["--resume"] if attempt else [])],
                                 cwd=tmp_path, env=_env(), stdout=open(logs[-1], "w"), stderr=subprocess.STDOUT,
                                 start_new_session=True)
-        _kill_when(proc, moment)
+        _kill_when(proc, ready, moment=moment)
     done = subprocess.run([*AUGTUNE, "sweep", str(path), "--resume", "--no-progress"], cwd=tmp_path, env=_env(),
                           capture_output=True, text=True, timeout=600)
     output = "".join(log.read_text() for log in logs[1:]) + done.stdout + done.stderr
