@@ -67,9 +67,9 @@ def augmentation_table(device: torch.device, batch: int, side: int, repeats: int
 
 def proxy_vs_epoch(device: torch.device) -> list[tuple]:
     """Proxy seconds per candidate (official 10 passes and a 3-pass early stop) vs one KD epoch."""
-    from augtune.search.config import SweepConfig
-    from augtune.search.proxy import score_candidates
-    from augtune.search.teacher import train_teacher
+    from augtune.search.sweep_config import SweepConfig
+    from augtune.search.selection.proxy import score_candidates
+    from augtune.search.standalone.teacher import train_teacher
     from augtune.spaces.candidates import parse_candidate
     from augtune.trainables.data import load_data
     from augtune.trainables.engine import load_checkpoint

@@ -44,7 +44,7 @@ def synthetic_bundle(images: int, side: int, classes: int = 100):
 
 
 def kd_runner(args, device: torch.device, folder: Path, *, augmentation="identity", two_views=False):
-    from augtune.trainables.config import DistillConfig
+    from augtune.trainables.experiment_config import DistillConfig
     from augtune.trainables.engine import save_checkpoint
     from augtune.trainables.kd import KDRunner
     from augtune.trainables.models import build_model
@@ -197,8 +197,8 @@ def packing(args, device: torch.device, counts: list[int]) -> list[tuple[int, fl
 
 
 def proxy_seconds_per_candidate(device: torch.device, passes: int) -> float:
-    from augtune.search.config import load_config
-    from augtune.search.proxy import score_candidates
+    from augtune.search.sweep_config import load_config
+    from augtune.search.selection.proxy import score_candidates
     from augtune.trainables.data import load_data
     from augtune.trainables.models import build_model
 

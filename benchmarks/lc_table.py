@@ -63,7 +63,7 @@ def data_key(regime: str) -> str:
 def regime_config(regime: str, out: Path, seed: int = 0):
     import yaml
 
-    from augtune.search.config import load_config
+    from augtune.search.sweep_config import load_config
 
     base = yaml.safe_load(BASE_CONFIG.read_text())
     candidates = base["space"]["candidates"] + EXTRA_CANDIDATES
@@ -102,7 +102,7 @@ def teacher_for(regime: str, out: Path) -> dict:
     cache = out / f"teacher-{data_key(regime)}.json"
     if cache.is_file():
         return json.loads(cache.read_text())
-    from augtune.search.teacher import obtain_teacher
+    from augtune.search.standalone.teacher import obtain_teacher
     from augtune.trainables.data import load_data
     from augtune.trainables.engine import evaluate_split, resolve_device
 
@@ -162,7 +162,7 @@ def proxy(out: Path, regimes: list[str]) -> None:
     """Every proxy of the zoo for every candidate and proxy seed, from the config's proxy settings."""
     import torch
 
-    from augtune.search.proxy import score_candidates
+    from augtune.search.selection.proxy import score_candidates
     from augtune.trainables.data import load_data
     from augtune.trainables.engine import load_checkpoint, resolve_device
 
@@ -191,10 +191,10 @@ def proxy(out: Path, regimes: list[str]) -> None:
 # ---------------------------------------------------------------- the compact table
 
 def build(out: Path, table: Path) -> None:
-    """OUT's logs -> the compact table (format: augtune/search/learning_curves.py)."""
+    """OUT's logs -> the compact table (format: augtune/search/tables/learning_curves.py)."""
     import numpy as np
 
-    from augtune.search.learning_curves import Regime, write_table
+    from augtune.search.tables.learning_curves import Regime, write_table
 
     runs, proxies = read_jsonl(out / "runs.jsonl"), read_jsonl(out / "proxy.jsonl")
     regimes = {}

@@ -14,7 +14,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from augtune.search.config import load_config
+from augtune.search.sweep_config import load_config
 from augtune.trainables.runner import run_to_completion
 from augtune.trainables.sla import SLARunner
 from augtune.trainables.ssd import SSDChainRunner

@@ -29,8 +29,8 @@ ARMS = {"pbt": {}, "fixed": {"search.scheduler.kind": "fifo", "search.algorithm"
 
 
 def run_arm(arm: str, seed: int, out: Path) -> dict:
-    from augtune.search.config import load_config
-    from augtune.search.sweep import run_sweep
+    from augtune.search.sweep_config import load_config
+    from augtune.search.sweep.driver import run_sweep
 
     overrides = {"output_dir": str(out / "runs"), "tracking.uri": f"sqlite:///{out / 'mlflow.db'}",
                  "tracking.experiment": f"{arm}-seed{seed}", "search.seed": seed, **ARMS[arm]}

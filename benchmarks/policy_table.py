@@ -58,7 +58,7 @@ CURVE_METRICS = ("val_loss", "val_acc", "test_loss", "test_acc", "epoch_seconds"
 
 
 def recipes() -> list[str]:
-    from augtune.search.learning_curves import load_table
+    from augtune.search.tables.learning_curves import load_table
 
     return list(load_table(lc_table.TABLE)[REGIMES[0]].candidates)
 
@@ -107,7 +107,7 @@ def _run_student(job: tuple[str, str, int, str, str]) -> dict:
 def committed_runs(table: Optional[Path] = None) -> list[dict]:
     """The runs the committed table already holds, as log rows: a study continued on another machine
     (runs/ is not committed) picks up where the last build left it."""
-    from augtune.search.learning_curves import load_table
+    from augtune.search.tables.learning_curves import load_table
 
     table = table or TABLE
     if not table.is_file():
@@ -157,7 +157,7 @@ def students(out: Path, workers: int) -> None:
 def proxy(out: Path) -> None:
     import torch
 
-    from augtune.search.proxy import score_candidates
+    from augtune.search.selection.proxy import score_candidates
     from augtune.spaces.candidates import parse_candidate
     from augtune.trainables.data import load_data
     from augtune.trainables.engine import load_checkpoint, resolve_device
@@ -193,7 +193,7 @@ def proxy(out: Path) -> None:
 def committed_teacher(regime: str, table: Optional[Path] = None) -> dict:
     """The teacher record the committed table holds (a continued study retrains the teacher, seed 0,
     and its own record then sits in OUT: compare the two test losses to see that it is the same)."""
-    from augtune.search.learning_curves import load_table
+    from augtune.search.tables.learning_curves import load_table
 
     table = table or TABLE
     if not table.is_file():
@@ -202,7 +202,7 @@ def committed_teacher(regime: str, table: Optional[Path] = None) -> dict:
 
 
 def committed_proxy_rows(table: Optional[Path] = None) -> list[dict]:
-    from augtune.search.learning_curves import load_table
+    from augtune.search.tables.learning_curves import load_table
 
     rows = []
     for name, regime in load_table(table or TABLE).items():
@@ -235,10 +235,10 @@ def main() -> None:
 
 
 def build(out: Path, table: Path) -> None:
-    """OUT's logs -> the compact table (format: augtune/search/learning_curves.py, version 2)."""
+    """OUT's logs -> the compact table (format: augtune/search/tables/learning_curves.py, version 2)."""
     import numpy as np
 
-    from augtune.search.learning_curves import Regime, write_table
+    from augtune.search.tables.learning_curves import Regime, write_table
 
     runs, proxies = logged_runs(out), lc_table.read_jsonl(out / "proxy.jsonl")
     if not proxies and TABLE.is_file():  # the committed table's proxy scores, when this machine has no log

@@ -31,8 +31,8 @@ def main() -> None:
     parser.add_argument("--side", type=int, default=16, help="image side (the embedded default is 16)")
     args = parser.parse_args()
 
-    from augtune.search.config import load_config
-    from augtune.search.proxy import score_candidates
+    from augtune.search.sweep_config import load_config
+    from augtune.search.selection.proxy import score_candidates
     from augtune.trainables.data import load_data
     from augtune.trainables.engine import save_checkpoint
     from augtune.trainables.kd import KDRunner

@@ -62,7 +62,7 @@ def data_key(regime: str) -> str:
 
 
 def regime_config(regime: str, out: Path, seed: int = 0):
-    from augtune.search.config import load_config
+    from augtune.search.sweep_config import load_config
 
     return load_config(BASE_CONFIG, {**REGIMES[regime], "seed": seed, "output_dir": str(out / "work"),
                                      "name": data_key(regime)})
@@ -75,8 +75,8 @@ def prepare(regime: str, out: Path) -> dict:
     cache = out / f"proxy-{data_key(regime)}.json"
     if cache.is_file():
         return json.loads(cache.read_text())
-    from augtune.search.proxy import score_candidates
-    from augtune.search.teacher import obtain_teacher
+    from augtune.search.selection.proxy import score_candidates
+    from augtune.search.standalone.teacher import obtain_teacher
     from augtune.trainables.data import load_data
     from augtune.trainables.engine import evaluate_split, resolve_device
 
@@ -141,7 +141,7 @@ def read_log(log: Path) -> list[dict]:
 # ---------------------------------------------------------------- statistics
 
 def regime_stats(regime: str, rows: list[dict], proxy: dict, full: bool) -> dict:
-    from augtune.search.trust import noise_ceiling, seed_bootstrap, separability, topk_regret
+    from augtune.search.selection.trust import noise_ceiling, seed_bootstrap, separability, topk_regret
 
     by_candidate: dict[str, list[dict]] = {}
     for r in rows:
@@ -161,7 +161,7 @@ def regime_stats(regime: str, rows: list[dict], proxy: dict, full: bool) -> dict
         out[f"{split}_noise_ceiling"] = noise_ceiling(sep)
         out[f"{split}_between_sd"], out[f"{split}_within_sd"] = sep.between_sd, sep.within_sd
         if full or len(candidates) >= 4:
-            from augtune.search.report import correlate
+            from augtune.search.results.report import correlate
 
             t = [proxy["scores"][c] for c in candidates]
             means = [statistics.mean(g) for g in groups]

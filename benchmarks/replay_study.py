@@ -49,7 +49,7 @@ TODAY = "audit t_stddev top3"
 
 
 def strategies(regime) -> dict:
-    from augtune.search import replay as r
+    from augtune.search.tables import replay as r
 
     out = {"exhaustive": r.exhaustive()}
     out.update({f"random {k}": r.random_k(k) for k in range(1, 6)})
@@ -78,8 +78,8 @@ def replayable(regime) -> tuple[bool, int]:
 
 
 def run(table: Path, out: Path, replays: int) -> dict:
-    from augtune.search.learning_curves import load_table
-    from augtune.search.replay import replay
+    from augtune.search.tables.learning_curves import load_table
+    from augtune.search.tables.replay import replay
 
     regimes = load_table(table)
     results: dict = {"table": str(table.relative_to(ROOT) if table.is_relative_to(ROOT) else table),

@@ -1,7 +1,7 @@
 """Replay protocol v2: does a search of the *policy space* pay, against the recipe one would use?
 Strategies replayed against the policy table (benchmarks/policy_table.py) through the project's
 own decision code, Ray's ASHA scheduler object and Optuna's TPE; the study itself is
-augtune.search.replay_protocol (`augtune replay TABLE` on any table), this file fixes its protocol
+augtune.search.tables.replay_protocol (`augtune replay TABLE` on any table), this file fixes its protocol
 for the shipped table.
 
     .venv/bin/python benchmarks/replay_v2.py [--table benchmarks/tables/digits-kd-policies.json.gz]
@@ -18,7 +18,7 @@ PROTOCOL v2 (fixed in this script before any replay was run; do not change it af
 - Noise of a regime (the rule, stated before looking): the pooled within-candidate seed sd of
   final test loss over the candidates that did not fail, where a candidate failed when its mean
   final test loss exceeds twice the best candidate's. The all-candidate figure is reported beside.
-- Intervals: two-level bootstrap (search/replay.py two_level_bootstrap): 40 resamples of every
+- Intervals: two-level bootstrap (search/tables/replay.py two_level_bootstrap): 40 resamples of every
   candidate's seeds, in each 25 replays resampled; 95% percentile interval of the mean regret.
 - P(regret > noise) over the 200 replays; and the share of replays in which the chosen candidate
   beats the better of the two fixed recipes (CutMixPick keep 0.5, TrivialAugment) by more than the
@@ -54,7 +54,7 @@ RECIPES = ("cutmix_pick(entropy=teacher,pool=2,keep=0.5)", "trivialaugment")
 
 
 def main() -> None:
-    from augtune.search.replay_protocol import Budget, load_for_study, markdown, study, write_outputs
+    from augtune.search.tables.replay_protocol import Budget, load_for_study, markdown, study, write_outputs
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--table", default=str(TABLE))

@@ -31,9 +31,9 @@ def main() -> None:
 
     import torch
 
-    from augtune.search.config import load_config
-    from augtune.search.proxy import ForwardCounts, score_candidates
-    from augtune.search.teacher import obtain_teacher
+    from augtune.search.sweep_config import load_config
+    from augtune.search.selection.proxy import ForwardCounts, score_candidates
+    from augtune.search.standalone.teacher import obtain_teacher
     from augtune.spaces.policies import DEFAULT_POLICY_SPACE
     from augtune.trainables.data import load_data
     from augtune.trainables.kd import KDRunner

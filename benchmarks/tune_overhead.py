@@ -31,8 +31,8 @@ def main() -> None:
     import torch
     from ray import tune
 
-    from augtune.search.config import load_config
-    from augtune.search.tuners import build_grid_tuner
+    from augtune.search.sweep_config import load_config
+    from augtune.search.sweep.tuners import build_grid_tuner
     from augtune.trainables.data import load_data
     from augtune.trainables.engine import save_checkpoint
     from augtune.trainables.models import build_model

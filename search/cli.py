@@ -11,9 +11,9 @@ EXIT_BAD_INPUT = 2
 
 
 def _train_teacher(args) -> int:
-    from augtune.search.config import load_config
-    from augtune.search.jobs import load_checked_data
-    from augtune.search.teacher import default_teacher_path, train_teacher
+    from augtune.search.sweep_config import load_config
+    from augtune.search.standalone.proxy_job import load_checked_data
+    from augtune.search.standalone.teacher import default_teacher_path, train_teacher
     from augtune.trainables.engine import evaluate_split, load_checkpoint, resolve_device
 
     cfg = load_config(args.config, _overrides(args))
@@ -32,13 +32,13 @@ def _train_teacher(args) -> int:
 
 
 def _train_method(args) -> int:
-    from augtune.search.config import load_config
-    from augtune.search.single import run_folder, train_single
+    from augtune.search.sweep_config import load_config
+    from augtune.search.standalone.single_run import run_folder, train_single
 
     cfg = load_config(args.config, _overrides(args))
     if args.threads is not None:
         if args.threads < 1:
-            from augtune.search.config import ConfigError
+            from augtune.search.sweep_config import ConfigError
             raise ConfigError(f"--threads: give a positive number, got {args.threads}")
         import torch
         torch.set_num_threads(args.threads)  # a trial's thread count reproduces its numbers exactly on CPU
@@ -50,8 +50,8 @@ def _train_method(args) -> int:
 
 
 def _proxy(args) -> int:
-    from augtune.search.config import load_config
-    from augtune.search.jobs import proxy_command
+    from augtune.search.sweep_config import load_config
+    from augtune.search.standalone.proxy_job import proxy_command
 
     cfg = load_config(args.config, _overrides(args))
     proxy_command(cfg, progress=not args.no_progress)
@@ -59,8 +59,8 @@ def _proxy(args) -> int:
 
 
 def _sweep(args) -> int:
-    from augtune.search.config import load_config
-    from augtune.search.sweep import run_sweep
+    from augtune.search.sweep_config import load_config
+    from augtune.search.sweep.driver import run_sweep
 
     overrides = _overrides(args)
     if args.validate_proxy:
@@ -73,15 +73,15 @@ def _sweep(args) -> int:
 
 
 def _best(args) -> int:
-    from augtune.search.best import baseline_lines, format_left_out, format_summary, left_out, summarise_trials
-    from augtune.search.sweep_format import TEST_SELECTION_WARNING
+    from augtune.search.results.best import baseline_lines, format_left_out, format_summary, left_out, summarise_trials
+    from augtune.search.sweep.printing import TEST_SELECTION_WARNING
 
     if args.metric.startswith("test_") and not args.select_on_test:
         print(f"augtune: error: --metric {args.metric} picks the best augmentation on the test set, which biases "
               "its reported score; use --metric val_loss (the default) or add --select-on-test to accept that",
               file=sys.stderr)
         return EXIT_BAD_INPUT
-    from augtune.search.jobs import check_tracking_uri
+    from augtune.search.standalone.proxy_job import check_tracking_uri
 
     check_tracking_uri(args.tracking_uri, must_exist=True)
     try:
@@ -106,7 +106,7 @@ def _best(args) -> int:
     for line in baseline_lines(args.tracking_uri, args.experiment)[:3]:
         print(line)
     if args.export:
-        from augtune.search.best import export_best
+        from augtune.search.results.best import export_best
 
         written = export_best(args.tracking_uri, args.experiment, Path(args.export), args.metric)
         print(f"\nexported the best trial's config to {written['config']}"
@@ -122,9 +122,9 @@ def _best(args) -> int:
 
 
 def _report(args) -> int:
-    from augtune.search.report import ReportError, write_report
+    from augtune.search.results.report import ReportError, write_report
 
-    from augtune.search.jobs import check_tracking_uri
+    from augtune.search.standalone.proxy_job import check_tracking_uri
 
     check_tracking_uri(args.tracking_uri, must_exist=True)
     output = Path(args.output) if args.output else Path("reports") / args.experiment
@@ -150,7 +150,7 @@ def _report(args) -> int:
 
 
 def _replay(args) -> int:
-    from augtune.search.replay_protocol import (DEFAULT_RECIPES, Budget, TableError, load_for_study, markdown, study,
+    from augtune.search.tables.replay_protocol import (DEFAULT_RECIPES, Budget, TableError, load_for_study, markdown, study,
                                                 write_outputs)
 
     table = Path(args.table)
@@ -175,7 +175,7 @@ def _overrides(args) -> dict:
     """--set key.path=value pairs; values are read as YAML (numbers, lists, booleans)."""
     out = {}
     for item in getattr(args, "set", None) or []:
-        from augtune.search.config import ConfigError, read_yaml
+        from augtune.search.sweep_config import ConfigError, read_yaml
 
         key, sep, value = item.partition("=")
         if not sep or not key or not all(key.split(".")):
@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     teacher = with_config(train_sub.add_parser("teacher", help="train and save a teacher"))
     teacher.add_argument("--output", help="checkpoint path (default OUTPUT_DIR/NAME/teacher.pt)")
     teacher.set_defaults(handler=_train_teacher)
-    from augtune.trainables.methods import REGISTRY
+    from augtune.trainables.builtin_methods import REGISTRY
 
     for method in sorted(REGISTRY):
         single = with_config(train_sub.add_parser(method, help=f"one {method} run without Ray (resumable)"))
@@ -253,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from augtune.search.config import ConfigError
+    from augtune.search.sweep_config import ConfigError
     from augtune.trainables.engine import CheckpointError
 
     args = build_parser().parse_args(argv)

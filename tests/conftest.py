@@ -16,7 +16,7 @@ def ray_session():
     """One local Ray per test session (starting Ray costs seconds)."""
     import ray
 
-    from augtune.search.tuners import own_state_api
+    from augtune.search.sweep.tuners import own_state_api
 
     # the state API at this Ray's own dashboard: Ray Train's cleaner reads it (multi-worker trials)
     ray.init(address="local", num_cpus=2, num_gpus=0, log_to_driver=False, object_store_memory=200 * 1024**2,

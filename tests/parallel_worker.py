@@ -7,7 +7,7 @@ import torch.distributed as dist
 
 
 def run_rank(rank: int, world: int, init_file: str, experiment: dict, teacher: str, epochs: int, out: str) -> None:
-    from augtune.trainables.config import DistillConfig
+    from augtune.trainables.experiment_config import DistillConfig
     from augtune.trainables.distributed import DataParallel
     from augtune.trainables.kd import KDRunner
 

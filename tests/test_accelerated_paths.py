@@ -20,7 +20,7 @@ def cpu_as_accelerator(monkeypatch):
 
 @pytest.fixture(scope="module")
 def teacher_and_data(tmp_path_factory):
-    from augtune.trainables.config import DataConfig
+    from augtune.trainables.experiment_config import DataConfig
     from augtune.trainables.data import load_data
     from augtune.trainables.models import build_model
 
@@ -32,7 +32,7 @@ def teacher_and_data(tmp_path_factory):
 
 
 def _cfg(tmp_path, **extra):
-    from augtune.trainables.config import DistillConfig
+    from augtune.trainables.experiment_config import DistillConfig
 
     return DistillConfig.model_validate({
         "device": "cpu", "data": DIGITS, "output_dir": str(tmp_path),
@@ -86,7 +86,7 @@ def test_sla_and_ssd_epochs_bf16_channels_last(tmp_path, cpu_as_accelerator, tea
 
 
 def test_bf16_proxy_scoring_stays_close_to_fp32(cpu_as_accelerator, teacher_and_data):
-    from augtune.search.proxy import score_candidates
+    from augtune.search.selection.proxy import score_candidates
     from augtune.spaces.candidates import parse_candidate
     from augtune.trainables.models import build_model
 

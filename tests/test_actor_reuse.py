@@ -1,7 +1,7 @@
 """A trial on a reused (warm) actor gives exactly what a fresh actor gives for the same config."""
 import torch
 
-from augtune.trainables.config import DistillConfig
+from augtune.trainables.experiment_config import DistillConfig
 from augtune.trainables.data import load_data
 from augtune.trainables.engine import save_checkpoint
 from augtune.trainables.models import build_model
@@ -19,7 +19,7 @@ def _train_to_end(trainable) -> list[dict]:
 def test_reused_actor_matches_a_fresh_one(tmp_path, ray_session):
     from ray import tune
 
-    from augtune.trainables.tune import KDTrainable
+    from augtune.trainables.tune_trainables import KDTrainable
 
     experiment = DistillConfig.model_validate({
         "output_dir": str(tmp_path), "data": {"name": "digits", "samples_per_class": 10, "val_per_class": 5,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from augtune.search.prune import beats, choose_sentinels, pooled_sd, run_audit
+from augtune.search.selection.prune import beats, choose_sentinels, pooled_sd, run_audit
 
 CANDIDATES = [f"c{i}" for i in range(8)]
 TRUE_LOSS = {c: 0.10 + 0.01 * i for i, c in enumerate(CANDIDATES)}

@@ -293,7 +293,7 @@ def test_silent_tracking_server_fails_within_10_s(workdir, capsys):
 
 def _section_paths(model, prefix=""):
     """Every section of the schema, nested ones included, as dotted paths."""
-    from augtune.trainables.config import Section
+    from augtune.trainables.experiment_config import Section
 
     for name, info in model.model_fields.items():
         kind = info.annotation
@@ -303,7 +303,7 @@ def _section_paths(model, prefix=""):
 
 
 def test_every_section_given_a_scalar_a_list_or_null_exits_2_naming_it(workdir, capsys):
-    from augtune.search.config import SweepConfig
+    from augtune.search.sweep_config import SweepConfig
 
     paths = list(_section_paths(SweepConfig)) + ["kd"]
     assert {"data", "teacher", "student.train", "search.prune", "proxy", "space"} <= set(paths)

@@ -3,13 +3,12 @@ policy inside the space; bad policy-space and baseline settings exit 2 naming th
 import math
 import random
 
-import numpy as np
 import pytest
 from scipy import stats
 
-from augtune.search.baseline import BaselineComparison, baseline_points, compare
-from augtune.search.trials import TrialRow
-from augtune.search.tuners import ExploreInsideDomains
+from augtune.search.results.baseline import BaselineComparison, baseline_points, compare
+from augtune.search.results.trials import TrialRow
+from augtune.search.sweep.tuners import ExploreInsideDomains
 from augtune.spaces.candidates import parse_candidate
 from augtune.spaces.policies import DEFAULT_POLICY_SPACE
 
@@ -73,9 +72,9 @@ def test_pbt_explore_moves_a_policy_inside_the_space_and_clips_values():
 def test_a_finished_run_ray_forgot_is_superseded_and_left_out_of_best(tmp_path):
     """The sweep's summary tags FINISHED trial runs that no phase holds (Ray forgot them, a top-up
     trained their work again): kept in MLflow, left out of best's rows."""
-    from augtune.search.sweep import supersede_forgotten
-    from augtune.search.tracking import SUPERSEDED_TAG, TRIAL_TAG, Tracker
-    from augtune.search.trials import trial_rows
+    from augtune.search.sweep.driver import supersede_forgotten
+    from augtune.search.results.tracking import SUPERSEDED_TAG, TRIAL_TAG, Tracker
+    from augtune.search.results.trials import trial_rows
 
     tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "forgot")
     parent = tracker.start_run("sweep:x", "sweep")

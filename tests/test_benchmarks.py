@@ -42,7 +42,7 @@ def test_replay_study_writes_its_tables_plot_and_decision(tmp_path):
 
     import numpy as np
 
-    from augtune.search.learning_curves import Regime, write_table
+    from augtune.search.tables.learning_curves import Regime, write_table
 
     rng = np.random.default_rng(0)
     candidates = ["identity", "flip(p=0.5)", "cutout", "trivialaugment", "cutmix(alpha=1.0)"]
@@ -86,7 +86,7 @@ def test_learning_curve_table_builds_from_its_logs(tmp_path):
 
     import numpy as np
 
-    from augtune.search.learning_curves import load_table
+    from augtune.search.tables.learning_curves import load_table
 
     lc = _load("lc_table")
     out = tmp_path / "logs"
@@ -120,9 +120,7 @@ def test_policy_table_builds_from_its_logs_with_cpu_seconds(tmp_path, monkeypatc
     policies), and its logs -> a version-2 table whose replays charge the runs' CPU seconds."""
     import json
 
-    import numpy as np
-
-    from augtune.search.learning_curves import load_table
+    from augtune.search.tables.learning_curves import load_table
 
     pt = _load("policy_table")
     monkeypatch.setattr(pt, "TABLE", tmp_path / "no-committed-table.json.gz")  # the logs alone

@@ -90,7 +90,7 @@ def test_shipped_configs_validate(tmp_path):
 
     import yaml
 
-    from augtune.search.config import load_config
+    from augtune.search.sweep_config import load_config
     from fixtures import write_image_folder
 
     # the repository's configs, wherever pytest runs from

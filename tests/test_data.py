@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from fixtures import trust_cifar_fixture, write_cifar, write_image_folder
-from augtune.trainables.config import DataConfig
+from augtune.trainables.experiment_config import DataConfig
 from augtune.trainables.data import BatchFeeder, load_data, long_tail_counts, sample_order
 
 

@@ -4,7 +4,7 @@ identical to each other, and each draws its own augmentations, the same on every
 import torch
 import torch.multiprocessing as mp
 
-from augtune.trainables.config import DistillConfig
+from augtune.trainables.experiment_config import DistillConfig
 from augtune.trainables.data import load_data
 from augtune.trainables.engine import save_checkpoint
 from augtune.trainables.kd import KDRunner
@@ -83,8 +83,8 @@ def test_a_two_worker_trial_runs_under_tune_with_asha_and_one_mlflow_run(tmp_pat
     its Ray Train checkpoint."""
     from mlflow import MlflowClient
 
-    from augtune.search.config import load_config
-    from augtune.search.sweep import run_sweep
+    from augtune.search.sweep_config import load_config
+    from augtune.search.sweep.driver import run_sweep
     from sweep_helpers import runs_by_stage, write_sweep_config
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"

@@ -4,10 +4,10 @@ import math
 import sys
 
 from augtune.search.cli import main
-from augtune.search.trials import TrialRow, pick_best
-from augtune.search.tuners import collect_trials
-from augtune.search.tracking import CANDIDATE_TAG, Tracker
-from augtune.search.trial_logger import TrialLogger
+from augtune.search.results.trials import TrialRow, pick_best
+from augtune.search.sweep.tuners import collect_trials
+from augtune.search.results.tracking import CANDIDATE_TAG, Tracker
+from augtune.search.results.trial_logger import TrialLogger
 from augtune.trainables.values import RunValues
 
 EPOCHS = 5
@@ -46,7 +46,7 @@ def _build(config, cache, trial):
 def test_nan_trial_stops_is_marked_and_left_out(tmp_path, ray_session, capsys):
     from ray import cloudpickle, tune
 
-    from augtune.trainables.tune import as_trainable
+    from augtune.trainables.tune_trainables import as_trainable
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     uri = f"sqlite:///{tmp_path}/m.db"

@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-from augtune.search.config import load_config
+from augtune.search.sweep_config import load_config
 from augtune.search.cli import main
-from augtune.trainables.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
+from augtune.trainables.experiment_config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
 from augtune.trainables.data import BatchFeeder, load_data
 from augtune.trainables.engine import (CheckpointError, InputPipeline, evaluate, load_checkpoint, lr_factor,
                                        save_checkpoint)

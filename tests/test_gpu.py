@@ -16,7 +16,7 @@ DIGITS = {"name": "digits", "samples_per_class": 20, "val_per_class": 5, "image_
 
 def _teacher(tmp_path):
     from augtune.trainables.data import load_data
-    from augtune.trainables.config import DataConfig
+    from augtune.trainables.experiment_config import DataConfig
     from augtune.trainables.engine import save_checkpoint
     from augtune.trainables.models import build_model
 
@@ -40,7 +40,7 @@ def test_ops_on_device_are_per_sample_and_seeded(name):
 
 
 def test_kd_epoch_bf16_channels_last(tmp_path):
-    from augtune.trainables.config import DistillConfig
+    from augtune.trainables.experiment_config import DistillConfig
     from augtune.trainables.kd import KDRunner
 
     teacher, data = _teacher(tmp_path)
@@ -54,7 +54,7 @@ def test_kd_epoch_bf16_channels_last(tmp_path):
 
 
 def test_sla_and_ssd_epochs_on_cuda(tmp_path):
-    from augtune.trainables.config import DistillConfig
+    from augtune.trainables.experiment_config import DistillConfig
     from augtune.trainables.sla import SLARunner
     from augtune.trainables.ssd import SSDChainRunner
 
@@ -70,7 +70,7 @@ def test_sla_and_ssd_epochs_on_cuda(tmp_path):
 
 
 def test_proxy_on_cuda_equals_its_joint_forward_reference(tmp_path):
-    from augtune.search.proxy import score_candidates
+    from augtune.search.selection.proxy import score_candidates
     from augtune.spaces.candidates import parse_candidate
     from augtune.trainables.models import build_model
 

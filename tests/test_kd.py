@@ -47,8 +47,8 @@ def test_kl_is_zero_for_equal_logits_and_positive_otherwise():
 
 
 def test_kd_runner_trains_student_against_frozen_teacher(tmp_path):
-    from augtune.search.config import SweepConfig
-    from augtune.search.teacher import train_teacher
+    from augtune.search.sweep_config import SweepConfig
+    from augtune.search.standalone.teacher import train_teacher
     from augtune.trainables.kd import KDRunner
 
     cfg = SweepConfig.model_validate({
@@ -65,7 +65,7 @@ def test_kd_runner_trains_student_against_frozen_teacher(tmp_path):
 
 
 def test_trial_values_reach_their_sections():
-    from augtune.trainables.tune import _method_config
+    from augtune.trainables.tune_trainables import _method_config
 
     experiment = {"data": {"name": "digits"}, "student": {"model": "resnet8", "train": {"epochs": 3}}}
     cfg = _method_config({"lr": 0.02, "kd.temperature": 2.0, "sla.beta": 0.5, "augmentation": "cutout",

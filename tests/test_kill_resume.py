@@ -106,7 +106,8 @@ def test_sigkill_at_every_stage_then_resume_completes_once(tmp_path):
         _kill_when(proc, ready)
         if moment == "trials-corrupt-state":  # the experiment Ray was writing: the newest top-up, if any
             state = json.loads(state_file.read_text())
-            experiment = (state["topups"][-1]["experiment"] if state["topups"] else state["ray_experiment"])
+            search = state["search"]
+            experiment = search["topups"][-1]["experiment"] if search["topups"] else search["experiment"]
             for f in _newest_state_files(tmp_path / "runs" / "kill" / "ray" / experiment):
                 f.write_text("")
     done = subprocess.run([*AUGTUNE, "sweep", str(path), "--resume", "--no-progress"], cwd=tmp_path, env=_env(),
@@ -165,7 +166,7 @@ def test_a_killed_audit_still_compares_every_candidate_on_every_seed(tmp_path):
                                 cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
         _kill_when(proc, lambda: _finished_trials(uri) >= finished)  # only audit trials run before the search
-    grid = json.loads(state_file.read_text())["audit_phases"][-1]["name"]
+    grid = json.loads(state_file.read_text())["audit_phases"][-1]["experiment"]
     for f in _newest_state_files(tmp_path / "runs" / "kill" / "ray" / grid):
         f.write_text("")
     done = subprocess.run([*AUGTUNE, "sweep", str(path), "--resume", "--no-progress"], cwd=tmp_path, env=_env(),
@@ -179,8 +180,8 @@ def test_a_killed_audit_still_compares_every_candidate_on_every_seed(tmp_path):
                       if r.info.status == "FINISHED" and "augtune.superseded" not in r.data.tags)
     assert counted == Counter({(c, str(seed)): 1 for c in audited for seed in (0, 1)}), counted
     assert not [r for r in runs if r.info.status == "RUNNING"]
-    from augtune.search.tracking import Tracker
-    from augtune.search.trials import trial_rows
+    from augtune.search.results.tracking import Tracker
+    from augtune.search.results.trials import trial_rows
 
     superseded = {r.info.run_id for r in runs if "augtune.superseded" in r.data.tags}
     assert not superseded & {row.run_id for row in trial_rows(Tracker(uri, "kill"))}  # best ranks each point once

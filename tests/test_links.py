@@ -1,5 +1,5 @@
 """The link a sweep prints opens MLflow's runs view of its experiment (not the GenAI overview)."""
-from augtune.search.tracking import Tracker, runs_view_url
+from augtune.search.results.tracking import Tracker, runs_view_url
 
 
 def test_runs_view_link_for_a_sqlite_store_and_a_server(tmp_path):

@@ -129,7 +129,7 @@ def test_teacher_weights_are_the_teacher_its_logits_unchanged(tmp_path):
     RGB, by the first-conv rule)."""
     import torchvision
 
-    from augtune.trainables.config import DataConfig
+    from augtune.trainables.experiment_config import DataConfig
     from augtune.trainables.data import load_data
     from augtune.trainables.engine import InputPipeline, load_checkpoint
 
@@ -171,7 +171,7 @@ def test_a_state_dict_fine_tuned_for_the_datas_classes_loads_as_it_is(tmp_path, 
     with the classifier its weights have; a 7-class one names both sizes and the settings."""
     import torchvision
 
-    from augtune.trainables.config import ModelConfig
+    from augtune.trainables.experiment_config import ModelConfig
 
     torch.manual_seed(1)
     original = torchvision.models.resnet18(num_classes=10).eval()
@@ -223,7 +223,7 @@ def test_safetensors_weights_of_a_timm_network_load(tmp_path):
     torch.manual_seed(0)
     original = timm.create_model("test_resnet", num_classes=10).eval()
     save_file(original.state_dict(), str(tmp_path / "w.safetensors"))
-    from augtune.trainables.config import ModelConfig
+    from augtune.trainables.experiment_config import ModelConfig
 
     cfg = ModelConfig(model="timm:test_resnet", model_args={"num_classes": 10}, weights=tmp_path / "w.safetensors")
     network = cfg.build(10, 3).eval()
@@ -251,7 +251,7 @@ def test_classifiers_inside_named_and_numbered_sequentials_are_found(name):
 
 
 def _distill(data, teacher, student=None):
-    from augtune.trainables.config import DistillConfig
+    from augtune.trainables.experiment_config import DistillConfig
 
     return DistillConfig.model_validate({"data": data, "teacher": teacher,
                                          **({"student": student} if student else {})})
@@ -311,7 +311,7 @@ def test_a_pretrained_student_decides_when_the_teacher_carries_nothing(tmp_path)
 
 
 def test_an_augtune_checkpoint_brings_the_normalisation_it_was_trained_with(tmp_path):
-    from augtune.trainables.config import DataConfig
+    from augtune.trainables.experiment_config import DataConfig
     from augtune.trainables.data import load_data
     from augtune.trainables.engine import save_checkpoint
 
@@ -324,7 +324,7 @@ def test_an_augtune_checkpoint_brings_the_normalisation_it_was_trained_with(tmp_
 
 
 def test_the_data_is_normalised_with_the_configured_statistics():
-    from augtune.trainables.config import DataConfig
+    from augtune.trainables.experiment_config import DataConfig
     from augtune.trainables.data import load_data
     from augtune.trainables.engine import InputPipeline
 

@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 
-from augtune.search.config import ConfigError, load_config
-from augtune.search.schedule import to_steps
+from augtune.search.sweep_config import ConfigError, load_config
+from augtune.search.results.schedule import to_steps
 from tests.sweep_helpers import replay_exported_best, runs_by_stage, write_sweep_config
-from augtune.trainables.config import DistillConfig
+from augtune.trainables.experiment_config import DistillConfig
 from augtune.trainables.data import load_data
 from augtune.trainables.engine import lr_factor, save_checkpoint
 from augtune.trainables.models import build_model
@@ -30,7 +30,7 @@ def _experiment(tmp_path, epochs=4) -> DistillConfig:
 def kd_trainable(tmp_path, ray_session):
     from ray import tune
 
-    from augtune.trainables.tune import KDTrainable
+    from augtune.trainables.tune_trainables import KDTrainable
 
     experiment = _experiment(tmp_path)
     data = load_data(experiment.data)
@@ -167,7 +167,7 @@ def test_pbt_config_is_checked(tmp_path, search, message):
 def test_pbt_sweep_keeps_one_run_per_member_and_logs_schedules(tmp_path, ray_session):
     from mlflow import MlflowClient
 
-    from augtune.search.sweep import run_sweep
+    from augtune.search.sweep.driver import run_sweep
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     path = write_sweep_config(

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from augtune.search.proxy import bootstrap_interval, score_candidates, t_stddev
+from augtune.search.selection.proxy import bootstrap_interval, score_candidates, t_stddev
 from augtune.spaces.candidates import parse_candidate
-from augtune.trainables.config import DataConfig
+from augtune.trainables.experiment_config import DataConfig
 from augtune.trainables.data import load_data
 from augtune.trainables.models import build_model
 
@@ -144,7 +144,7 @@ def test_forward_batching_does_not_change_the_score(data):
 def _joint_forward_reference(net, candidates, data, passes, group_batches, batch_size, seed=0):
     """T.stddev as computed before the original view was shared: every candidate on its own,
     one forward of [x; x'] per batch."""
-    from augtune.search.proxy import _Stream, stream_seed
+    from augtune.search.selection.proxy import _Stream, stream_seed
     from augtune.spaces.candidates import Context
     from augtune.trainables.data import BatchFeeder
     from augtune.trainables.engine import InputPipeline
@@ -233,7 +233,7 @@ def test_zoo_adds_no_teacher_forward(data):
 
 
 def test_rank_by_a_zoo_score_follows_its_direction():
-    from augtune.search.proxy import ProxyScore, rank_scores
+    from augtune.search.selection.proxy import ProxyScore, rank_scores
 
     def score(name, t, entropy):
         return ProxyScore(name, t, math.nan, math.nan, 0, 0, 0.0, zoo={"entropy": entropy})

@@ -43,8 +43,8 @@ def test_low_fidelity_student_score_ranks_when_chosen(tmp_path, capsys):
     """proxy.low_fidelity_epochs: each candidate's student trained that many epochs of its full
     schedule; the score equals the validation loss of an independent run of the same runner, and
     proxy.score low_fidelity ranks by it (lowest first). MLflow logs it with the zoo."""
-    from augtune.search.config import load_config
-    from augtune.trainables.config import DistillConfig
+    from augtune.search.sweep_config import load_config
+    from augtune.trainables.experiment_config import DistillConfig
     from augtune.trainables.values import apply_trial_values
     from augtune.trainables.data import load_data
     from augtune.trainables.kd import KDRunner

@@ -3,9 +3,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from augtune.search.proxy import ProxyScore
-from augtune.search.prune import proxy_cut as prune
-from augtune.search.tuners import AugmentationSpace
+from augtune.search.selection.proxy import ProxyScore
+from augtune.search.selection.prune import proxy_cut as prune
+from augtune.search.sweep.tuners import AugmentationSpace
 
 
 def _score(name, value, low, high):
@@ -55,7 +55,7 @@ def test_sweep_script_runs_as_a_script():
 
 def test_searcher_ignores_trials_it_never_suggested():
     """A restored experiment may report a trial created after the searcher's saved state."""
-    from augtune.search.tolerant_optuna import TolerantOptunaSearch
+    from augtune.search.sweep.tolerant_optuna import TolerantOptunaSearch
 
     space = AugmentationSpace(["cutout", "flip"], {"lr": {"loguniform": [0.01, 0.1]}})
     searcher = TolerantOptunaSearch(space=space, metric="val_loss", mode="min", seed=0)

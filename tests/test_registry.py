@@ -11,8 +11,8 @@ import torch.nn.functional as F
 import yaml
 from pydantic import Field
 
-from augtune.search.config import ConfigError, load_config
-from augtune.trainables.config import Section
+from augtune.search.sweep_config import ConfigError, load_config
+from augtune.trainables.experiment_config import Section
 from augtune.trainables.method import Method, register
 from augtune.trainables.models import build_model
 from augtune.trainables.runner import EpochRunner
@@ -99,7 +99,7 @@ def test_registered_method_sweeps_on_ray(tmp_path, ray_session):
     from mlflow import MlflowClient
     from ray import cloudpickle
 
-    from augtune.search.sweep import run_sweep
+    from augtune.search.sweep.driver import run_sweep
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import this test file
     outcome = run_sweep(load_config(_config(tmp_path)), progress=False)

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from augtune.search.learning_curves import Regime, load_table, write_table
-from augtune.search.replay import (World, asha, exhaustive, fixed, proxy_audit, proxy_top_k, random_k, replay,
+from augtune.search.tables.learning_curves import Regime, load_table, write_table
+from augtune.search.tables.replay import (World, asha, exhaustive, fixed, proxy_audit, proxy_top_k, random_k, replay,
                                    replay_asha_through_tune, simulate_asha, successive_halving)
 
 CANDIDATES = ["a", "b", "c", "d"]
@@ -162,7 +162,7 @@ def test_proxy_audit_runs_the_real_audit():
 def test_low_fidelity_top_k_continues_the_early_leaders():
     """At epoch 1: b 0.8, d 0.85, a 1.0, c 1.2 -> keep b and d, continue them to 9 epochs (b 0.30,
     d 0.35) -> b. Compute: 4 x 1 + 2 x 8 = 20 epochs."""
-    from augtune.search.replay import low_fidelity_top_k
+    from augtune.search.tables.replay import low_fidelity_top_k
 
     regime = fixture_regime(ASHA_VAL, TEST_FINAL)
     world = World(regime, np.random.default_rng(0))
@@ -189,7 +189,7 @@ def test_replays_of_the_shipped_table_take_the_same_decisions_through_tune(ray_s
 # ---------------------------------------------------------------- protocol v2
 
 def test_two_level_bootstrap_equals_a_hand_computation():
-    from augtune.search.replay import two_level_bootstrap
+    from augtune.search.tables.replay import two_level_bootstrap
 
     regime = fixture_regime(ASHA_VAL, TEST_FINAL, seeds=4)
     rng = np.random.default_rng(5)
@@ -225,7 +225,7 @@ def test_replay_records_the_margin_over_the_best_recipe():
 
 
 def test_combined_proxies_and_learned_weights():
-    from augtune.search.replay import combined_ranking, learn_proxy_weights
+    from augtune.search.tables.replay import combined_ranking, learn_proxy_weights
 
     # t_stddev (lower is better) ranks a best; kl (higher is better) ranks d best
     regime = fixture_regime(ASHA_VAL, TEST_FINAL, proxy={"t_stddev": [0.1, 0.2, 0.3, 0.4], "kl": [0.1, 0.2, 0.3, 0.9]})

@@ -6,8 +6,8 @@ import pytest
 from scipy import stats
 
 from augtune.search.cli import main
-from augtune.search.report import correlate
-from augtune.search.tracking import CANDIDATE_TAG, PAIR_TAG, Tracker
+from augtune.search.results.report import correlate
+from augtune.search.results.tracking import CANDIDATE_TAG, PAIR_TAG, Tracker
 
 FIXTURE = {  # candidate: (t_stddev, final test losses per seed, final test acc per seed)
     "identity": (0.0140, [0.61, 0.65], [0.80, 0.79]),
@@ -86,7 +86,7 @@ def test_report_files_agree_with_scipy_on_fixture_runs(tmp_path, capsys):
 
 
 def test_report_states_how_far_to_trust_the_proxy(tmp_path, capsys):
-    from augtune.search.trust import seed_bootstrap
+    from augtune.search.selection.trust import seed_bootstrap
 
     uri = f"sqlite:///{tmp_path}/m.db"
     parent = _log_fixture_sweep(uri, "trust")
@@ -129,7 +129,7 @@ def test_fewer_than_three_candidates_exits_2_without_files(tmp_path, capsys):
 
 
 def test_best_ranks_full_length_runs_before_early_stopped_ones(tmp_path):
-    from augtune.search.best import summarise_trials
+    from augtune.search.results.best import summarise_trials
 
     uri = f"sqlite:///{tmp_path}/m.db"
     parent = _log_fixture_sweep(uri, "best")

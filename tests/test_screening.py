@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from augtune.search.proxy import ForwardCounts, jackknife_interval, score_candidates, t_stddev
+from augtune.search.selection.proxy import ForwardCounts, jackknife_interval, score_candidates, t_stddev
 from augtune.spaces.candidates import parse_candidate
 from augtune.spaces.policies import DEFAULT_POLICY_SPACE
-from augtune.trainables.config import DataConfig
+from augtune.trainables.experiment_config import DataConfig
 from augtune.trainables.data import load_data
 from augtune.trainables.models import build_model
 

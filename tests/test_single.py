@@ -31,8 +31,8 @@ class Stop(Exception):
 
 
 def test_interrupted_kd_run_resumes_to_the_same_result(tmp_path, capsys):
-    from augtune.search.config import load_config
-    from augtune.search.single import run_folder, train_single
+    from augtune.search.sweep_config import load_config
+    from augtune.search.standalone.single_run import run_folder, train_single
 
     straight = _config(tmp_path, "straight")
     assert main(["train", "kd", str(straight), "--augmentation", "cutmix", "--no-progress"]) == 0

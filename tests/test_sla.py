@@ -69,7 +69,7 @@ def test_sd_target_is_detached():
 
 
 def test_sla_runner_epoch_reports_all_heads():
-    from augtune.trainables.config import DistillConfig
+    from augtune.trainables.experiment_config import DistillConfig
     from augtune.trainables.sla import SLARunner
 
     cfg = DistillConfig.model_validate({"data": {"name": "digits", "samples_per_class": 10},
@@ -86,7 +86,7 @@ def test_sla_runner_epoch_reports_all_heads():
 def test_sla_rejects_mixing_base_and_colour_on_greyscale():
     from pydantic import ValidationError
 
-    from augtune.trainables.config import DistillConfig
+    from augtune.trainables.experiment_config import DistillConfig
     from augtune.trainables.sla import SLARunner
 
     with pytest.raises(ValidationError, match="greyscale"):

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from augtune.trainables.config import DistillConfig
+from augtune.trainables.experiment_config import DistillConfig
 from augtune.trainables.losses.moco import masked_contrastive_loss
 from augtune.trainables.metrics import shot_accuracy, shot_groups
 

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from augtune.search.best import best_augmentation
+from augtune.search.results.best import best_augmentation
 from augtune.search.cli import main
-from augtune.search.config import load_config
-from augtune.search.sweep import run_sweep
+from augtune.search.sweep_config import load_config
+from augtune.search.sweep.driver import run_sweep
 from fixtures import assert_accuracy_of
 from sweep_helpers import EIGHT_CANDIDATES, runs_by_stage, write_sweep_config
 
@@ -166,7 +166,7 @@ def test_sweep_and_best_agree_on_the_chosen_trial_whichever_phase_trained_it(aud
 def test_audit_trains_sentinels_and_logs_a_verdict_that_matches_the_numbers(audited_sweep, capsys):
     from scipy import stats
 
-    from augtune.search.prune import beats, pooled_sd
+    from augtune.search.selection.prune import beats, pooled_sd
 
     uri, outcome = audited_sweep
     audit = outcome.audit
@@ -249,8 +249,8 @@ def test_method_sweeps_log_their_heads(tmp_path, ray_session, method):
 def test_teacher_trainable_runs_under_tune(tmp_path, ray_session):
     from ray import tune
 
-    from augtune.trainables.config import ExperimentConfig
-    from augtune.trainables.tune import TeacherTrainable
+    from augtune.trainables.experiment_config import ExperimentConfig
+    from augtune.trainables.tune_trainables import TeacherTrainable
 
     experiment = ExperimentConfig.model_validate({
         "data": {"name": "digits", "samples_per_class": 10},
@@ -301,54 +301,73 @@ def test_exported_best_trial_reproduces_exactly_without_ray(pruned_sweep, tmp_pa
         assert torch.equal(a, b), name
 
 
-def test_a_state_written_before_top_up_rounds_resumes_its_top_up(tmp_path):
-    """A sweep state with the single `topup_experiment` of earlier versions loads as round 1, so
-    `--resume` restores that experiment instead of running its trials again."""
+def test_a_state_written_before_typed_phases_resumes_its_phases(tmp_path):
+    """A sweep state of earlier versions (the single `topup_experiment`, audit batches with a
+    `name`) loads as typed phases: the search's round 1 and each batch's experiment, so `--resume`
+    restores those experiments instead of running their trials again; saved and loaded, it is equal."""
     import json
 
-    from augtune.search.sweep_state import SweepState
+    from augtune.search.sweep.state import AuditRecord, PhaseRecord, SweepState, TopUp
 
     old = {"parent_run_id": "p", "ray_experiment": "sweep-1", "validate_proxy": False, "stage": "search",
-           "topup_experiment": "sweep-1-topup", "topup_trials": 2}
+           "topup_experiment": "sweep-1-topup", "topup_trials": 2,
+           "scores": [{"rank": 1, "candidate": "cutout", "t_stddev": 0.5, "low": 0.4, "high": 0.6, "groups": 3,
+                       "passes": 2, "seconds": 1.0, "zoo": {}, "raced_out": False}],
+           "audit_phases": [{"candidates": ["cutout"], "name": "sweep-1-audit-0", "values": {"cutout": [0.3]},
+                             "topups": [], "rows": [{"augmentation": "cutout", "seed": 0, "trial_id": "t1",
+                                                     "val_loss": 0.3}]}]}
     (tmp_path / "sweep_state.json").write_text(json.dumps(old))
     state = SweepState.load(tmp_path)
-    assert state.topups == [{"experiment": "sweep-1-topup", "lost": 2}]
+    assert state.search == PhaseRecord("sweep-1", [TopUp("sweep-1-topup", 2)])
+    assert state.scores[0].candidate == "cutout" and state.scores[0].t_stddev == 0.5
+    audit = state.audit_phases[0]
+    assert isinstance(audit, AuditRecord) and audit.experiment == "sweep-1-audit-0"
+    assert audit.rows[0].trial_id == "t1" and audit.values == {"cutout": [0.3]}
     state.save(tmp_path)
-    assert json.loads((tmp_path / "sweep_state.json").read_text())["topups"] == state.topups
+    assert json.loads((tmp_path / "sweep_state.json").read_text())["search"]["topups"] == [
+        {"experiment": "sweep-1-topup", "lost": 2}]
+    assert SweepState.load(tmp_path) == state
 
 
 class _Grid(list):
-    """What fit_phase reads of a Ray ResultGrid: its trials, how many ended, where it lives."""
+    """What a phase reads of a Ray ResultGrid: its trials, how many ended, where it lives."""
 
     def __init__(self, size: int):
         super().__init__(range(size))
         self.num_terminated, self.num_errors, self.experiment_path = size, 0, "/nonexistent"
 
 
-def test_top_ups_run_in_rounds_until_nothing_is_lost(monkeypatch):
+def test_top_ups_run_in_rounds_until_nothing_is_lost():
     """Ray restores the experiment with 1 of 4 trials and the first top-up (known from the
     state) with 1 of its 3: a second round runs the 2 still missing, built fresh, and is recorded."""
-    from augtune.search import tuners
+    from augtune.search.sweep.phases import TunePhase
+    from augtune.search.sweep.state import PhaseRecord, TopUp
 
     restored_sizes = {"x": 1, "x-topup1": 1}  # what Ray's restores give back
-    built = []
+    built, saves = [], []
 
-    def restore_or_build(cfg, name, build, trainable, rename):
-        if name in restored_sizes:
-            return type("Tuner", (), {"fit": lambda self: _Grid(restored_sizes[name])})(), True
-        return build(name), False
+    class FourTrials(TunePhase):
+        expected = 4
 
-    def build(name, lost, round_number, grids):
-        built.append((name, lost, round_number, [len(g) for g in grids]))
-        return type("Tuner", (), {"fit": lambda self: _Grid(lost)})()
+        def build(self, experiment, lost, round_number, grids):
+            built.append((experiment, lost, round_number, [len(g) for g in grids]))
+            return type("Tuner", (), {"fit": lambda self: _Grid(lost)})()
 
-    saves = []
-    monkeypatch.setattr(tuners, "restore_or_build", restore_or_build)
-    rounds = [{"experiment": "x-topup1", "lost": 3}]
-    grids = tuners.fit_with_top_ups(None, "x", None, build, None, 4,
-                                    lambda gs: 4 - sum(len(g) for g in gs), rounds, lambda: saves.append(1))
+        def lost(self, grids):
+            return 4 - sum(len(g) for g in grids)
+
+        def _save(self):
+            saves.append(1)
+
+        def _restore_or_build(self, target, lost, round_number, grids):  # Ray's restore, as it went
+            if target.experiment in restored_sizes:
+                return type("Tuner", (), {"fit": lambda self: _Grid(restored_sizes[target.experiment])})(), True
+            return self.build(target.experiment, lost, round_number, grids), False
+
+    record = PhaseRecord("x", [TopUp("x-topup1", 3)])
+    grids = FourTrials(None, None, record, None, None).run()
     assert [len(g) for g in grids] == [1, 1, 2]
-    assert rounds == [{"experiment": "x-topup1", "lost": 3}, {"experiment": "x-topup2", "lost": 2}]
+    assert record.topups == [TopUp("x-topup1", 3), TopUp("x-topup2", 2)]
     assert built == [("x-topup2", 2, 2, [1, 1])] and saves
 
 
@@ -356,7 +375,7 @@ def test_a_grid_top_up_runs_exactly_the_points_a_restore_lost(tmp_path, ray_sess
     import torch
     from ray.tune import Callback
 
-    from augtune.search.tuners import build_grid_tuner, collect_trials, grid_points, missing_points
+    from augtune.search.sweep.tuners import build_grid_tuner, collect_trials, grid_points, missing_points
     from augtune.trainables.data import load_data
     from augtune.trainables.engine import save_checkpoint
     from augtune.trainables.models import build_model
@@ -377,8 +396,8 @@ def test_a_grid_top_up_runs_exactly_the_points_a_restore_lost(tmp_path, ray_sess
 @pytest.fixture(scope="module")
 def policy_sweep(tmp_path_factory, ray_session):
     """A screened policy space with racing, the kept policies trained, the recipe baseline beside."""
-    from augtune.search.config import load_config
-    from augtune.search.sweep import run_sweep
+    from augtune.search.sweep_config import load_config
+    from augtune.search.sweep.driver import run_sweep
 
     tmp_path = tmp_path_factory.mktemp("policies")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -392,7 +411,7 @@ def policy_sweep(tmp_path_factory, ray_session):
 def test_a_screened_policy_space_logs_the_table_and_children_for_the_kept_only(policy_sweep):
     import csv
 
-    from augtune.search.jobs import job_dir
+    from augtune.search.standalone.proxy_job import job_dir
 
     cfg, uri, outcome = policy_sweep
     assert len(outcome.scores) == 12 and all("+" in s.candidate or s.candidate for s in outcome.scores)

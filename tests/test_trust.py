@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from augtune.search.trust import noise_ceiling, seed_bootstrap, separability, topk_regret, verdict
+from augtune.search.selection.trust import noise_ceiling, seed_bootstrap, separability, topk_regret, verdict
 
 
 def test_separability_matches_scipy_and_hand_formulas():

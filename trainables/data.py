@@ -15,7 +15,7 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 
-from augtune.trainables.config import DataConfig
+from augtune.trainables.experiment_config import DataConfig
 
 IN_MEMORY_LIMIT_BYTES = 2 * 1024**3  # above this, "auto" feeds through a DataLoader
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from augtune.spaces import ops
 from augtune.trainables.checkpoint_io import CheckpointError, read_checkpoint  # noqa: F401 (re-exported)
-from augtune.trainables.config import TrainConfig
+from augtune.trainables.experiment_config import TrainConfig
 from augtune.trainables.data import DataBundle
 from augtune.trainables.models import Network, build_model
 

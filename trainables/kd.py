@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 
 from augtune.spaces.candidates import Context, parse_candidate
-from augtune.trainables.config import KDConfig
+from augtune.trainables.experiment_config import KDConfig
 from augtune.trainables.data import DataBundle
 from augtune.trainables.engine import load_checkpoint
 from augtune.trainables.losses.kd import good_da_kd_loss

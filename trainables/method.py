@@ -3,7 +3,7 @@
 Each method module (trainables/kd.py, sla.py, ssd.py) registers one `Method`; `trainables.methods`
 imports the built-in ones. The sweep, the proxy and teacher jobs, the Ray trainable, the
 hyperparameter names and the config schema read from here, so a new method is its module (runner
-+ `Method`), its loss file, a config, and one import line in trainables/methods.py.
++ `Method`), its loss file, a config, and one import line in trainables/builtin_methods.py.
 """
 from __future__ import annotations
 
@@ -50,6 +50,11 @@ class Method:
     uses_teacher: Callable[[Any], bool] = always
     student_artifact: bool = False  # the runner's `model` is a plain student network: sweeps log the best one
     description: str = ""
+
+    @property
+    def has_teacher(self) -> bool:
+        """A teacher is loaded or trained before the trials (and the proxy scores with it)."""
+        return self.teacher != "none"
 
     def refuses(self, candidate) -> Optional[str]:
         """Why this method cannot train with `candidate` (a spaces.candidates.Candidate), or None."""

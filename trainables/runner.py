@@ -3,7 +3,7 @@
 A method subclasses `EpochRunner`: it builds its networks in `__init__` and writes its step as
 `loss(images, labels)`; the runner owns the loop (batches, autocast, optimiser step, on-device
 sums, evaluation of the named heads, checkpoints). `run_to_completion` is the no-Ray path
-(`augtune train ...`), `augtune.trainables.tune.as_trainable` the Ray Tune path; both drive the same object.
+(`augtune train ...`), `augtune.trainables.tune_trainables.as_trainable` the Ray Tune path; both drive the same object.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from augtune.trainables.config import ExperimentConfig, TrainConfig
+from augtune.trainables.experiment_config import ExperimentConfig, TrainConfig
 from augtune.trainables.data import BatchFeeder, DataBundle, load_data
 from augtune.trainables.distributed import DataParallel
 from augtune.trainables.engine import (InputPipeline, accuracy_and_loss, autocast, build_optimizer, build_scheduler, progress_bar,

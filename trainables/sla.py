@@ -8,7 +8,7 @@ import torch
 
 from augtune.spaces import label_transforms
 from augtune.spaces.candidates import Context, parse_candidate
-from augtune.trainables.config import SLAConfig
+from augtune.trainables.experiment_config import SLAConfig
 from augtune.trainables.data import DataBundle
 from augtune.trainables.losses.sla import aggregate_logits, self_distillation_loss, single_logits, sla_loss
 from augtune.trainables.method import Method, register

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from augtune.spaces import moco
 from augtune.spaces.candidates import Context, parse_candidate
-from augtune.trainables.config import SSDConfig
+from augtune.trainables.experiment_config import SSDConfig
 from augtune.trainables.data import DataBundle, load_data
 from augtune.trainables.distributed import DataParallel
 from augtune.trainables.engine import build_network, full_precision, head_sizes, load_checkpoint, save_checkpoint

@@ -7,7 +7,7 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
-from augtune.trainables.config import ExperimentConfig, ModelConfig
+from augtune.trainables.experiment_config import ExperimentConfig, ModelConfig
 from augtune.trainables.data import DataBundle
 from augtune.trainables.engine import save_checkpoint
 from augtune.trainables.runner import EpochRunner

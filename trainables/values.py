@@ -1,6 +1,6 @@
 """Where a named value goes: a trial's sampled values into the experiment config, and values that
 change during one run (a PBT exploit's, a replayed `schedule:`) on a runner, with the per-epoch
-record of them. The config schema (trainables/config.py) and the runner's loop (runner.py) know
+record of them. The config schema (trainables/experiment_config.py) and the runner's loop (runner.py) know
 nothing of these names; they are routed here, once.
 
 A name is one of four kinds (`value_kind`): `augmentation` (the method's candidate), `train`

@@ -29,6 +29,12 @@ BASELINE_TAG = "augtune.baseline"  # on a sweep's parent run: the recipe its cho
 BASELINE_VERDICT_TAG = "augtune.baseline_verdict"  # the comparison's one line
 DIVERGED_TAG = "augtune.diverged"  # "true" on trials whose training loss became NaN or infinite
 SCHEDULE_TAG = "augtune.schedule"  # "pbt" on trials whose values changed during training (schedule.* artifacts)
+# on a sweep's parent run
+VALIDATE_PROXY_TAG = "augtune.validate_proxy"  # "True" when every candidate was trained (a validation sweep)
+AUDIT_VERDICT_TAG = "augtune.audit_verdict"
+BEST_AUGMENTATION_TAG = "augtune.best_augmentation"
+SELECTED_ON_TAG = "augtune.selected_on"  # "val" or "test": the split the best trial was chosen on
+REPORT_VERDICT_TAG = "augtune.report_verdict"  # on a report's run
 MAX_PARAM_LENGTH = 6000
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-from augtune.search.metric import metric_sign
-from augtune.search.prune import AuditOutcome
-from augtune.search.tracking import Tracker, runs_view_url
-from augtune.search.trials import TrialRow
+from augtune.search.selection.metric import metric_sign
+from augtune.search.selection.prune import AuditOutcome
+from augtune.search.results.tracking import Tracker, runs_view_url
+from augtune.search.results.trials import TrialRow
 
 
 def _cell(value: Optional[float]) -> str:

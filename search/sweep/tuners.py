@@ -1,20 +1,17 @@
-"""Ray Tune for the sweep: the search space, the tuners (Optuna + ASHA/FIFO, grids for audits and
-proxy validation, PBT), the trial table of a result grid, and restoring an interrupted
-experiment. The driver (search/sweep.py) decides when each runs."""
-import itertools
-import json
+"""Ray Tune objects for the sweep's phases: Ray itself, the search space, the trainables, the
+tuners (Optuna + ASHA/FIFO, grids for audits, proxy validation and the recipe baseline, PBT) and
+the trial rows of a result grid. The phases (search/sweep/phases.py) decide which to build."""
 import os
 import random
-import shutil
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from augtune.search.config import SweepConfig, policy_space
-from augtune.search.jobs import job_dir
-from augtune.search.metric import metric_mode
-from augtune.search.trials import TrialRow
+from augtune.search.sweep_config import SweepConfig, policy_space
+from augtune.search.standalone.proxy_job import job_dir
+from augtune.search.selection.metric import metric_mode
+from augtune.search.results.trials import TrialRow
 from augtune.spaces.candidates import parse_candidate
 from augtune.spaces.hyper import parse_hyperparameters
 
@@ -97,7 +94,7 @@ def own_state_api() -> dict[str, Any]:
             "runtime_env": {"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}}}
 
 
-def _storage(cfg: SweepConfig) -> str:
+def storage(cfg: SweepConfig) -> str:
     if cfg.search.storage_path:
         return cfg.search.storage_path
     return str((job_dir(cfg) / "ray").resolve())
@@ -109,19 +106,19 @@ def method_trainable(cfg: SweepConfig, teacher_path: Optional[Path], track: Sequ
     the experiment was built with (search_trainable / method_trainable)."""
     from ray import tune
 
-    from augtune.trainables.tune import data_parallel_trainable, trainable_of
+    from augtune.trainables.tune_trainables import data_parallel_trainable, trainable_of
 
     wanted = cfg.search.resources
     fixed: dict[str, Any] = {"experiment": cfg.distill_dict()}
     if track:
         fixed["track"] = list(track)
-    if cfg.method.teacher != "none":
+    if cfg.method.has_teacher:
         fixed["teacher_checkpoint"] = str(Path(teacher_path).resolve())
     if wanted.workers_per_trial == 1:
         with_fixed = tune.with_parameters(trainable_of(cfg.method), **fixed)
         return tune.with_resources(with_fixed, {"cpu": wanted.cpu, "gpu": wanted.gpu})
     trainable = data_parallel_trainable(cfg.method, wanted.workers_per_trial, wanted.cpu, wanted.gpu,
-                                        wanted.sync_batchnorm, f"{_storage(cfg).rstrip('/')}/train-runs")
+                                        wanted.sync_batchnorm, f"{storage(cfg).rstrip('/')}/train-runs")
     # the trial's function only starts its Ray Train workers, which hold the CPUs and GPUs; Tune
     # cannot place a bundle of nothing, so it asks for one byte of memory
     return tune.with_resources(tune.with_parameters(trainable, **fixed), {"cpu": 0, "memory": 1})
@@ -239,7 +236,7 @@ def _run_config(cfg: SweepConfig, experiment_name: str, callback, keep_checkpoin
     # a multi-worker trial's checkpoints are its Ray Train run's (trainables.tune.data_parallel_trainable)
     checkpoints = (tune.CheckpointConfig(checkpoint_frequency=1, num_to_keep=keep_checkpoints, checkpoint_at_end=True)
                    if cfg.search.resources.workers_per_trial == 1 else tune.CheckpointConfig())
-    return tune.RunConfig(name=experiment_name, storage_path=_storage(cfg), callbacks=[callback], verbose=1,
+    return tune.RunConfig(name=experiment_name, storage_path=storage(cfg), callbacks=[callback], verbose=1,
                           checkpoint_config=checkpoints, failure_config=tune.FailureConfig(max_failures=1))
 
 
@@ -275,7 +272,7 @@ def build_grid_tuner(cfg: SweepConfig, candidates: list[str], seeds: int, teache
 
 def build_baseline_tuner(cfg: SweepConfig, points: list[dict[str, Any]], teacher_path: Optional[Path], callback,
                          experiment_name: str):
-    """The recipe baseline's trials (search/baseline.py): each point an (augmentation, seed) at the
+    """The recipe baseline's trials (search/results/baseline.py): each point an (augmentation, seed) at the
     chosen trial's hyperparameters, trained to the end."""
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
@@ -304,7 +301,7 @@ def build_tuner(cfg: SweepConfig, survivors: list[str], teacher_path: Optional[P
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
-    from augtune.search.tolerant_optuna import TolerantOptunaSearch
+    from augtune.search.sweep.tolerant_optuna import TolerantOptunaSearch
 
     s = cfg.search
     if s.scheduler.kind == "pbt":
@@ -343,142 +340,7 @@ def collect_trials(result_grid, **where: Any) -> list[TrialRow]:
     return [TrialRow.from_result(result, **where) for result in result_grid]
 
 
-# ---------------------------------------------------------------- interrupted experiments
-
-class SweepInterrupted(Exception):
-    """Ctrl-C during a Tune phase: Tune saved its state; `--resume` continues."""
-
-
-def fit_phase(tuner, expected: int, restored: bool = False):
-    grid = tuner.fit()
-    _remove_stand_ins(grid.experiment_path)
-    unfinished = grid.num_terminated + grid.num_errors < len(grid)
-    if unfinished or (len(grid) < expected and not restored):
-        raise SweepInterrupted(f"{grid.num_terminated} of {expected} trials finished")
-    return grid  # a restored experiment may end short (trials it had not saved): the caller tops up
-
-
-def fit_with_top_ups(cfg: SweepConfig, name: str, rename, build, trainable, expected: int, lost,
-                     rounds: list[dict[str, Any]], save) -> list:
-    """Experiment `name` (restored or built), then its top-up rounds. Ray can restore an
-    experiment from a state older than its searcher's and end short of the trials it was asked
-    for; a restored top-up can end short too. So: the rounds already in `rounds` are restored in
-    order, then, while `lost(grids)` names lost work (a trial count, or a grid's missing points),
-    a new round runs it. `build(experiment, lost, round, grids)` builds a tuner (lost None: the
-    whole experiment); `rename(new)` records a new name of the experiment; `save()` persists
-    `rounds`. Returns the result grids, first the experiment's."""
-    tuner, restored = restore_or_build(cfg, name, lambda new: build(new, None, 0, []), trainable, rename)
-    grids = [fit_phase(tuner, expected, restored)]
-    for number in itertools.count(1):
-        if number > len(rounds):
-            missing = lost(grids)
-            if not missing:
-                break
-            rounds.append({"experiment": f"{name}-topup{number}", "lost": missing})
-            save()
-        record = rounds[number - 1]
-        size = record["lost"] if isinstance(record["lost"], int) else len(record["lost"])
-        print(f"\nrunning the {size} trial(s) the interrupted experiment lost (top-up {number})")
-
-        def renamed(new: str, record=record) -> None:
-            record["experiment"] = new
-            save()
-
-        def build_round(new: str, record=record, number=number):
-            return build(new, record["lost"], number, grids)
-
-        tuner, restored = restore_or_build(cfg, record["experiment"], build_round, trainable, renamed)
-        grids.append(fit_phase(tuner, size, restored))
-    return grids
-
-
 def missing_points(grids, points: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The (augmentation, seed) points of `points` that no trial of `grids` ran."""
     ran = {(t.augmentation, t.seed) for grid in grids for t in collect_trials(grid)}
     return [p for p in points if (p["augmentation"], p["seed"]) not in ran]
-
-
-def _local_folder(experiment_path) -> Optional[Path]:
-    """The experiment's folder when it is on local disk and exists (repairs are local only)."""
-    folder = Path(experiment_path)
-    return folder if "://" not in str(experiment_path) and folder.is_dir() else None
-
-
-def _set_aside_unreadable(experiment_path: str) -> None:
-    """A driver killed while Ray wrote its state can leave empty or half-written state files,
-    and Ray then restarts the experiment from nothing. Move those aside (suffix .unreadable),
-    so the restore uses the newest readable state. Local storage only."""
-    folder = _local_folder(experiment_path)
-    if folder is None:
-        return
-    for path in list(folder.glob("experiment_state-*.json")) + list(folder.glob("search_gen_state-*.json")):
-        try:
-            json.loads(path.read_text())
-        except (ValueError, OSError):
-            path.rename(path.with_name(path.name + ".unreadable"))
-    for path in folder.glob("searcher-state-*.pkl"):
-        if path.stat().st_size == 0:
-            path.rename(path.with_name(path.name + ".unreadable"))
-
-
-STAND_IN = ".augtune-stand-in"  # marks a folder standing in for a checkpoint Ray deleted
-
-
-def _stand_in_for_deleted_checkpoints(experiment_path: str) -> None:
-    """Ray deletes a trial's old checkpoints (CheckpointConfig.num_to_keep) before it saves the
-    experiment state that stops naming them. A driver killed in between leaves a state naming
-    checkpoints that are gone, and the restored experiment then fails to delete them again
-    ("Error handling checkpoint ... FileNotFoundError", and that save is not recorded). An empty
-    folder stands in for each missing checkpoint below a trial's newest, so Ray's deletion finds
-    it; those Ray never names are removed when the phase ends. Local storage only."""
-    folder = _local_folder(experiment_path)
-    if folder is None:
-        return
-    for trial in (p for p in folder.iterdir() if p.is_dir()):
-        indices = [int(p.name.rpartition("_")[2]) for p in trial.glob("checkpoint_*")
-                   if p.is_dir() and p.name.rpartition("_")[2].isdigit()]
-        for index in range(max(indices, default=0)):
-            missing = trial / f"checkpoint_{index:06d}"
-            if not missing.exists():
-                missing.mkdir()
-                (missing / STAND_IN).touch()
-
-
-def _remove_stand_ins(experiment_path: str) -> None:
-    folder = _local_folder(experiment_path)
-    if folder is None:
-        return
-    for mark in folder.glob(f"*/checkpoint_*/{STAND_IN}"):
-        if [p.name for p in mark.parent.iterdir()] == [STAND_IN]:
-            shutil.rmtree(mark.parent)
-
-
-def phase_results(cfg: SweepConfig, name: str, teacher_path: Optional[Path]):
-    """The results (checkpoints included) of a finished Tune phase of this sweep, read back from
-    its saved experiment without running anything."""
-    from ray import tune
-
-    path = f"{_storage(cfg).rstrip('/')}/{name}"
-    return tune.Tuner.restore(path, trainable=method_trainable(cfg, teacher_path)).get_results()
-
-
-def restore_or_build(cfg: SweepConfig, name: str, build, trainable, rename):
-    """Tune's saved experiment `name` restored (with `trainable`, the one `build` gives its
-    tuner) when it can be; else a new experiment (under a new name when an unusable one is in
-    the way: `rename(new_name)` records it in the sweep state). Returns (tuner, restored)."""
-    from ray import tune
-
-    path = f"{_storage(cfg).rstrip('/')}/{name}"
-    _set_aside_unreadable(path)
-    _stand_in_for_deleted_checkpoints(path)
-    if tune.Tuner.can_restore(path):
-        try:
-            return tune.Tuner.restore(path, trainable=trainable, resume_errored=True), True
-        except Exception as exc:  # Ray raises many kinds on a damaged experiment
-            print(f"warning: could not restore {path} ({type(exc).__name__}: {exc}); starting its trials again")
-            name = f"{name}-again"
-            rename(name)
-    elif "://" not in path and Path(path).exists():
-        name = f"{name}-again"  # nothing restorable there: do not write over it
-        rename(name)
-    return build(name), False

@@ -13,11 +13,11 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from augtune.search.config import ConfigError, SweepConfig
-from augtune.search.jobs import check_tracking_uri, load_checked_data, pair_name
-from augtune.search.tracking import CANDIDATE_TAG, PAIR_TAG, Tracker
+from augtune.search.sweep_config import ConfigError, SweepConfig
+from augtune.search.standalone.proxy_job import check_tracking_uri, load_checked_data, pair_name
+from augtune.search.results.tracking import CANDIDATE_TAG, PAIR_TAG, Tracker
 from augtune.trainables.engine import progress_bar, resolve_device, save_atomic, save_checkpoint
-from augtune.trainables.methods import REGISTRY, get_method
+from augtune.trainables.builtin_methods import REGISTRY, get_method
 
 
 def run_folder(cfg: SweepConfig, method: str) -> Path:
@@ -39,14 +39,14 @@ def _check_augmentation(method, augmentation: str) -> None:
 def build_runner(cfg: SweepConfig, method_name: str, augmentation: str, seed: int, data, progress: bool):
     """The method's runner (from the registry), its teacher obtained (loaded, or trained once)
     where it needs one."""
-    from augtune.search.teacher import obtain_method_teacher
+    from augtune.search.standalone.teacher import obtain_method_teacher
 
     method = get_method(method_name)
     section = cfg.section(method_name)
     if hasattr(section, "augmentation"):
         section.augmentation = augmentation
     teacher_path = None
-    if method.teacher != "none" and method.uses_teacher(cfg):
+    if method.has_teacher and method.uses_teacher(cfg):
         _, teacher_path, _ = obtain_method_teacher(cfg, method, data, resolve_device(cfg.device), progress=progress)
     return method.runner(cfg, data=data, seed=seed, teacher_checkpoint=str(teacher_path) if teacher_path else None,
                          work_dir=run_folder(cfg, method_name))

@@ -13,7 +13,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationI
                       model_validator)
 
 from augtune.trainables.method import BUILTIN_NAMES, REGISTRY
-from augtune.trainables.models import (MODEL_REGISTRY, InputSpec, build_model, check_model_name, foreign_module,
+from augtune.trainables.models import (MODEL_REGISTRY, InputSpec, build_model, check_model_name,
                                        load_own_layout, module_for_weights, pretrained_input, pretrained_weights,
                                        read_own_weights)
 from augtune.trainables.values import check_schedule_value

@@ -11,8 +11,8 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from augtune.spaces.candidates import DEFAULT_BASELINE, DEFAULT_CANDIDATES, expand_candidates, parse_candidate
 from augtune.spaces.hyper import check_names, parse_hyperparameters
 from augtune.spaces.policies import DEFAULT_POLICY_SPACE, PolicySpace
-from augtune.trainables.config import DistillConfig, Section, check_checkpoint_file
-from augtune.trainables.methods import REGISTRY, get_method
+from augtune.trainables.experiment_config import DistillConfig, Section, check_checkpoint_file
+from augtune.trainables.builtin_methods import REGISTRY, get_method
 
 
 class ConfigError(ValueError):
@@ -80,7 +80,7 @@ class ProxyConfig(Section):
     student_checkpoint: Optional[Path] = Field(None, description="needed by entropy=student picks")
     score: Literal["t_stddev", "entropy", "kl", "agreement", "accuracy", "low_fidelity"] = Field(
         "t_stddev", description="which score ranks the candidates: the teacher-only ones are computed in the "
-                                "same forward passes (search/proxy.py ZOO gives each one's direction); "
+                                "same forward passes (search/selection/proxy.py ZOO gives each one's direction); "
                                 "low_fidelity needs low_fidelity_epochs")
     policies_per_forward: int = Field(8, ge=1, description="candidates whose x' share one teacher forward "
                                                           "(screening many policies)")
@@ -222,7 +222,7 @@ class SweepConfig(DistillConfig):
         if chosen is None:
             return None
         recipe = parse_candidate(DEFAULT_BASELINE if chosen == "auto" else chosen)
-        if chosen == "auto" and (self.method.refuses(recipe) or self.method.teacher == "none"):
+        if chosen == "auto" and (self.method.refuses(recipe) or not self.method.has_teacher):
             return None
         return recipe.id
 
@@ -259,10 +259,10 @@ class SweepConfig(DistillConfig):
         # a top_k of its own (the default may exceed a short list: keep all then); a logged config
         # (config.json, `best --export`) writes the default out, and must load again
         explicit_k = "top_k" in prune.model_fields_set and prune.top_k != type(prune).model_fields["top_k"].default
-        if self.method.teacher != "none" and prune.mode == "top_k" and explicit_k and prune.top_k > count:
+        if self.method.has_teacher and prune.mode == "top_k" and explicit_k and prune.top_k > count:
             raise ValueError(f"search.prune.top_k: {prune.top_k} exceeds the {count} candidates in space.candidates; "
                              f"use at most {count} (or prune.mode: none)")
-        if prune.audit and self.method.teacher == "none":
+        if prune.audit and not self.method.has_teacher:
             raise ValueError(f"search.prune.audit: {self.search.method} sweeps have no teacher, hence no proxy, and "
                              "prune nothing; set audit: 0")
         pruned = max(count - prune.top_k, 0)
@@ -368,6 +368,11 @@ class SweepConfig(DistillConfig):
                              "biased score; use val_loss or val_acc (with data.val_per_class or data.val_list), "
                              "or set search.select_on_test: true to accept that")
         return self
+
+    def prune_mode(self, validate_proxy: bool) -> str:
+        """How this sweep prunes, decided here once: none for a validation sweep (every candidate
+        trains) or a method without a teacher (nothing to score); else search.prune.mode."""
+        return "none" if validate_proxy or not self.method.has_teacher else self.search.prune.mode
 
     def check_resources(self) -> None:
         """On this machine (no ray_address), a trial must fit it; a cluster is checked on connect.

@@ -16,7 +16,7 @@ from typing import Mapping, Optional
 
 from ray.tune import Callback
 
-from augtune.search.tracking import (CANDIDATE_TAG, DIVERGED_TAG, PAIR_TAG, PHASE_TAG, SCHEDULE_TAG, TRIAL_TAG,
+from augtune.search.results.tracking import (CANDIDATE_TAG, DIVERGED_TAG, PAIR_TAG, PHASE_TAG, SCHEDULE_TAG, TRIAL_TAG,
                                      Tracker)
 
 CURVE_PREFIXES = ("train_", "test_", "val_", "stage", "schedule.")
@@ -113,7 +113,7 @@ class TrialLogger(Callback):
         params logged at its start are its first values, kept as they were)."""
         import tempfile
 
-        from augtune.search import schedule
+        from augtune.search.results import schedule
 
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)

@@ -12,8 +12,8 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Iterable, Literal, Optional, Sequence
 
-from augtune.search.metric import metric_sign
-from augtune.search.tracking import (CANDIDATE_TAG, PARENT_TAG, PHASE_TAG, STAGE_TAG, SUPERSEDED_TAG, TRIAL_TAG,
+from augtune.search.selection.metric import metric_sign
+from augtune.search.results.tracking import (CANDIDATE_TAG, PARENT_TAG, PHASE_TAG, STAGE_TAG, SUPERSEDED_TAG, TRIAL_TAG,
                                      Tracker)
 
 FINAL_METRICS = ("val_loss", "val_acc", "test_loss", "test_acc")

@@ -1,9 +1,9 @@
-"""Replays of candidate-search strategies against a learning-curve table (search/learning_curves.py).
+"""Replays of candidate-search strategies against a learning-curve table (search/tables/learning_curves.py).
 
 A replay is one search as it would have run: the strategy asks for (candidate, seed) runs up to
 some epoch, the world answers from the table and charges epochs x the candidate's per-epoch
 seconds (plus the proxy's seconds when a proxy is used). The decisions are the project's and
-Ray's own: the proxy cut and the sentinel audit of search/prune.py, and Ray Tune's
+Ray's own: the proxy cut and the sentinel audit of search/selection/prune.py, and Ray Tune's
 AsyncHyperBandScheduler called with the tabulated results in the order a search with `workers`
 concurrent trials would have produced them (replay_asha_through_tune runs the same through
 `tune.Tuner` with a trainable that reports the table, to show that both take the same decisions).
@@ -22,9 +22,9 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from augtune.search.learning_curves import Regime
-from augtune.search.metric import metric_sign
-from augtune.search.prune import run_audit
+from augtune.search.tables.learning_curves import Regime
+from augtune.search.selection.metric import metric_sign
+from augtune.search.selection.prune import run_audit
 
 
 class World:
@@ -67,9 +67,9 @@ class World:
 
     def proxy_scores(self, score: str) -> list:
         """This replay's proxy seed's scores as the sweep's ProxyScores, ranked by `score` the way
-        the sweep ranks them (search/proxy.py rank_scores); charges the proxy's seconds for every
+        the sweep ranks them (search/selection/proxy.py rank_scores); charges the proxy's seconds for every
         candidate (all are scored in the same passes)."""
-        from augtune.search.proxy import ProxyScore, rank_scores
+        from augtune.search.selection.proxy import ProxyScore, rank_scores
 
         if self.regime.proxy_seconds is not None:
             self.seconds += float(np.nansum(self.regime.proxy_seconds[:, self.proxy_seed]))
@@ -122,8 +122,8 @@ def fixed(candidate: str) -> Strategy:
 
 
 def proxy_top_k(k: int, score: str = "t_stddev") -> Strategy:
-    """The proxy cut of search/prune.py (mode top_k), then the kept candidates in full."""
-    from augtune.search.prune import proxy_cut
+    """The proxy cut of search/selection/prune.py (mode top_k), then the kept candidates in full."""
+    from augtune.search.selection.prune import proxy_cut
 
     def run(world: World) -> str:
         kept = proxy_cut(world.proxy_scores(score), "top_k", k, by=score)
@@ -133,7 +133,7 @@ def proxy_top_k(k: int, score: str = "t_stddev") -> Strategy:
 
 def proxy_audit(k: int = 3, sentinels: int = 1, audit_seeds: int = 2, expand: bool = True, max_extra: int = 2,
                 score: str = "t_stddev", batch: int = 2) -> Strategy:
-    """The sweep's default decision path: proxy cut, then search/prune.py's run_audit (sentinels,
+    """The sweep's default decision path: proxy cut, then search/selection/prune.py's run_audit (sentinels,
     expansion) training every audited candidate for `audit_seeds` seeds; the best audited
     candidate by mean metric is the choice."""
     def run(world: World) -> str:
@@ -223,7 +223,7 @@ def combined_ranking(world: World, weights: dict[str, float], ranks: bool = Fals
     """Candidates best first by a weighted sum of proxies, each oriented so that higher predicts a
     better student (ZOO directions) and standardised over this regime's candidates (z-scores, or
     ranks with `ranks`); one proxy charge (every proxy comes from the same passes)."""
-    from augtune.search.proxy import ZOO
+    from augtune.search.selection.proxy import ZOO
 
     scores = world.proxy_scores("t_stddev")
     names = [s.candidate for s in scores]
@@ -252,7 +252,7 @@ def learn_proxy_weights(regime: Regime, proxies: Sequence[str]) -> dict[str, flo
     """Least-squares weights of the oriented, standardised proxies (means over proxy seeds)
     predicting the negated mean final validation loss over every candidate of `regime`: a
     combination learned on one regime, to be tested on another."""
-    from augtune.search.proxy import ZOO
+    from augtune.search.selection.proxy import ZOO
 
     columns = []
     for proxy in proxies:
@@ -318,7 +318,7 @@ class _Trial:
 def asha_scheduler(world_epochs: int, grace_period: int, reduction_factor: float, metric: str):
     from ray.tune.schedulers import AsyncHyperBandScheduler
 
-    from augtune.search.metric import metric_mode
+    from augtune.search.selection.metric import metric_mode
 
     return AsyncHyperBandScheduler(time_attr="training_iteration", metric=metric, mode=metric_mode(metric),
                                    max_t=world_epochs, grace_period=min(grace_period, world_epochs),

@@ -1,5 +1,5 @@
 """The proxy job: teacher -> T.stddev of every candidate -> table, CSV/JSON, MLflow runs.
-The sweep driver (search/sweep.py) runs it as its first stage."""
+The sweep driver (search/sweep/driver.py) runs it as its first stage."""
 from __future__ import annotations
 
 import csv
@@ -10,10 +10,10 @@ from typing import Callable, Optional
 
 import torch
 
-from augtune.search.config import SweepConfig
-from augtune.search.proxy import ProxyScore, format_table, low_fidelity_scores, rank_scores, score_candidates
-from augtune.search.teacher import obtain_method_teacher
-from augtune.search.tracking import Tracker, log_proxy_scores
+from augtune.search.sweep_config import SweepConfig
+from augtune.search.selection.proxy import ProxyScore, format_table, low_fidelity_scores, rank_scores, score_candidates
+from augtune.search.standalone.teacher import obtain_method_teacher
+from augtune.search.results.tracking import PAIR_TAG, Tracker, log_proxy_scores
 from augtune.trainables.data import DataBundle
 from augtune.trainables.engine import InputPipeline, evaluate_split, load_checkpoint, resolve_device
 
@@ -30,7 +30,7 @@ class ProxyOutcome:
 def load_checked_data(cfg: SweepConfig, proxy: bool = True) -> DataBundle:
     """The config's data, with loading problems (missing or corrupt files, impossible counts)
     turned into ConfigErrors naming the field, and the proxy's batching checked against it."""
-    from augtune.search.config import ConfigError
+    from augtune.search.sweep_config import ConfigError
     from augtune.trainables.data import load_data
 
     try:
@@ -54,7 +54,7 @@ def load_checked_data(cfg: SweepConfig, proxy: bool = True) -> DataBundle:
 def check_teacher_weights(cfg: SweepConfig, data: DataBundle) -> None:
     """Weights whose classifier has another class count than the data are refused (naming both)
     unless the teacher is fine-tuned from them with a new head."""
-    from augtune.search.config import ConfigError
+    from augtune.search.sweep_config import ConfigError
 
     t = cfg.teacher
     if t.checkpoint is not None or (t.weights is None and not t.pretrained) or t.fine_tune:
@@ -75,7 +75,7 @@ def check_tracking_uri(uri: str, must_exist: bool = False) -> None:
     import urllib.error
     import urllib.request
 
-    from augtune.search.config import ConfigError, TrackingConfig
+    from augtune.search.sweep_config import ConfigError, TrackingConfig
 
     try:
         TrackingConfig(uri=uri)
@@ -185,7 +185,7 @@ def proxy_command(cfg: SweepConfig, progress: bool = True) -> ProxyOutcome:
     data = load_checked_data(cfg)
     check_tracking_uri(cfg.tracking.uri)
     tracker = Tracker(cfg.tracking.uri, cfg.experiment_name)
-    parent = tracker.start_run(f"proxy:{cfg.name}", "proxy-job", tags={"augtune.pair": pair_name(cfg)})
+    parent = tracker.start_run(f"proxy:{cfg.name}", "proxy-job", tags={PAIR_TAG: pair_name(cfg)})
     try:
         outcome = run_proxy(cfg, data, tracker, parent, progress)
     except BaseException:

@@ -1,32 +1,41 @@
 """`augtune sweep CONFIG`: teacher -> T.stddev of every candidate -> prune -> student trials on
 Ray Tune (Optuna TPE + ASHA, or PBT) -> MLflow -> the best augmentation.
 
-On a cluster's head node, search/submit.py runs it as a script (`ray submit cluster.yaml
-search/submit.py -- CONFIG`).
+The driver is a sequence of stages over the typed sweep state (search/sweep/state.py); each Tune
+phase is one object of search/sweep/phases.py. On a cluster's head node, search/submit.py runs it
+as a script (`ray submit cluster.yaml search/submit.py -- CONFIG`).
 """
+import itertools
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+import torch
 import yaml
 
-from augtune.search.baseline import BASELINE_PHASE, BaselineComparison, baseline_points, compare
-from augtune.search.compute import compute_summary, epoch_seconds_by_candidate
-from augtune.search.config import ConfigError, SweepConfig
-from augtune.search.jobs import check_tracking_uri, job_dir, load_checked_data, pair_name, run_proxy
-from augtune.search.proxy import ProxyScore, format_table
-from augtune.search.prune import AuditOutcome, proxy_cut, run_audit
-from augtune.search.sweep_format import TEST_SELECTION_WARNING, describe_best, format_audit, print_outcome
-from augtune.search.sweep_state import STATE_FILE, SweepState
-from augtune.search.tracking import BASELINE_TAG, BASELINE_VERDICT_TAG, SUPERSEDED_TAG, TRIAL_TAG, Tracker
-from augtune.search.trials import TrialRow, pick_best
-from augtune.search.tuners import (SweepInterrupted, build_baseline_tuner, build_grid_tuner, build_tuner, collect_trials, fit_with_top_ups,
-                                   grid_points, init_ray, method_trainable, missing_points, phase_results,
-                                   search_trainable)
+from augtune.search.results.baseline import BaselineComparison, baseline_points, compare
+from augtune.search.results.compute_spent import compute_summary
+from augtune.search.results.tracking import (AUDIT_VERDICT_TAG, BASELINE_TAG, BASELINE_VERDICT_TAG,
+                                             BEST_AUGMENTATION_TAG, PAIR_TAG, PARENT_TAG, SELECTED_ON_TAG,
+                                             SUPERSEDED_TAG, TRIAL_TAG, VALIDATE_PROXY_TAG, Tracker)
+from augtune.search.results.trial_logger import TrialLogger
+from augtune.search.results.trials import TrialRow, pick_best
+from augtune.search.selection.proxy import ProxyScore, format_table
+from augtune.search.selection.prune import Audit, AuditOutcome, proxy_cut
+from augtune.search.standalone.proxy_job import check_tracking_uri, job_dir, load_checked_data, pair_name, run_proxy
+from augtune.search.sweep.phases import (BaselinePhase, GridPhase, SearchPhase, SweepInterrupted, ValidationPhase,
+                                         phase_results)
+from augtune.search.sweep.printing import TEST_SELECTION_WARNING, describe_best, format_audit, print_outcome
+from augtune.search.sweep.state import STATE_FILE, AuditRecord, BaselineRecord, PhaseRecord, SweepState
+from augtune.search.sweep.tuners import init_ray
+from augtune.search.sweep_config import ConfigError, SweepConfig
 from augtune.spaces.candidates import expand_candidates
+from augtune.trainables.engine import save_checkpoint
 from augtune.trainables.method import OwnTeacher
+from augtune.trainables.tune_trainables import STATE_FILE as RUNNER_STATE_FILE
 
 
 @dataclass
@@ -49,17 +58,10 @@ def log_best_student(cfg: SweepConfig, tracker: Tracker, parent: str, best: Tria
     """The chosen trial's final student, in augtune's weights-only checkpoint format, as the
     artifact `student.pt` of its MLflow run (`augtune best --export` fetches it), whichever
     phase trained it (an audit trial's checkpoint is read from its restored experiment)."""
-    import tempfile
-
-    import torch
-
-    from augtune.trainables.engine import save_checkpoint
-    from augtune.trainables.tune import STATE_FILE as RUNNER_STATE_FILE
-
     if best.phase == "audit":
         grids = [phase_results(cfg, best.experiment, teacher_path)]
     result = next((r for g in grids for r in g if (r.metrics or {}).get("trial_id") == best.trial_id), None)
-    runs = tracker.runs(f"tags.`{TRIAL_TAG}` = '{best.trial_id}' and tags.`mlflow.parentRunId` = '{parent}'")
+    runs = tracker.runs(f"tags.`{TRIAL_TAG}` = '{best.trial_id}' and tags.`{PARENT_TAG}` = '{parent}'")
     checkpoint = result.checkpoint if result is not None else None
     if checkpoint is None and result is not None and (result.metrics or {}).get("checkpoint_path"):
         from ray.tune import Checkpoint  # a multi-worker trial's: its Ray Train run's latest
@@ -97,67 +99,39 @@ def close_orphans(tracker: Tracker, parent: str) -> int:
 
 # ---------------------------------------------------------------- sentinel audit
 
-class AuditTrainer:
-    """The audit's `train(candidates)` on Ray: one grid phase per call (candidates x audit seeds at
-    the config's hyperparameters), each a Tune experiment of its own. Finished phases are kept in
-    the sweep state, so a resumed audit replays them instead of training again."""
-
-    def __init__(self, cfg: SweepConfig, state: SweepState, teacher_path: Optional[Path], callback):
-        self.cfg, self.state, self.teacher_path, self.callback = cfg, state, teacher_path, callback
-        self.phases = state.audit_phases
-        self.calls = 0
-
-    def __call__(self, candidates: list[str]) -> dict[str, list[float]]:
-        index, self.calls = self.calls, self.calls + 1
-        if index < len(self.phases) and self.phases[index]["candidates"] == candidates \
-                and self.phases[index].get("values") is not None:
-            return self.phases[index]["values"]
-        if index == len(self.phases):
-            self.phases.append({"candidates": candidates, "name": f"{self.state.ray_experiment}-audit-{index}",
-                                "values": None})
-            self.state.save(job_dir(self.cfg))
-        seeds = self.cfg.search.prune.audit_seeds
-        phase = self.phases[index]
-        points = grid_points(self.cfg, candidates, seeds)
-
-        def save() -> None:
-            self.state.save(job_dir(self.cfg))
-
-        def renamed(name: str) -> None:
-            phase["name"] = name
-            save()
-
-        print(f"\naudit: training {', '.join(candidates)} ({seeds} seeds each, the config's hyperparameters)")
-        grids = fit_with_top_ups(
-            self.cfg, phase["name"], renamed,
-            lambda experiment, lost, _round, _grids: build_grid_tuner(
-                self.cfg, candidates, seeds, self.teacher_path, self.callback, experiment, points=lost),
-            method_trainable(self.cfg, self.teacher_path), len(points), lambda grids: missing_points(grids, points),
-            phase.setdefault("topups", []), save)
-        # each row names the experiment that trained it (where its weights are)
-        trials = [t for grid in grids for t in collect_trials(grid, phase="audit",
-                                                              experiment=Path(grid.experiment_path).name)]
-        metric = self.cfg.search.metric
-        values: dict[str, list[float]] = {}
-        for t in trials:
-            if t.usable(metric):
-                values.setdefault(t.augmentation, []).append(float(t.metric(metric)))
-        phase.update(values=values, seconds=sum(t.seconds for t in trials), trials=len(trials),
-                     epoch_seconds=epoch_seconds_by_candidate(trials), rows=[t.as_dict() for t in trials])
-        self.state.save(job_dir(self.cfg))
-        return values
-
-
-def run_audit_phase(cfg: SweepConfig, state: SweepState, tracker: Tracker, teacher_path: Optional[Path],
-                    callback) -> AuditOutcome:
-    """Sentinels from the pruned candidates, trained beside the kept ones; the verdict; the
-    survivors for the search (the top_k audited candidates by the selection metric)."""
+def run_audit_phases(cfg: SweepConfig, state: SweepState, tracker: Tracker, teacher_path: Optional[Path],
+                     callback) -> AuditOutcome:
+    """Sentinels from the pruned candidates, trained beside the kept ones, one grid phase per
+    batch the audit asks for (candidates x audit seeds at the config's hyperparameters); the
+    verdict; the survivors for the search (the top_k audited candidates by the selection metric).
+    A batch already trained (in the state) is read back, not trained again."""
     p = cfg.search.prune
-    ranked = proxy_cut(sorted((ProxyScore(**row) for row in state.scores), key=lambda s: s.rank), "none", 0,
-                       by=cfg.proxy.score)
-    outcome = run_audit(ranked, state.kept, p.audit, AuditTrainer(cfg, state, teacher_path, callback),
-                        metric=cfg.search.metric, seed=cfg.search.seed, expand=p.on_disagreement == "expand",
-                        max_extra=p.max_extra, batch=cfg.search.max_concurrent, keep=len(state.kept))
+    ranked = proxy_cut(sorted(state.scores, key=lambda s: s.rank), "none", 0, by=cfg.proxy.score)
+    audit = Audit(ranked, state.kept, p.audit, metric=cfg.search.metric, seed=cfg.search.seed,
+                  expand=p.on_disagreement == "expand", max_extra=p.max_extra, batch=cfg.search.max_concurrent,
+                  keep=len(state.kept))
+    for index in itertools.count():
+        candidates = audit.next_batch()
+        if candidates is None:
+            break
+        record = state.audit_phases[index] if index < len(state.audit_phases) else None
+        if record is None or record.candidates != candidates:
+            del state.audit_phases[index:]  # a batch the audit no longer asks for
+            record = AuditRecord(f"{state.search.experiment}-audit-{index}", candidates=candidates)
+            state.audit_phases.append(record)
+            state.save(job_dir(cfg))
+        if record.values is None:
+            print(f"\naudit: training {', '.join(candidates)} ({p.audit_seeds} seeds each, the config's "
+                  "hyperparameters)")
+            phase = GridPhase(cfg, state, record, teacher_path, callback, candidates, p.audit_seeds, label="audit")
+            record.rows = phase.rows(phase.run())
+            record.values = {}
+            for t in record.rows:
+                if t.usable(cfg.search.metric):
+                    record.values.setdefault(t.augmentation, []).append(float(t.metric(cfg.search.metric)))
+            state.save(job_dir(cfg))
+        audit.add(record.values)
+    outcome = audit.outcome()
     parent = state.parent_run_id
     tracker.log_json(parent, "audit.json", outcome.as_dict())
     tracker.log(parent, params={"audit.sentinels": ",".join(outcome.sentinels) or "-",
@@ -165,7 +139,7 @@ def run_audit_phase(cfg: SweepConfig, state: SweepState, tracker: Tracker, teach
                                 "audit.beaten_by": ",".join(outcome.beaten_by) or "-"},
                 metrics={"audit_disagreement": float(outcome.disagrees), "audit_noise_sd": outcome.noise_sd,
                          "audit_rank_kendall": outcome.rank_kendall, "audit_candidates": len(outcome.values)},
-                tags={"augtune.audit_verdict": outcome.verdict()})
+                tags={AUDIT_VERDICT_TAG: outcome.verdict()})
     return outcome
 
 
@@ -175,10 +149,10 @@ def start_sweep(cfg: SweepConfig, tracker: Tracker) -> SweepState:
     """The parent run and the first state (stage 'proxy'), saved at once: a driver killed from
     here on can be resumed."""
     validate = cfg.search.validate_proxy
-    parent = tracker.start_run(f"sweep:{cfg.name}", "sweep", tags={"augtune.pair": pair_name(cfg),
-                                                                 "augtune.validate_proxy": str(validate)})
+    parent = tracker.start_run(f"sweep:{cfg.name}", "sweep", tags={PAIR_TAG: pair_name(cfg),
+                                                                 VALIDATE_PROXY_TAG: str(validate)})
     state = SweepState(parent_run_id=parent, validate_proxy=validate,
-                       ray_experiment=f"sweep-{time.strftime('%Y%m%d-%H%M%S')}")
+                       search=PhaseRecord(f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"))
     state.save(job_dir(cfg))
     tracker.log(parent, params={"config": yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)})
     tracker.log_json(parent, "config.json", cfg.model_dump(mode="json"))
@@ -198,23 +172,23 @@ def stage_proxy_and_prune(cfg: SweepConfig, data, tracker: Tracker, state: Sweep
     """Teacher and T.stddev (methods with a teacher), pruning; the state moves on to 'search'.
     A method without a teacher has no proxy: every candidate goes to the trials."""
     parent = state.parent_run_id
-    mode = "none" if state.validate_proxy else cfg.search.prune.mode
-    if cfg.method.teacher != "none" and mode == "fixed":  # the teacher only: nothing to score
+    mode = cfg.prune_mode(state.validate_proxy)
+    if mode == "fixed":  # the teacher only: nothing to score
         teacher_path = run_proxy(cfg, data, tracker, parent, progress, score=False).teacher_path
         scores, survivors = [], [expand_candidates([cfg.search.prune.candidate])[0].id]
-    elif cfg.method.teacher != "none":
+    elif cfg.method.has_teacher:
         proxy = run_proxy(cfg, data, tracker, parent, progress)
         scores, teacher_path = proxy.scores, proxy.teacher_path
         survivors = proxy_cut(scores, mode, cfg.search.prune.top_k, by=cfg.proxy.score)
     else:
-        scores, teacher_path, mode = [], None, "none"
+        scores, teacher_path = [], None
         survivors = [c.id for c in cfg.space.resolved()]
     tracker.log_json(parent, "pruned.json", {"kept": survivors,
                                              "pruned": [s.candidate for s in scores if s.candidate not in survivors]})
     tracker.log(parent, params={"prune.mode": mode, "prune.top_k": cfg.search.prune.top_k,
                                 "survivors": ",".join(survivors)})
     state.stage, state.teacher_path = "search", str(teacher_path) if teacher_path else None
-    state.scores, state.kept, state.survivors = [s.as_row() for s in scores], survivors, survivors
+    state.scores, state.kept, state.survivors = list(scores), survivors, survivors
     state.audit_done = not (cfg.search.prune.audit and survivors != [s.candidate for s in scores])
     state.save(job_dir(cfg))
 
@@ -222,102 +196,64 @@ def stage_proxy_and_prune(cfg: SweepConfig, data, tracker: Tracker, state: Sweep
 def stage_audit(cfg: SweepConfig, state: SweepState, tracker: Tracker, teacher_path: Optional[Path],
                 score_of: dict[str, float]) -> AuditOutcome:
     """Sentinel audit of the pruning; the survivors of the search follow its outcome."""
-    from augtune.search.trial_logger import TrialLogger
-
     logger = TrialLogger(cfg.tracking.uri, cfg.experiment_name, state.parent_run_id, pair_name(cfg), score_of,
                          phase="audit")
-    audit = run_audit_phase(cfg, state, tracker, teacher_path, logger)
+    audit = run_audit_phases(cfg, state, tracker, teacher_path, logger)
     state.survivors, state.audit_done, state.audit = audit.survivors, True, audit.as_dict()
     state.save(job_dir(cfg))
     return audit
 
 
-def stage_search(cfg: SweepConfig, state: SweepState, teacher_path: Optional[Path], score_of: dict[str, float]):
-    """The student trials on Ray (restored when the sweep is resumed), plus top-ups of the
-    trials restored experiments lost. Returns the result grids."""
-    from augtune.search.trial_logger import TrialLogger
-
-    folder, survivors, validate = job_dir(cfg), state.survivors, state.validate_proxy
+def stage_search(cfg: SweepConfig, state: SweepState, teacher_path: Optional[Path],
+                 score_of: dict[str, float]) -> list:
+    """The student trials on Ray (restored when the sweep is resumed, topped up where a restore
+    lost trials): a validation sweep's grid of every candidate x seed, else the search. Returns
+    the result grids."""
     callback = TrialLogger(cfg.tracking.uri, cfg.experiment_name, state.parent_run_id, pair_name(cfg), score_of)
-
-    def renamed(new: str) -> None:
-        state.ray_experiment = new
-        state.save(folder)
-
-    if validate:  # every candidate x seed: a top-up runs exactly the points a restore lost
-        points = grid_points(cfg, survivors, cfg.search.seeds)
-
-        def build(name, lost_points, _round, _grids):
-            return build_grid_tuner(cfg, survivors, cfg.search.seeds, teacher_path, callback, name, points=lost_points)
-
-        def lost(grids):
-            return missing_points(grids, points)
-    else:  # a sample count: a top-up draws the number of trials a restore lost, with its own seed
-
-        def build(name, lost_count, round_number, grids):
-            tried = [t.augmentation for grid in grids for t in collect_trials(grid)]
-            return build_tuner(cfg, survivors, teacher_path, callback, name, num_samples=lost_count, tried=tried,
-                               top_up=round_number)
-
-        def lost(grids):
-            return max(0, cfg.search.num_samples - sum(len(grid) for grid in grids))
-
-    expected = len(points) if validate else cfg.search.num_samples
-    return fit_with_top_ups(cfg, state.ray_experiment, renamed, build, search_trainable(cfg, teacher_path, validate),
-                            expected, lost, state.topups, lambda: state.save(folder))
+    phase = (ValidationPhase if state.validate_proxy else SearchPhase)(cfg, state, teacher_path, callback)
+    return phase.run()
 
 
-def chosen_trial(cfg: SweepConfig, state: SweepState, grids) -> Optional[TrialRow]:
+def audit_rows(state: SweepState) -> list[TrialRow]:
+    return [t for record in state.audit_phases for t in record.rows or []]
+
+
+def chosen_trial(cfg: SweepConfig, state: SweepState, trials: list[TrialRow]) -> Optional[TrialRow]:
     """The best trial by the selection metric among the search's and the audit's full-length
     trials: the same definition as `augtune best`."""
-    trials = [t for grid in grids for t in collect_trials(grid)]
-    audit_trials = [TrialRow.from_dict(row) for phase in state.audit_phases for row in phase.get("rows") or []]
-    return pick_best(trials + audit_trials, cfg.search.metric)
+    return pick_best(trials + audit_rows(state), cfg.search.metric)
 
 
-def stage_baseline(cfg: SweepConfig, state: SweepState, tracker: Tracker, teacher_path: Optional[Path], grids,
-                   score_of: dict[str, float]) -> Optional[BaselineComparison]:
-    """The recipe baseline (search/baseline.py) at the chosen trial's hyperparameters and seed, and
-    the chosen augmentation again at the further seeds; the comparison logged to the parent run.
-    Not for validation sweeps (every candidate is trained already) or PBT (values follow schedules)."""
-    from augtune.search.trial_logger import TrialLogger
-
-    recipe, best = cfg.baseline, chosen_trial(cfg, state, grids)
+def stage_baseline(cfg: SweepConfig, state: SweepState, tracker: Tracker, teacher_path: Optional[Path],
+                   trials: list[TrialRow], score_of: dict[str, float]) -> Optional[BaselineComparison]:
+    """The recipe baseline (search/results/baseline.py) at the chosen trial's hyperparameters and
+    seed, and the chosen augmentation again at the further seeds; the comparison logged to the
+    parent run. Not for validation sweeps (every candidate is trained already) or PBT (values
+    follow schedules)."""
+    recipe, best = cfg.baseline, chosen_trial(cfg, state, trials)
     if recipe is None or best is None or state.validate_proxy or cfg.search.scheduler.kind == "pbt":
         return None
-    if state.baseline is not None and state.baseline.get("comparison"):
-        return BaselineComparison.from_dict(state.baseline["comparison"])
-    folder, seeds = job_dir(cfg), cfg.search.baseline_seeds
+    if state.baseline is not None and state.baseline.comparison:
+        return BaselineComparison.from_dict(state.baseline.comparison)
+    seeds = cfg.search.baseline_seeds
     first = cfg.seed if best.seed is None else int(best.seed)  # search trials train at the config's seed
     # the chosen augmentation is the recipe itself: nothing to compare, nothing to train
     points = [] if best.augmentation == recipe else baseline_points(best, recipe, seeds, first)
     if state.baseline is None:
-        state.baseline = {"experiment": f"{state.ray_experiment}-baseline", "topups": [], "rows": None}
-        state.save(folder)
-    phase = state.baseline
+        state.baseline = BaselineRecord(f"{state.search.experiment}-baseline")
+        state.save(job_dir(cfg))
     rows: list[TrialRow] = []
     if points:
         print(f"\nbaseline: {recipe} at the chosen trial's hyperparameters, seeds "
               f"{', '.join(str(first + i) for i in range(seeds))}"
               + (f"; {best.augmentation} again at the further seeds" if seeds > 1 else ""))
         callback = TrialLogger(cfg.tracking.uri, cfg.experiment_name, state.parent_run_id, pair_name(cfg), score_of,
-                               phase=BASELINE_PHASE)
-
-        def renamed(name: str) -> None:
-            phase["experiment"] = name
-            state.save(folder)
-
-        phase_grids = fit_with_top_ups(
-            cfg, phase["experiment"], renamed,
-            lambda experiment, lost, _round, _grids: build_baseline_tuner(
-                cfg, points if lost is None else lost, teacher_path, callback, experiment),
-            method_trainable(cfg, teacher_path), len(points), lambda found: missing_points(found, points),
-            phase["topups"], lambda: state.save(folder))
-        rows = [t for g in phase_grids for t in collect_trials(g, phase=BASELINE_PHASE,
-                                                                experiment=Path(g.experiment_path).name)]
+                               phase=BaselinePhase.label)
+        phase = BaselinePhase(cfg, state, teacher_path, callback, points)
+        rows = phase.rows(phase.run())
     comparison = compare(best, recipe, rows, cfg.search.metric, seeds, first)
-    phase.update(rows=[t.as_dict() for t in rows], comparison=comparison.as_dict())
-    state.save(folder)
+    state.baseline.rows, state.baseline.comparison = rows, comparison.as_dict()
+    state.save(job_dir(cfg))
     parent = state.parent_run_id
     tracker.log_json(parent, "baseline.json", comparison.as_dict())
     sd, _ = comparison.noise()
@@ -329,21 +265,18 @@ def stage_baseline(cfg: SweepConfig, state: SweepState, tracker: Tracker, teache
     return comparison
 
 
-def stage_summarise(cfg: SweepConfig, state: SweepState, tracker: Tracker, grids, data,
+def stage_summarise(cfg: SweepConfig, state: SweepState, tracker: Tracker, grids, trials: list[TrialRow], data,
                     baseline: Optional[BaselineComparison] = None) -> SweepOutcome:
     """The chosen trial (`chosen_trial`), the compute spent, everything logged once to the parent
     run; the state is marked finished."""
     parent = state.parent_run_id
-    scores = [ProxyScore(**row) for row in state.scores]
-    trials = [t for grid in grids for t in collect_trials(grid)]
     close_orphans(tracker, parent)
-    best = chosen_trial(cfg, state, grids)
-    baseline_trials = [TrialRow.from_dict(row) for row in (state.baseline or {}).get("rows") or []]
-    audit_trials = [TrialRow.from_dict(row) for phase in state.audit_phases for row in phase.get("rows") or []]
-    supersede_forgotten(tracker, parent, {t.trial_id for t in [*trials, *audit_trials, *baseline_trials]})
+    best = chosen_trial(cfg, state, trials)
+    baseline_trials = (state.baseline.rows or []) if state.baseline else []
+    supersede_forgotten(tracker, parent, {t.trial_id for t in [*trials, *audit_rows(state), *baseline_trials]})
     # full length = the longest trial (a multi-stage method counts its stages' epochs)
     full_epochs = max([t.epochs for t in trials] + [cfg.student.train.epochs])
-    compute = compute_summary(trials, scores, state.survivors, state.audit_phases, full_epochs,
+    compute = compute_summary(trials, state.scores, state.survivors, audit_rows(state), full_epochs,
                               candidates=[c.id for c in cfg.space.resolved()], baseline_trials=baseline_trials)
     # proxy_seconds is on the parent already (logged by the proxy stage): log it once
     tracker.log(parent, metrics={k: v for k, v in compute.items() if k != "proxy_seconds"}, once=True)
@@ -353,37 +286,38 @@ def stage_summarise(cfg: SweepConfig, state: SweepState, tracker: Tracker, grids
         tracker.log(parent, metrics={f"best_{cfg.search.metric}": best.metric(cfg.search.metric),
                                      **{f"best_trial_{k}": best.metric(k) for k in ("test_loss", "test_acc")
                                         if best.metric(k) is not None}},
-                    tags={"augtune.best_augmentation": best.augmentation,
-                          "augtune.selected_on": "test" if cfg.search.metric.startswith("test_") else "val"},
+                    tags={BEST_AUGMENTATION_TAG: best.augmentation,
+                          SELECTED_ON_TAG: "test" if cfg.search.metric.startswith("test_") else "val"},
                     once=True)
         if cfg.method.student_artifact:
             log_best_student(cfg, tracker, parent, best, grids, data,
                              Path(state.teacher_path) if state.teacher_path else None)
     state.finished = {"best": best.as_dict() if best else None, "compute": compute,
                       "trials": [t.as_dict() for t in trials]}
-    return SweepOutcome(parent, scores, state.survivors, trials, best, compute, audit=state.audit,
+    return SweepOutcome(parent, state.scores, state.survivors, trials, best, compute, audit=state.audit,
                         baseline=baseline.as_dict() if baseline else None)
 
 
 def run_sweep(cfg: SweepConfig, resume: bool = False, progress: bool = True) -> SweepOutcome:
-    """Checks -> teacher + proxy + pruning -> audit -> search -> summary, each stage recorded in
-    the sweep state; the parent run's end status is set in one place (Tracker.run_status)."""
+    """Checks -> teacher + proxy + pruning -> audit -> search -> baseline -> summary, each stage
+    recorded in the sweep state; the parent run's end status is set in one place
+    (Tracker.run_status)."""
     cfg.check_selection_split()
     cfg.check_resources()
     folder = job_dir(cfg)
     state = SweepState.load(folder) if resume else None
     if resume and state is None:  # before anything is written
         raise ConfigError(f"--resume: no sweep to resume in {folder} (no {STATE_FILE}); run without --resume")
-    data = load_checked_data(cfg, proxy=cfg.method.teacher != "none")
+    data = load_checked_data(cfg, proxy=cfg.method.has_teacher)
     check_tracking_uri(cfg.tracking.uri)
     tracker = Tracker(cfg.tracking.uri, cfg.experiment_name)
     if state is not None and state.finished:
         print(f"this sweep already finished (parent run {state.parent_run_id}); nothing to resume")
         best = state.finished["best"]
-        outcome = SweepOutcome(state.parent_run_id, [ProxyScore(**row) for row in state.scores], state.survivors,
+        outcome = SweepOutcome(state.parent_run_id, state.scores, state.survivors,
                                [TrialRow.from_dict(t) for t in state.finished["trials"]],
                                TrialRow.from_dict(best) if best else None, state.finished["compute"],
-                               audit=state.audit, baseline=(state.baseline or {}).get("comparison"))
+                               audit=state.audit, baseline=state.baseline.comparison if state.baseline else None)
         if outcome.best is not None:
             print(describe_best(outcome.best, cfg.search.metric))
         return outcome  # nothing left to do, nothing logged again
@@ -396,8 +330,7 @@ def run_sweep(cfg: SweepConfig, resume: bool = False, progress: bool = True) -> 
             outcome = _run_stages(cfg, state, tracker, data, resume, progress)
     except SweepInterrupted as stopped:  # Ctrl-C in a Tune phase: Tune saved its state and returned early
         print(f"\nsweep interrupted ({stopped}); continue with `augtune sweep CONFIG --resume`")
-        return SweepOutcome(state.parent_run_id, [ProxyScore(**row) for row in state.scores], state.survivors,
-                            [], None, {}, interrupted=True)
+        return SweepOutcome(state.parent_run_id, state.scores, state.survivors, [], None, {}, interrupted=True)
     state.save(folder)  # finished: the parent run is closed, nothing of it is logged again
     print_outcome(cfg, outcome)
     return outcome
@@ -410,9 +343,9 @@ def _run_stages(cfg: SweepConfig, state: SweepState, tracker: Tracker, data, res
             _discard_partial_stage(cfg, tracker, state.parent_run_id)
         stage_proxy_and_prune(cfg, data, tracker, state, progress)
         if state.scores:
-            print(format_table([ProxyScore(**row) for row in state.scores]))
+            print(format_table(state.scores))
     teacher_path = Path(state.teacher_path) if state.teacher_path else None
-    score_of = {row["candidate"]: row["t_stddev"] for row in state.scores}
+    score_of = {s.candidate: s.t_stddev for s in state.scores}
     if cfg.search.metric.startswith("test_"):
         print(TEST_SELECTION_WARNING)
     if not cfg.method.schedulable and cfg.search.scheduler.kind == "asha":
@@ -423,6 +356,6 @@ def _run_stages(cfg: SweepConfig, state: SweepState, tracker: Tracker, data, res
     print(f"\n{cfg.search.method} trials for {len(state.survivors)} of {len(cfg.space.resolved())} "
           f"candidates: {', '.join(state.survivors)}")
     grids = stage_search(cfg, state, teacher_path, score_of)
-    baseline = stage_baseline(cfg, state, tracker, teacher_path, grids, score_of)
-    return stage_summarise(cfg, state, tracker, grids, data, baseline)
-
+    trials = SearchPhase.rows_of(grids)  # a validation sweep's grid rows read the same way
+    baseline = stage_baseline(cfg, state, tracker, teacher_path, trials, score_of)
+    return stage_summarise(cfg, state, tracker, grids, trials, data, baseline)

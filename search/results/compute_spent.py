@@ -1,10 +1,10 @@
 """What a sweep spent against training every candidate once in full (the replay benchmark's
-reference, search/replay.py), from the seconds per epoch the sweep itself measured."""
+reference, search/tables/replay.py), from the seconds per epoch the sweep itself measured."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
-from augtune.search.trials import TrialRow
+from augtune.search.results.trials import TrialRow
 
 
 def epoch_seconds_by_candidate(trials: Sequence[TrialRow]) -> dict[str, list[float]]:
@@ -17,7 +17,7 @@ def epoch_seconds_by_candidate(trials: Sequence[TrialRow]) -> dict[str, list[flo
 
 
 def compute_summary(trials: Sequence[TrialRow], scores: list, survivors: list[str],
-                    audit_phases: Sequence[dict[str, Any]] = (), full_epochs: int = 0,
+                    audit_trials: Sequence[TrialRow] = (), full_epochs: int = 0,
                     candidates: Sequence[str] = (), baseline_trials: Sequence[TrialRow] = ()) -> dict[str, float]:
     """What the sweep spent (proxy screening with its racing, audit, search and baseline trials,
     expansions included; `scores` the ProxyScores) against the replay benchmark's reference: one
@@ -27,14 +27,11 @@ def compute_summary(trials: Sequence[TrialRow], scores: list, survivors: list[st
     baseline_seconds = sum(t.seconds for t in baseline_trials)
     trials = list(trials)
     trial_seconds = sum(t.seconds for t in trials)
-    audit_seconds = sum(p.get("seconds", 0.0) for p in audit_phases)
-    audited = {c for p in audit_phases for c in p.get("values") or {}}
+    audit_seconds = sum(t.seconds for t in audit_trials)
+    audited = {t.augmentation for t in audit_trials}
     proxy_seconds = sum(s.seconds for s in scores)
     names = list(candidates) or [s.candidate for s in scores] or list(survivors)
-    measured = epoch_seconds_by_candidate([*trials, *baseline_trials])
-    for phase in audit_phases:
-        for candidate, seconds in (phase.get("epoch_seconds") or {}).items():
-            measured.setdefault(candidate, []).extend(seconds)
+    measured = epoch_seconds_by_candidate([*trials, *baseline_trials, *audit_trials])
     per_epoch = {c: sum(v) / len(v) for c, v in measured.items() if v}
     fallback = sum(per_epoch.values()) / len(per_epoch) if per_epoch else 0.0
     exhaustive = full_epochs * sum(per_epoch.get(c, fallback) for c in names)
@@ -43,7 +40,7 @@ def compute_summary(trials: Sequence[TrialRow], scores: list, survivors: list[st
     return {"trial_seconds": trial_seconds, "proxy_seconds": proxy_seconds, "audit_seconds": audit_seconds,
             "baseline_seconds": baseline_seconds, "baseline_trials": len(baseline_trials),
             "spent_seconds": spent, "trials": len(trials),
-            "audit_trials": sum(p.get("trials", 0) for p in audit_phases),
+            "audit_trials": len(audit_trials),
             "candidates": len(names), "trained_candidates": len(trained),
             "pruned_candidates": len(names) - len(trained),
             "estimated_exhaustive_seconds": exhaustive,

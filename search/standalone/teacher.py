@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-from augtune.search.config import SweepConfig
+from augtune.search.sweep_config import SweepConfig
 from augtune.trainables.data import DataBundle
 from augtune.trainables.engine import CheckpointError, load_checkpoint, save_checkpoint
 from augtune.trainables.method import OwnTeacher

@@ -141,6 +141,11 @@ class ProxyScore:
     def value(self, name: str) -> float:
         return self.t_stddev if name == "t_stddev" else self.zoo.get(name, float("nan"))
 
+    @classmethod
+    def from_row(cls, row: dict) -> "ProxyScore":
+        """The inverse of `as_row` (the sweep state and the proxy's JSON keep rows)."""
+        return cls(**row)
+
     def as_row(self) -> dict:
         return {"rank": self.rank, "candidate": self.candidate, "t_stddev": self.t_stddev,
                 "low": self.low, "high": self.high, "groups": self.groups, "passes": self.passes,
@@ -364,7 +369,7 @@ def low_fidelity_scores(cfg, data: DataBundle, teacher_path, epochs: int, candid
     hyperparameters) trained `epochs` epochs of its full schedule, scored by its validation loss
     there (test loss without a validation split) — what the first rung of successive halving
     sees. Returns {candidate: (score, seconds)}."""
-    from augtune.trainables.config import DistillConfig
+    from augtune.trainables.experiment_config import DistillConfig
     from augtune.trainables.values import apply_trial_values
 
     method = cfg.method

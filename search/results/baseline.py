@@ -17,8 +17,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from scipy import stats
 
-from augtune.search.metric import metric_sign
-from augtune.search.trials import TrialRow
+from augtune.search.selection.metric import metric_sign
+from augtune.search.results.trials import TrialRow
 
 BASELINE_PHASE = "baseline"
 

@@ -13,8 +13,8 @@ of every audited candidate; "beyond noise" is a one-sided Welch-style margin
 candidates in proxy order, a batch at a time, until a batch brings no candidate that beats the
 best so far beyond noise, or `max_extra` is spent.
 
-The logic is pure (a `train(candidates) -> {candidate: [value per seed]}` callable does the
-work), so it is tested with synthetic students as well as run on Ray by the sweep driver.
+The logic is pure (`Audit` names the batches to train and takes their values), so it is tested
+with synthetic students as well as run on Ray by the sweep driver.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from augtune.search.metric import lower_is_better as lower_is_better_for
+from augtune.search.selection.metric import lower_is_better as lower_is_better_for
 
 TrainFn = Callable[[list[str]], dict[str, list[float]]]
 
@@ -130,46 +130,86 @@ def _best(candidates: Sequence[str], values: dict[str, list[float]], lower_is_be
     return min(candidates, key=lambda c: (sign * float(np.mean(values[c])), c))
 
 
+class Audit:
+    """The audit as steps the caller drives, with no training inside: `next_batch()` names the
+    candidates to train next (None once decided), `add(values)` takes their values per seed,
+    `outcome()` gives the verdict. The sweep's driver trains each batch as a Tune phase; tests and
+    replays train them with synthetic students (`run_audit`)."""
+
+    def __init__(self, ranked: Sequence[str], kept: Sequence[str], sentinels: int, *, metric: str, seed: int = 0,
+                 expand: bool = False, max_extra: int = 0, batch: int = 2, keep: Optional[int] = None):
+        self.ranked, self.kept, self.metric = list(ranked), list(kept), metric
+        self.expand, self.max_extra, self.batch, self.keep = expand, max_extra, batch, keep
+        self.lower_is_better = lower_is_better_for(metric)
+        self.pruned = [c for c in self.ranked if c not in self.kept]
+        self.sentinels = choose_sentinels(self.pruned, sentinels, seed)
+        self.values: dict[str, list[float]] = {}
+        self.expanded: list[str] = []
+        self._asked: Optional[list[str]] = None
+        self._decided = False
+
+    def next_batch(self) -> Optional[list[str]]:
+        """The candidates to train next: first the kept ones with the sentinels; then, while the
+        sentinels beat the best kept one and expansion goes on, the next pruned ones in proxy order."""
+        if self._asked is not None:
+            return self._asked  # asked again before `add`: the same batch
+        if not self.values:
+            self._asked = self.kept + self.sentinels
+        elif not self._decided and len(self.expanded) < self.max_extra:
+            remaining = [c for c in self.pruned if c not in self.values]
+            self._asked = remaining[:min(self.batch, self.max_extra - len(self.expanded))] or None
+        return self._asked
+
+    def add(self, values: dict[str, list[float]]) -> None:
+        """The values of the batch `next_batch` named; decides whether expansion goes on."""
+        batch, self._asked = self._asked or [], None
+        incumbent = _best(list(self.values), self.values, self.lower_is_better) if self.values else None
+        self.values.update(values)
+        sd, dof = pooled_sd(self.values)
+        if incumbent is None:  # the first batch: expand only when a sentinel beat the best kept one
+            best_kept = self.values[_best(self.kept, self.values, self.lower_is_better)]
+            self._decided = not (self.expand and any(
+                beats(self.values[c], best_kept, sd, dof, self.lower_is_better) for c in self.sentinels))
+        else:
+            self.expanded += batch
+            # the best so far stands against the next candidates in proxy order: stop
+            self._decided = not any(beats(self.values[c], self.values[incumbent], sd, dof, self.lower_is_better)
+                                    for c in batch)
+
+    def outcome(self) -> AuditOutcome:
+        from scipy.stats import kendalltau
+
+        values, lower_is_better = self.values, self.lower_is_better
+        sd, dof = pooled_sd(values)  # the verdict uses the final noise estimate, over every audited candidate
+        kept_best = _best(self.kept, values, lower_is_better)
+        beaten_by = [c for c in self.sentinels + self.expanded
+                     if beats(values[c], values[kept_best], sd, dof, lower_is_better)]
+        proxy_rank = {c: i + 1 for i, c in enumerate(self.ranked)}
+        audited = list(values)
+        means = [float(np.mean(values[c])) for c in audited]
+        if len(audited) >= 3:
+            # a good proxy ranks low-loss candidates first: positive tau for a loss, negated for accuracy
+            tau, p = kendalltau([proxy_rank[c] for c in audited], means if lower_is_better else [-m for m in means])
+            tau, p = float(tau), float(p)
+        else:
+            tau, p = float("nan"), float("nan")
+        sign = 1 if lower_is_better else -1
+        order = sorted(audited, key=lambda c: (sign * float(np.mean(values[c])), proxy_rank[c]))
+        return AuditOutcome(kept=list(self.kept), sentinels=self.sentinels, expanded=self.expanded, values=values,
+                            proxy_rank={c: proxy_rank[c] for c in audited}, metric=self.metric, noise_sd=sd,
+                            kept_best=kept_best, best=order[0], beaten_by=beaten_by, rank_kendall=tau,
+                            rank_kendall_p=p, survivors=order[:self.keep or len(self.kept)])
+
+
 def run_audit(ranked: Sequence[str], kept: Sequence[str], sentinels: int, train: TrainFn, *, metric: str,
               seed: int = 0, expand: bool = False, max_extra: int = 0, batch: int = 2,
               keep: Optional[int] = None) -> AuditOutcome:
-    """Audit a pruning decision. `ranked` is every scored candidate in proxy order (best first),
-    `kept` the survivors. Returns the outcome, with the survivors for the search: the `keep`
-    (default len(kept)) best audited candidates by mean metric."""
-    from scipy.stats import kendalltau
-
-    lower_is_better = lower_is_better_for(metric)
-    pruned = [c for c in ranked if c not in kept]
-    chosen = choose_sentinels(pruned, sentinels, seed)
-    values = dict(train(list(kept) + chosen))
-    sd, dof = pooled_sd(values)
-    kept_best = _best(kept, values, lower_is_better)
-    expanded: list[str] = []
-    if expand and any(beats(values[c], values[kept_best], sd, dof, lower_is_better) for c in chosen):
-        remaining = [c for c in pruned if c not in values]
-        while remaining and len(expanded) < max_extra:
-            incumbent = _best(list(values), values, lower_is_better)
-            step = remaining[:min(batch, max_extra - len(expanded))]
-            remaining = remaining[len(step):]
-            values.update(train(step))
-            expanded += step
-            sd, dof = pooled_sd(values)
-            if not any(beats(values[c], values[incumbent], sd, dof, lower_is_better) for c in step):
-                break  # the best so far stands against the next candidates in proxy order
-    # the verdict uses the final noise estimate, over every audited candidate
-    beaten_by = [c for c in chosen + expanded if beats(values[c], values[kept_best], sd, dof, lower_is_better)]
-    proxy_rank = {c: i + 1 for i, c in enumerate(ranked)}
-    audited = list(values)
-    means = [float(np.mean(values[c])) for c in audited]
-    if len(audited) >= 3:
-        # a good proxy ranks low-loss candidates first: positive tau for a loss, negated for accuracy
-        tau, p = kendalltau([proxy_rank[c] for c in audited], means if lower_is_better else [-m for m in means])
-        tau, p = float(tau), float(p)
-    else:
-        tau, p = float("nan"), float("nan")
-    sign = 1 if lower_is_better else -1
-    order = sorted(audited, key=lambda c: (sign * float(np.mean(values[c])), proxy_rank[c]))
-    return AuditOutcome(kept=list(kept), sentinels=chosen, expanded=expanded, values=values,
-                        proxy_rank={c: proxy_rank[c] for c in audited}, metric=metric, noise_sd=sd,
-                        kept_best=kept_best, best=order[0], beaten_by=beaten_by, rank_kendall=tau,
-                        rank_kendall_p=p, survivors=order[:keep or len(kept)])
+    """Audit a pruning decision with `train(candidates) -> {candidate: [value per seed]}` doing
+    the work. `ranked` is every scored candidate in proxy order (best first), `kept` the
+    survivors. Returns the outcome, with the survivors for the search: the `keep` (default
+    len(kept)) best audited candidates by mean metric."""
+    audit = Audit(ranked, kept, sentinels, metric=metric, seed=seed, expand=expand, max_extra=max_extra,
+                  batch=batch, keep=keep)
+    while (candidates := audit.next_batch()) is not None:
+        audit.add(dict(train(candidates)))
+    return audit.outcome()

@@ -20,9 +20,9 @@ from typing import Optional, Sequence
 import numpy as np
 from scipy.stats import spearmanr
 
-from augtune.search import replay as replaying
-from augtune.search.learning_curves import Regime, load_table, pooled_seed_sd
-from augtune.search.proxy import ZOO
+from augtune.search.tables import replay as replaying
+from augtune.search.tables.learning_curves import Regime, load_table, pooled_seed_sd
+from augtune.search.selection.proxy import ZOO
 
 SEARCH_SEEDS = 2
 TEACHER_PROXIES = ("t_stddev", "entropy", "kl", "agreement", "accuracy")

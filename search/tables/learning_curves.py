@@ -1,6 +1,6 @@
 """Learning-curve tables: every candidate x student seed trained in full, with per-epoch curves
 and per-epoch seconds, and every candidate's proxy scores from several proxy seeds. Searches are
-replayed against a table (search/replay.py) instead of training.
+replayed against a table (search/tables/replay.py) instead of training.
 
 File format `augtune-learning-curves`, version 2 (version 1 is read too): one gzip-compressed JSON document
     {"format": "augtune-learning-curves", "version": 1, "protocol": "...", "machine": "...",
@@ -13,7 +13,7 @@ File format `augtune-learning-curves`, version 2 (version 1 is read too): one gz
 Curve values are stored to 6 decimals. Curve metrics: val_loss, val_acc, test_loss, test_acc,
 epoch_seconds (wall seconds of training + evaluation of that epoch) and, from version 2 on where
 measured, epoch_cpu_seconds (the run's own CPU seconds of that epoch: not inflated by runs side by
-side; replays charge them when present). Proxy scores: search/proxy.py ZOO names. Seconds were
+side; replays charge them when present). Proxy scores: search/selection/proxy.py ZOO names. Seconds were
 measured as stated in "machine" and "run_workers" (runs side by side share it).
 """
 from __future__ import annotations

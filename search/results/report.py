@@ -18,8 +18,9 @@ from typing import Optional
 
 import numpy as np
 
-from augtune.search.tracking import BASELINE_VERDICT_TAG, CANDIDATE_TAG, PAIR_TAG, STAGE_TAG, Tracker
-from augtune.search.trials import completed_trials, trial_rows
+from augtune.search.results.tracking import (BASELINE_VERDICT_TAG, CANDIDATE_TAG, PAIR_TAG, REPORT_VERDICT_TAG, STAGE_TAG,
+                                             VALIDATE_PROXY_TAG, Tracker)
+from augtune.search.results.trials import completed_trials, trial_rows
 
 MIN_CANDIDATES = 3
 
@@ -41,7 +42,7 @@ class CandidatePoint:
     test_losses: list = field(default_factory=list)  # one per seed
     val_loss: float = float("nan")
     val_losses: list = field(default_factory=list)
-    zoo: dict = field(default_factory=dict)  # the proxy zoo's other scores (search/proxy.py ZOO)
+    zoo: dict = field(default_factory=dict)  # the proxy zoo's other scores (search/selection/proxy.py ZOO)
 
 
 @dataclass
@@ -66,7 +67,7 @@ class PairReport:
     pruning: dict = field(default_factory=dict)
     trust: dict = field(default_factory=dict)  # seed-bootstrap intervals, noise ceiling, regret, verdict
     zoo: list = field(default_factory=list)  # zoo_analysis rows
-    baseline: Optional[str] = None  # the sweep's recipe-baseline line (search/baseline.py), when it trained one
+    baseline: Optional[str] = None  # the sweep's recipe-baseline line (search/results/baseline.py), when it trained one
 
 
 def correlate(x: list[float], y: list[float], target: str) -> Correlation:
@@ -115,8 +116,8 @@ def zoo_analysis(points: list[CandidatePoint], resamples: int = 2000) -> list[di
     """How well each zoo score predicted this sweep's students: Spearman and Kendall with the
     mean test loss, signed so that + means the score's predicted direction held (ZOO), with 95%
     seed-bootstrap intervals."""
-    from augtune.search.proxy import ZOO
-    from augtune.search.trust import seed_bootstrap
+    from augtune.search.selection.proxy import ZOO
+    from augtune.search.selection.trust import seed_bootstrap
 
     rows = []
     for name, direction in ZOO.items():
@@ -152,7 +153,7 @@ def pruning_analysis(points: list[CandidatePoint], survivors: Optional[list[str]
 def trust_analysis(points: list[CandidatePoint], correlations: list[Correlation], top_k: int = 3) -> dict:
     """How far these numbers let one trust the proxy (search.trust): for test loss (the paper's
     protocol) and, where logged, validation loss."""
-    from augtune.search.trust import noise_ceiling, seed_bootstrap, separability, topk_regret, verdict
+    from augtune.search.selection.trust import noise_ceiling, seed_bootstrap, separability, topk_regret, verdict
 
     names = [p.candidate for p in points]
     proxy = [p.t_stddev for p in points]
@@ -192,7 +193,7 @@ def build_reports(uri: str, experiment: str, sweep_run_id: Optional[str] = None)
                         correlate(t, [p.test_acc for p in points], "test_acc")]
         if all(not math.isnan(p.val_loss) for p in points):  # selection data, beside the paper's test protocol
             correlations.append(correlate(t, [p.val_loss for p in points], "val_loss"))
-        validate = sweep.data.tags.get("augtune.validate_proxy") == "True"
+        validate = sweep.data.tags.get(VALIDATE_PROXY_TAG) == "True"
         survivors = sweep.data.params.get("survivors")
         total = len(tracker.children(sweep.info.run_id, "proxy"))
         pruning = pruning_analysis(points, None if validate or survivors is None else survivors.split(","), total)
@@ -393,7 +394,7 @@ def write_report(uri: str, experiment: str, output: Path, sweep_run_id: Optional
                                                      "report_anova_p": t["anova_p"],
                                                      "report_spearman_low": t["intervals"]["spearman"][0],
                                                      "report_spearman_high": t["intervals"]["spearman"][1]},
-                            tags={"augtune.report_verdict": t["verdict"]})
+                            tags={REPORT_VERDICT_TAG: t["verdict"]})
             for c in r.correlations:
                 tracker.log(r.sweep_run_id, metrics={f"{c.target}_pearson": c.pearson, f"{c.target}_spearman": c.spearman,
                                                      f"{c.target}_kendall": c.kendall,

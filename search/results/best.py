@@ -6,9 +6,9 @@ from pathlib import Path
 from statistics import mean
 from typing import Optional
 
-from augtune.search.metric import lower_is_better
-from augtune.search.tracking import BASELINE_VERDICT_TAG, DIVERGED_TAG, STAGE_TAG, Tracker
-from augtune.search.trials import TrialRow, completed_trials, trial_rows
+from augtune.search.selection.metric import lower_is_better
+from augtune.search.results.tracking import BASELINE_VERDICT_TAG, DIVERGED_TAG, STAGE_TAG, Tracker
+from augtune.search.results.trials import TrialRow, completed_trials, trial_rows
 
 
 @dataclass
@@ -105,7 +105,7 @@ def export_best(uri: str, experiment: str, path: Path, metric: str = "val_loss")
     import yaml
 
     from augtune.trainables.values import apply_trial_values
-    from augtune.trainables.methods import REGISTRY
+    from augtune.trainables.builtin_methods import REGISTRY
 
     best = best_augmentation(uri, experiment, metric)
     tracker = Tracker(uri, experiment)
@@ -127,7 +127,7 @@ def export_best(uri: str, experiment: str, path: Path, metric: str = "val_loss")
         if seed is not None:
             config["seed"] = seed
         if "schedule.json" in artifacts:  # replayed epoch by epoch by augtune train
-            from augtune.search.schedule import to_steps
+            from augtune.search.results.schedule import to_steps
 
             rows = json.loads(Path(tracker.client.download_artifacts(run.info.run_id, "schedule.json",
                                                                      tmp)).read_text())

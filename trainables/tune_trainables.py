@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from ray import tune
 
-from augtune.trainables import methods
+from augtune.trainables import builtin_methods as methods
 from augtune.trainables.values import apply_trial_values
 from augtune.trainables.runner import EpochRunner
 
@@ -31,7 +31,7 @@ def _method_config(config: dict[str, Any], experiment: dict[str, Any], section: 
     """The trial's DistillConfig: the fixed experiment plus the sampled values; the trial's
     candidate ("augmentation", with any sampled `kind.param` values) goes to the method's own
     augmentation field."""
-    from augtune.trainables.config import DistillConfig
+    from augtune.trainables.experiment_config import DistillConfig
 
     return DistillConfig.model_validate(apply_trial_values(experiment, config, section))
 
@@ -45,7 +45,7 @@ class DataCache:
     def get(self, data_section: dict[str, Any]):
         import json
 
-        from augtune.trainables.config import DataConfig
+        from augtune.trainables.experiment_config import DataConfig
         from augtune.trainables.data import load_data
 
         key = json.dumps(data_section, sort_keys=True, default=str)
@@ -97,7 +97,7 @@ def as_trainable(build_runner: Callable[..., EpochRunner], name: str) -> type[tu
 
 
 def _teacher_runner(config: dict[str, Any], experiment: dict[str, Any], cache: DataCache, trial: str) -> EpochRunner:
-    from augtune.trainables.config import ExperimentConfig
+    from augtune.trainables.experiment_config import ExperimentConfig
     from augtune.trainables.supervised import SupervisedRunner
 
     cfg = ExperimentConfig.model_validate(experiment)
