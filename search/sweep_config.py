@@ -140,7 +140,7 @@ class ResourcesConfig(Section):
 
 class SearchConfig(Section):
     method: str = Field(
-        "kd", description="a registered method (trainables.methods): kd: proxy-pruned KD; sla: SLA (no teacher, "
+        "kd", description="a registered method (trainables.builtin_methods): kd: proxy-pruned KD; sla: SLA (no teacher, "
                           "no proxy); ssd: SSD stages, proxy on stage II")
     algorithm: Literal["optuna", "random"] = "optuna"
     num_samples: int = Field(6, ge=1, description="trials in total")

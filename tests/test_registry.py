@@ -169,6 +169,31 @@ def test_no_module_imports_one_that_imports_it_back():
         assert all(t.split(".")[1] in allowed for t in targets), (name, targets)
 
 
+# search/'s parts, lowest first: a module may import its own part and parts below it, never above
+SEARCH_PARTS = {"sweep_config": 0, "selection": 1, "results": 2, "tables": 2, "standalone": 3, "sweep": 4,
+                "cli": 5, "submit": 6}
+
+
+def test_search_parts_import_one_way():
+    """selection <- results, tables <- standalone <- sweep <- cli: the layout the README's Layout
+    section describes, checked on every import of every module (top-level and inside functions)."""
+    modules = _own_modules()
+    wrong = []
+    for name, path in modules.items():
+        parts = name.split(".")
+        if parts[1] != "search" or len(parts) < 3:
+            continue
+        own = SEARCH_PARTS[parts[2]]
+        for target in _imports(path, modules):
+            bits = target.split(".")
+            if bits[1] == "search" and len(bits) > 2 and bits[2] != parts[2]:
+                if SEARCH_PARTS[bits[2]] >= own:
+                    wrong.append(f"{name} -> {target}")
+    assert not wrong, wrong
+    assert set(SEARCH_PARTS) == {p.stem for p in (ROOT / "search").iterdir()
+                                 if p.name != "__init__.py" and (p.suffix == ".py" or (p / "__init__.py").is_file())}
+
+
 def test_every_module_imports_through_the_augtune_namespace():
     """`search`, `spaces` and `trainables` are folder names only: an import of the bare name
     would pick up another installed package of that name (Hugging Face's `spaces`)."""

@@ -1,7 +1,7 @@
 """Validated experiment configuration: data, models and training settings.
 
 One YAML file per experiment. Every section is a pydantic model with unknown keys forbidden, so
-a typo is an error naming the field instead of a silently ignored setting. `search.config`
+a typo is an error naming the field instead of a silently ignored setting. `search.sweep_config`
 extends this schema with the proxy, sweep and tracking sections.
 """
 from __future__ import annotations

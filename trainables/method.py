@@ -1,6 +1,6 @@
 """The method registry: what a method is, in one object.
 
-Each method module (trainables/kd.py, sla.py, ssd.py) registers one `Method`; `trainables.methods`
+Each method module (trainables/kd.py, sla.py, ssd.py) registers one `Method`; `trainables.builtin_methods`
 imports the built-in ones. The sweep, the proxy and teacher jobs, the Ray trainable, the
 hyperparameter names and the config schema read from here, so a new method is its module (runner
 + `Method`), its loss file, a config, and one import line in trainables/builtin_methods.py.
@@ -35,7 +35,7 @@ def always(cfg) -> bool:
 @dataclass(frozen=True)
 class Method:
     name: str  # the value of search.method and the name of the config section
-    section: type  # its config section (a trainables.config.Section)
+    section: type  # its config section (a trainables.experiment_config.Section)
     # (cfg: DistillConfig, data, seed, teacher_checkpoint, work_dir) -> a runner: run_epoch, finished,
     # total_epochs, epochs_done, show_progress, values (trainables.values.RunValues), make_data_parallel,
     # state_dict / load_state_dict (an EpochRunner has them all)

@@ -7,17 +7,19 @@ sums, evaluation of the named heads, checkpoints). `run_to_completion` is the no
 """
 from __future__ import annotations
 
+import json
 import math
 import time
-from typing import Any, Callable, Optional
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, Union
 
 import torch
 
 from augtune.trainables.experiment_config import ExperimentConfig, TrainConfig
 from augtune.trainables.data import BatchFeeder, DataBundle, load_data
 from augtune.trainables.distributed import DataParallel
-from augtune.trainables.engine import (InputPipeline, accuracy_and_loss, autocast, build_optimizer, build_scheduler, progress_bar,
-                                       predict_logits, resolve_device, seed_everything)
+from augtune.trainables.engine import (InputPipeline, accuracy_and_loss, autocast, build_optimizer, build_scheduler,
+                                       predict_logits, progress_bar, resolve_device, save_atomic, seed_everything)
 from augtune.trainables.metrics import shot_accuracy, shot_groups
 from augtune.trainables.values import RunValues
 
@@ -239,18 +241,72 @@ class EpochRunner:
         self.apply_optimiser_settings()
 
 
-def run_to_completion(runner: EpochRunner, on_epoch: Optional[Callable[[dict], None]] = None,
+RUNNER_STATE_FILE = "runner.pt"  # a runner's resumable state in a checkpoint folder or run folder
+
+
+def save_runner_state(runner, folder) -> Path:
+    """The runner's whole state (weights, optimiser, generators, values), written atomically."""
+    return save_atomic(runner.state_dict(), Path(folder) / RUNNER_STATE_FILE)
+
+
+def read_runner_state(folder, device: Union[str, torch.device] = "cpu") -> dict[str, Any]:
+    """A runner state read weights-only (never unpickling code)."""
+    return torch.load(Path(folder) / RUNNER_STATE_FILE, map_location=device, weights_only=True)
+
+
+def load_runner_state(runner, folder) -> None:
+    runner.load_state_dict(read_runner_state(folder, runner.device))
+
+
+# what `epoch_result` adds to a runner's own metrics, for the loop and for Tune
+EPOCH_CONTROL_KEYS = frozenset({"diverged", "done", "schedule_log", "lineage_curves"})
+
+
+def runner_metrics(result: dict[str, Any]) -> dict[str, Any]:
+    """An epoch result without the control keys: the runner's own metrics (for logs and tables)."""
+    return {k: v for k, v in result.items() if k not in EPOCH_CONTROL_KEYS}
+
+
+def epoch_result(runner) -> dict[str, Any]:
+    """One epoch of `runner` with what every caller needs to know of it: a NaN or infinite
+    training loss marks it diverged; `done` when the run is finished or diverged; the last
+    result of a tracked run carries its lineage (PBT schedules)."""
+    metrics = runner.run_epoch()
+    metrics["diverged"] = not all(math.isfinite(v) for k, v in metrics.items()
+                                  if k.startswith("train_") and k.endswith("loss"))
+    metrics["done"] = runner.finished or metrics["diverged"]
+    if metrics["done"] and runner.values.log:
+        # the values and metrics of every epoch that made this network (a PBT trial's lineage)
+        metrics["schedule_log"] = json.dumps(runner.values.log)
+        metrics["lineage_curves"] = json.dumps(runner.values.curves)
+    return metrics
+
+
+def drive_epochs(runner, until: Optional[int] = None, stop_when_diverged: bool = True) -> Iterator[dict[str, Any]]:
+    """The one epoch loop of every path — single runs, Tune trials (one `step` is one turn of
+    it), PBT members, data-parallel ranks, the proxy's low-fidelity students, teachers: each
+    epoch's `epoch_result`, until the runner is finished, has `until` epochs done, or (by
+    default) diverged. A resumed runner goes on from the epoch its state holds."""
+    while not runner.finished and (until is None or runner.epochs_done < until):
+        metrics = epoch_result(runner)
+        yield metrics
+        if metrics["diverged"] and stop_when_diverged:
+            return
+
+
+def run_to_completion(runner, on_epoch: Optional[Callable[[dict], None]] = None,
                       progress: bool = True) -> list[dict[str, Any]]:
-    """Train every remaining epoch with an epoch bar (and a batch bar inside it)."""
+    """Train every remaining epoch with an epoch bar (and a batch bar inside it); a diverged
+    epoch does not stop it (teachers and tables record the whole run)."""
     runner.show_progress = progress
     history = []
-    epochs = range(runner.epoch, runner.train_cfg.epochs)
-    bar = progress_bar(epochs, desc="epochs", disable=not progress)
-    for _ in bar:
-        metrics = runner.run_epoch()
+    bar = progress_bar(total=runner.total_epochs, initial=runner.epochs_done, desc="epochs", disable=not progress)
+    for result in drive_epochs(runner, stop_when_diverged=False):
+        metrics = runner_metrics(result)
         history.append(metrics)
-        shown = {k: f"{v:.4f}" for k, v in metrics.items() if k in ("train_loss", "test_acc", "test_loss")}
-        bar.set_postfix(shown)
+        bar.update(1)
+        bar.set_postfix({k: f"{v:.4f}" for k, v in metrics.items() if k in ("train_loss", "test_acc", "test_loss")})
         if on_epoch:
             on_epoch(metrics)
+    bar.close()
     return history

@@ -19,7 +19,7 @@ class SLARunner(EpochRunner):
     method_section = "sla"
 
     def __init__(self, cfg, data: Optional[DataBundle] = None, seed: Optional[int] = None):
-        """`cfg` is a trainables.config.DistillConfig; the network is cfg.student."""
+        """`cfg` is a trainables.experiment_config.DistillConfig; the network is cfg.student."""
         super().__init__(cfg, cfg.student.train, data, seed)
         self.sla = cfg.sla
         self.m = label_transforms.NUM_TRANSFORMS[self.sla.transforms]

@@ -12,8 +12,6 @@ augmentation are built afresh, so a reused actor gives the same result as a fres
 from __future__ import annotations
 
 import functools
-import json
-import math
 import os
 from typing import Any, Callable, Optional, Sequence
 
@@ -22,9 +20,7 @@ from ray import tune
 
 from augtune.trainables import builtin_methods as methods
 from augtune.trainables.values import apply_trial_values
-from augtune.trainables.runner import EpochRunner
-
-STATE_FILE = "runner.pt"
+from augtune.trainables.runner import EpochRunner, drive_epochs, epoch_result, load_runner_state, save_runner_state
 
 
 def _method_config(config: dict[str, Any], experiment: dict[str, Any], section: str):
@@ -54,20 +50,6 @@ class DataCache:
         return self.bundles[key]
 
 
-def epoch_result(runner: EpochRunner) -> dict[str, Any]:
-    """One epoch of `runner` as a trial result: a NaN or infinite training loss ends the trial at
-    this epoch, marked as diverged; the last result carries the lineage of a tracked run."""
-    metrics = runner.run_epoch()
-    metrics["diverged"] = not all(math.isfinite(v) for k, v in metrics.items()
-                                  if k.startswith("train_") and k.endswith("loss"))
-    metrics["done"] = runner.finished or metrics["diverged"]
-    if metrics["done"] and runner.values.log:
-        # the values and metrics of every epoch that made this network (a PBT trial's lineage)
-        metrics["schedule_log"] = json.dumps(runner.values.log)
-        metrics["lineage_curves"] = json.dumps(runner.values.curves)
-    return metrics
-
-
 def as_trainable(build_runner: Callable[..., EpochRunner], name: str) -> type[tune.Trainable]:
     class RunnerTrainable(tune.Trainable):
         def setup(self, config: dict[str, Any], **fixed: Any) -> None:
@@ -85,12 +67,10 @@ def as_trainable(build_runner: Callable[..., EpochRunner], name: str) -> type[tu
             return epoch_result(self.runner)
 
         def save_checkpoint(self, checkpoint_dir: str) -> None:
-            torch.save(self.runner.state_dict(), os.path.join(checkpoint_dir, STATE_FILE))
+            save_runner_state(self.runner, checkpoint_dir)
 
         def load_checkpoint(self, checkpoint_dir: str) -> None:
-            state = torch.load(os.path.join(checkpoint_dir, STATE_FILE), map_location=self.runner.device,
-                               weights_only=True)
-            self.runner.load_state_dict(state)
+            load_runner_state(self.runner, checkpoint_dir)
 
     RunnerTrainable.__name__ = RunnerTrainable.__qualname__ = name
     return RunnerTrainable
@@ -154,17 +134,13 @@ def _data_parallel_worker(loop: dict[str, Any]) -> None:
     saved = ray.train.get_checkpoint()
     if saved is not None:
         with saved.as_directory() as folder:
-            runner.load_state_dict(torch.load(os.path.join(folder, STATE_FILE), map_location=runner.device,
-                                              weights_only=True))
+            load_runner_state(runner, folder)
     rank = ray.train.get_context().get_world_rank()
-    done = runner.finished
-    while not done:
-        metrics = epoch_result(runner)
-        done = metrics["done"]
+    for metrics in drive_epochs(runner):
         with tempfile.TemporaryDirectory() as folder:
             checkpoint = None
             if rank == 0:
-                torch.save(runner.state_dict(), os.path.join(folder, STATE_FILE))
+                save_runner_state(runner, folder)
                 checkpoint = ray.train.Checkpoint.from_directory(folder)
             ray.train.report(metrics, checkpoint=checkpoint)
 

@@ -30,6 +30,7 @@ import torch
 from augtune.spaces.candidates import Candidate, Context
 from augtune.trainables.data import BatchFeeder, DataBundle
 from augtune.trainables.engine import InputPipeline, progress_bar
+from augtune.trainables.runner import drive_epochs
 
 
 def t_stddev(group_means: np.ndarray) -> float:
@@ -381,8 +382,7 @@ def low_fidelity_scores(cfg, data: DataBundle, teacher_path, epochs: int, candid
                                                                     method.name))
         start = time.perf_counter()
         runner = method.runner(trial_cfg, data=data, seed=cfg.seed, teacher_checkpoint=str(teacher_path))
-        for _ in range(epochs):
-            metrics = runner.run_epoch()
+        for metrics in drive_epochs(runner, until=epochs):
             bar.update(1)
         out[candidate.id] = (float(metrics.get("val_loss", metrics["test_loss"])), time.perf_counter() - start)
     bar.close()

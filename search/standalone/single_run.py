@@ -16,8 +16,10 @@ import torch
 from augtune.search.sweep_config import ConfigError, SweepConfig
 from augtune.search.standalone.proxy_job import check_tracking_uri, load_checked_data, pair_name
 from augtune.search.results.tracking import CANDIDATE_TAG, PAIR_TAG, Tracker
-from augtune.trainables.engine import progress_bar, resolve_device, save_atomic, save_checkpoint
+from augtune.trainables.engine import progress_bar, resolve_device, save_checkpoint
 from augtune.trainables.builtin_methods import REGISTRY, get_method
+from augtune.trainables.runner import (RUNNER_STATE_FILE, drive_epochs, load_runner_state, runner_metrics,
+                                        save_runner_state)
 
 
 def run_folder(cfg: SweepConfig, method: str) -> Path:
@@ -69,16 +71,15 @@ def train_single(cfg: SweepConfig, method: str, augmentation: Optional[str] = No
     _check_augmentation(REGISTRY[method], augmentation)
     seed = cfg.seed if seed is None else seed
     folder = run_folder(cfg, method)
-    state_path = folder / "runner.pt"
-    if resume and not state_path.is_file():
-        raise ConfigError(f"--resume: no run to resume in {folder} (no runner.pt); run without --resume")
+    if resume and not (folder / RUNNER_STATE_FILE).is_file():
+        raise ConfigError(f"--resume: no run to resume in {folder} (no {RUNNER_STATE_FILE}); run without --resume")
     data = load_checked_data(cfg, proxy=False)
     if track:
         check_tracking_uri(cfg.tracking.uri)
     folder.mkdir(parents=True, exist_ok=True)
     runner = build_runner(cfg, method, augmentation, seed, data, progress)
     if resume:
-        runner.load_state_dict(torch.load(state_path, map_location=resolve_device(cfg.device), weights_only=True))
+        load_runner_state(runner, folder)
     tracker = run_id = None
     if track:
         tracker = Tracker(cfg.tracking.uri, cfg.experiment_name)
@@ -98,9 +99,9 @@ def train_single(cfg: SweepConfig, method: str, augmentation: Optional[str] = No
                        disable=not progress)
     metrics: dict[str, Any] = {}
     try:
-        while not runner.finished:
-            metrics = runner.run_epoch()
-            save_atomic(runner.state_dict(), state_path)
+        for result in drive_epochs(runner):  # a diverged epoch ends the run, as it ends a trial
+            metrics = runner_metrics(result)
+            save_runner_state(runner, folder)
             if tracker:
                 tracker.log(run_id, metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
                             step=runner.epochs_done)

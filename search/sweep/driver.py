@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-import torch
 import yaml
 
 from augtune.search.results.baseline import BaselineComparison, baseline_points, compare
@@ -35,7 +34,7 @@ from augtune.search.sweep_config import ConfigError, SweepConfig
 from augtune.spaces.candidates import expand_candidates
 from augtune.trainables.engine import save_checkpoint
 from augtune.trainables.method import OwnTeacher
-from augtune.trainables.tune_trainables import STATE_FILE as RUNNER_STATE_FILE
+from augtune.trainables.runner import read_runner_state
 
 
 @dataclass
@@ -70,7 +69,7 @@ def log_best_student(cfg: SweepConfig, tracker: Tracker, parent: str, best: Tria
     if checkpoint is None or not runs:
         return
     with checkpoint.as_directory() as folder, tempfile.TemporaryDirectory() as tmp:
-        state = torch.load(Path(folder) / RUNNER_STATE_FILE, map_location="cpu", weights_only=True)
+        state = read_runner_state(folder)
         student = cfg.student.build(data.num_classes, data.channels)
         student.load_state_dict(state["modules"]["model"])
         tracker.log_file(runs[0].info.run_id, save_checkpoint(Path(tmp) / "student.pt", student,

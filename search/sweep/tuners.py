@@ -233,7 +233,7 @@ def build_pbt_tuner(cfg: SweepConfig, survivors: list[str], teacher_path: Option
 def _run_config(cfg: SweepConfig, experiment_name: str, callback, keep_checkpoints: Optional[int] = 2):
     from ray import tune
 
-    # a multi-worker trial's checkpoints are its Ray Train run's (trainables.tune.data_parallel_trainable)
+    # a multi-worker trial's checkpoints are its Ray Train run's (trainables.tune_trainables.data_parallel_trainable)
     checkpoints = (tune.CheckpointConfig(checkpoint_frequency=1, num_to_keep=keep_checkpoints, checkpoint_at_end=True)
                    if cfg.search.resources.workers_per_trial == 1 else tune.CheckpointConfig())
     return tune.RunConfig(name=experiment_name, storage_path=storage(cfg), callbacks=[callback], verbose=1,
