@@ -316,7 +316,7 @@ class SweepConfig(DistillConfig):
         or trials would die (or be silently dropped) at run time."""
         from augtune.trainables.values import apply_trial_values
 
-        base = self.model_dump(mode="json", include=set(DistillConfig.model_fields))
+        base = self.model_dump(mode="json", include=self.distill_keys())
         for h in parse_hyperparameters(self.search.hyperparameters):
             for value in h.extremes():
                 try:
@@ -417,9 +417,13 @@ class SweepConfig(DistillConfig):
     def experiment_name(self) -> str:
         return self.tracking.experiment or self.name
 
+    def distill_keys(self) -> set[str]:
+        """The sections a trainable reads: the experiment's, the student's and every method's."""
+        return set(DistillConfig.model_fields) | set(self.method_sections())
+
     def distill_dict(self) -> dict[str, Any]:
         """The part a trainable reads (JSON-safe): experiment, student and kd sections."""
-        out = self.model_dump(mode="json", include=set(DistillConfig.model_fields))
+        out = self.model_dump(mode="json", include=self.distill_keys())
         # trial workers may run in another directory (Ray's trial dirs, other nodes): absolute paths
         for key in ("root", "train_list", "test_list", "val_list"):
             if out["data"].get(key):

@@ -118,6 +118,26 @@ def test_registered_method_sweeps_on_ray(tmp_path, ray_session):
         assert [m.value for m in trained_with] == [pytest.approx(sampled)] * 2
 
 
+def test_built_in_methods_declare_their_sections_as_an_added_method_does():
+    """KD, SLA and SSD are not fields of the schema: each declares its section class in its own
+    module, as `tiny` does here, and each config holds the built-ins' sections with their defaults
+    and a given section validated by its class, naming the field."""
+    from augtune.trainables import kd, sla, ssd
+    from augtune.trainables.experiment_config import DistillConfig
+
+    assert not {"kd", "sla", "ssd", "tiny"} & set(DistillConfig.model_fields)
+    for module, method in ((kd, "kd"), (sla, "sla"), (ssd, "ssd")):
+        assert module.METHOD.section.__module__ == module.__name__
+    cfg = DistillConfig.model_validate({"kd": {"temperature": 2.0}, "tiny": {"label_smoothing": 0.2}})
+    assert cfg.kd.temperature == 2.0 and cfg.sla.transforms == "rotation" and cfg.ssd.lws.epochs == 5
+    assert cfg.section("tiny").label_smoothing == 0.2 and cfg.method_sections() == ["kd", "sla", "ssd", "tiny"]
+    for bad, field in (({"kd": {"temperature": -1}}, "kd.temperature"),
+                       ({"tiny": {"label_smoothing": 1.5}}, "tiny.label_smoothing"),
+                       ({"sla": {"transforms": "colour"}}, "sla.transforms")):  # digits are grey: SLA's own check
+        with pytest.raises(Exception, match=field.replace(".", r"\.")):
+            DistillConfig.model_validate(bad)
+
+
 # ------------------------------------------------------------------ import cycles
 
 def _own_modules() -> dict[str, Path]:

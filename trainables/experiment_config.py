@@ -6,6 +6,7 @@ extends this schema with the proxy, sweep and tracking sections.
 """
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any, Literal, Optional, Union, get_args, get_origin
 
@@ -310,67 +311,6 @@ class ExperimentConfig(Section):
         return value
 
 
-class KDConfig(Section):
-    temperature: float = Field(4.0, gt=0.0)
-    ce_weight: float = Field(0.1, ge=0.0)
-    kd_weight: float = Field(0.9, ge=0.0)
-    augmented_kd: bool = Field(True, description="add the KL term on the augmented view x'")
-    augmentation: str = Field("identity", description="x' of single runs (augtune train kd) and exported "
-                                                      "configs; sweeps set it per trial")
-
-    @field_validator("augmentation")
-    @classmethod
-    def _known_augmentation(cls, value: str) -> str:
-        from augtune.spaces.candidates import parse_candidate
-
-        parse_candidate(value)  # raises ValueError naming the problem
-        return value
-
-
-class SLAConfig(Section):
-    """Self-supervised label augmentation (Lee et al., ICML 2020); the network is `student`."""
-
-    transforms: Literal["rotation", "colour", "rotation_colour"] = "rotation"
-    large_loss: bool = Field(False, description="multiply the joint loss by M (ImageNet/iNat advice)")
-    self_distillation: bool = Field(True, description="train the single head u on the aggregated output")
-    temperature: float = Field(1.0, gt=0.0)
-    beta: float = Field(1.0, ge=0.0)
-    augmentation: str = Field("identity", description="base augmentation from the space, before the transforms")
-
-
-def _lws_defaults() -> "TrainConfig":
-    # official stage II: 5 epochs, lr 0.2, batch 512, cosine, wd 5e-4, class-balanced sampling
-    return TrainConfig(epochs=5, lr=0.2, batch_size=512, schedule="cosine", weight_decay=5e-4,
-                       sampler="class_balanced")
-
-
-class SSDConfig(Section):
-    """Self supervision to distillation (Li, Wang and Wu, ICCV 2021). Stages I-II train `teacher.model`
-    with `teacher.train`; stage III trains `student.model` with `student.train`."""
-
-    tasks: list[Literal["rotation", "moco"]] = Field(default_factory=lambda: ["rotation", "moco"],
-                                                     description="stage I self-supervised tasks")
-    rotation_weight: float = Field(1.0, ge=0.0)
-    moco_weight: float = Field(1.0, ge=0.0)
-    moco_momentum: float = Field(0.999, gt=0.0, lt=1.0)
-    moco_temperature: float = Field(0.2, gt=0.0)
-    moco_dim: int = Field(128, ge=8)
-    queue_size: Optional[int] = Field(None, ge=1, description="default: the training set size, at most 65536")
-    lws: TrainConfig = Field(default_factory=_lws_defaults)
-    temperature: float = Field(2.0, gt=0.0, description="stage III KD temperature")
-    kd_weight: float = Field(1.0, ge=0.0, description="stage III: CE + kd_weight * KD (1:1 in the paper)")
-    stage4: bool = Field(False, description="LWS on the stage-III hard head")
-    start_stage: Literal[1, 3] = Field(3, description="3: trials load the sweep's stage-II teacher; 1: run all")
-    augmentation: str = Field("identity", description="stage III view x' (the sweep sets it per trial)")
-
-    @field_validator("tasks")
-    @classmethod
-    def _unique(cls, value):
-        if len(set(value)) != len(value):
-            raise ValueError("list each task once")
-        return value
-
-
 class ScheduleStep(Section):
     """From `epoch` on (1-based), train with `values`: `augmentation` (a candidate id),
     lr / weight_decay / momentum (student.train), `kd.temperature`-style method settings and
@@ -382,24 +322,26 @@ class ScheduleStep(Section):
 
 class DistillConfig(ExperimentConfig):
     """Adds what the methods need: the student (the trained network) and each method's settings.
-    The built-in methods' sections are fields; a registered method's section (trainables.method)
-    is accepted under its name and validated by its own section class."""
+    Every method — the built-in KD, SLA and SSD as much as one registered from a user's module —
+    declares its section class beside its runner (`Method.section`); its section is accepted under
+    its name, validated by that class, and present with its defaults when the config leaves it out
+    (`cfg.kd`, `cfg.section("kd")`)."""
 
     # extra top-level keys are allowed only as registered methods' sections (checked below)
     model_config = ConfigDict(extra="allow", validate_assignment=True, allow_inf_nan=False)
 
     student: ModelConfig = Field(default_factory=lambda: ModelConfig(model="resnet8"))
-    kd: KDConfig = Field(default_factory=KDConfig)
-    sla: SLAConfig = Field(default_factory=SLAConfig)
-    ssd: SSDConfig = Field(default_factory=SSDConfig)
     schedule: list[ScheduleStep] = Field(default_factory=list, description=(
         "values that change during a run (a PBT trial's schedule, replayed by augtune train); "
         "empty: the sections' values throughout"))
 
     @model_validator(mode="after")
     def _registered_method_sections(self) -> "DistillConfig":
+        # the built-in methods register on import of their modules, which import this one: by name, here
+        importlib.import_module("augtune.trainables.builtin_methods")
+
         for key, value in list((self.model_extra or {}).items()):
-            if key not in REGISTRY or key in BUILTIN_NAMES:
+            if key not in REGISTRY:
                 raise ValueError(f"{key}: unknown key (check the spelling; see configs/ for the allowed keys)")
             try:
                 self.__pydantic_extra__[key] = REGISTRY[key].section.model_validate(
@@ -409,12 +351,21 @@ class DistillConfig(ExperimentConfig):
                 path = ".".join([key, *(str(part) for part in first["loc"])])
                 raise ValueError(f"{path}: {first['msg'].removeprefix('Value error, ')} "
                                  f"(got {first.get('input')!r})") from None
+        for name in BUILTIN_NAMES:
+            self.section(name)  # present with its defaults when the config leaves it out
+        for name in self.method_sections():
+            problem = REGISTRY[name].check_config(self)
+            if problem:
+                raise ValueError(problem)
         return self
+
+    def method_sections(self) -> list[str]:
+        """The method sections this config holds: the built-in methods' and those it was given
+        (an added method's defaults are made when first asked for, `section`)."""
+        return [name for name in REGISTRY if name in (self.model_extra or {})]
 
     def section(self, method: str):
         """The settings section of `method` (its defaults when the config leaves it out)."""
-        if method in type(self).model_fields:
-            return getattr(self, method)
         if method not in self.__pydantic_extra__:
             self.__pydantic_extra__[method] = REGISTRY[method].section()
         return self.__pydantic_extra__[method]
@@ -431,11 +382,4 @@ class DistillConfig(ExperimentConfig):
             previous = step.epoch
             for name, value in step.values.items():
                 check_schedule_value(self, name, value, f"{where}.values.{name}")  # trainables/values.py
-        return self
-
-    @model_validator(mode="after")
-    def _sla_colour_needs_rgb(self) -> "DistillConfig":
-        if self.sla.transforms != "rotation" and self.data.name == "digits":
-            raise ValueError("sla.transforms: colour permutations need RGB images; digits are greyscale, "
-                             "use rotation")
         return self

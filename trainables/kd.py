@@ -5,14 +5,30 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+from pydantic import Field, field_validator
 
 from augtune.spaces.candidates import Context, parse_candidate
-from augtune.trainables.experiment_config import KDConfig
 from augtune.trainables.data import DataBundle
 from augtune.trainables.engine import load_checkpoint
+from augtune.trainables.experiment_config import Section
 from augtune.trainables.losses.kd import good_da_kd_loss
 from augtune.trainables.method import Method, register
 from augtune.trainables.runner import EpochRunner
+
+
+class KDConfig(Section):
+    temperature: float = Field(4.0, gt=0.0)
+    ce_weight: float = Field(0.1, ge=0.0)
+    kd_weight: float = Field(0.9, ge=0.0)
+    augmented_kd: bool = Field(True, description="add the KL term on the augmented view x'")
+    augmentation: str = Field("identity", description="x' of single runs (augtune train kd) and exported "
+                                                      "configs; sweeps set it per trial")
+
+    @field_validator("augmentation")
+    @classmethod
+    def _known_augmentation(cls, value: str) -> str:
+        parse_candidate(value)  # raises ValueError naming the problem
+        return value
 
 
 class KDRunner(EpochRunner):

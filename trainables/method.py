@@ -32,6 +32,10 @@ def always(cfg) -> bool:
     return True
 
 
+def no_problem(cfg) -> Optional[str]:
+    return None
+
+
 @dataclass(frozen=True)
 class Method:
     name: str  # the value of search.method and the name of the config section
@@ -49,6 +53,9 @@ class Method:
     # whether a run of this config distils from the teacher (SSD from stage I trains its own)
     uses_teacher: Callable[[Any], bool] = always
     student_artifact: bool = False  # the runner's `model` is a plain student network: sweeps log the best one
+    # (cfg: DistillConfig) -> what is wrong with the config for this method beyond its own section
+    # (e.g. a setting that needs RGB data), naming the field; None when nothing is
+    check_config: Callable[[Any], Optional[str]] = no_problem
     description: str = ""
 
     @property
@@ -77,7 +84,7 @@ class Method:
 
 
 REGISTRY: dict[str, Method] = {}
-BUILTIN_NAMES = ("kd", "sla", "ssd")  # declared as fields of DistillConfig; known even before registration
+BUILTIN_NAMES = ("kd", "sla", "ssd")  # section names known before their modules are imported (trainables/values.py)
 
 
 def register(method: Method) -> Method:

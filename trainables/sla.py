@@ -2,17 +2,35 @@
 ("joint"), and the self-distillation head u ("main", C outputs) on the identity copy."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
+from pydantic import Field
 
 from augtune.spaces import label_transforms
 from augtune.spaces.candidates import Context, parse_candidate
-from augtune.trainables.experiment_config import SLAConfig
 from augtune.trainables.data import DataBundle
+from augtune.trainables.experiment_config import Section
 from augtune.trainables.losses.sla import aggregate_logits, self_distillation_loss, single_logits, sla_loss
 from augtune.trainables.method import Method, register
 from augtune.trainables.runner import EpochRunner
+
+
+class SLAConfig(Section):
+    """Self-supervised label augmentation (Lee et al., ICML 2020); the network is `student`."""
+
+    transforms: Literal["rotation", "colour", "rotation_colour"] = "rotation"
+    large_loss: bool = Field(False, description="multiply the joint loss by M (ImageNet/iNat advice)")
+    self_distillation: bool = Field(True, description="train the single head u on the aggregated output")
+    temperature: float = Field(1.0, gt=0.0)
+    beta: float = Field(1.0, ge=0.0)
+    augmentation: str = Field("identity", description="base augmentation from the space, before the transforms")
+
+
+def _colour_needs_rgb(cfg) -> Optional[str]:
+    if cfg.sla.transforms != "rotation" and cfg.data.name == "digits":
+        return "sla.transforms: colour permutations need RGB images; digits are greyscale, use rotation"
+    return None
 
 
 class SLARunner(EpochRunner):
@@ -79,4 +97,4 @@ METHOD = register(Method(
     "sla", SLAConfig, _build, teacher="none",
     hyperparameters=("sla.transforms", "sla.temperature", "sla.beta", "sla.large_loss", "sla.self_distillation"),
     fixed_during_run=("sla.transforms", "sla.large_loss", "sla.self_distillation"), one_label_per_image=True,
-    description="self-supervised label augmentation (Lee et al., ICML 2020)"))
+    check_config=_colour_needs_rgb, description="self-supervised label augmentation (Lee et al., ICML 2020)"))

@@ -20,12 +20,13 @@ from typing import Any, Callable, Literal, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from pydantic import Field, field_validator
 
 from augtune.spaces import moco
 from augtune.spaces.candidates import Context, parse_candidate
-from augtune.trainables.experiment_config import SSDConfig
 from augtune.trainables.data import DataBundle, load_data
 from augtune.trainables.distributed import DataParallel
+from augtune.trainables.experiment_config import Section, TrainConfig
 from augtune.trainables.engine import build_network, full_precision, head_sizes, load_checkpoint, save_checkpoint
 from augtune.trainables.losses.kd import kl_at_temperature
 from augtune.trainables.losses.moco import masked_contrastive_loss
@@ -33,6 +34,39 @@ from augtune.trainables.models import Network
 from augtune.trainables.method import Method, OwnTeacher, register
 from augtune.trainables.runner import EpochRunner, run_to_completion
 from augtune.trainables.values import RunValues
+
+
+def _lws_defaults() -> "TrainConfig":
+    # official stage II: 5 epochs, lr 0.2, batch 512, cosine, wd 5e-4, class-balanced sampling
+    return TrainConfig(epochs=5, lr=0.2, batch_size=512, schedule="cosine", weight_decay=5e-4,
+                       sampler="class_balanced")
+
+
+class SSDConfig(Section):
+    """Self supervision to distillation (Li, Wang and Wu, ICCV 2021). Stages I-II train `teacher.model`
+    with `teacher.train`; stage III trains `student.model` with `student.train`."""
+
+    tasks: list[Literal["rotation", "moco"]] = Field(default_factory=lambda: ["rotation", "moco"],
+                                                     description="stage I self-supervised tasks")
+    rotation_weight: float = Field(1.0, ge=0.0)
+    moco_weight: float = Field(1.0, ge=0.0)
+    moco_momentum: float = Field(0.999, gt=0.0, lt=1.0)
+    moco_temperature: float = Field(0.2, gt=0.0)
+    moco_dim: int = Field(128, ge=8)
+    queue_size: Optional[int] = Field(None, ge=1, description="default: the training set size, at most 65536")
+    lws: TrainConfig = Field(default_factory=_lws_defaults)
+    temperature: float = Field(2.0, gt=0.0, description="stage III KD temperature")
+    kd_weight: float = Field(1.0, ge=0.0, description="stage III: CE + kd_weight * KD (1:1 in the paper)")
+    stage4: bool = Field(False, description="LWS on the stage-III hard head")
+    start_stage: Literal[1, 3] = Field(3, description="3: trials load the sweep's stage-II teacher; 1: run all")
+    augmentation: str = Field("identity", description="stage III view x' (the sweep sets it per trial)")
+
+    @field_validator("tasks")
+    @classmethod
+    def _unique(cls, value):
+        if len(set(value)) != len(value):
+            raise ValueError("list each task once")
+        return value
 
 
 def rotate_per_sample(x: torch.Tensor, quarter_turns: torch.Tensor) -> torch.Tensor:
