@@ -11,7 +11,8 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from augtune.spaces.candidates import DEFAULT_BASELINE, DEFAULT_CANDIDATES, expand_candidates, parse_candidate
 from augtune.spaces.hyper import check_names, parse_hyperparameters
 from augtune.spaces.policies import DEFAULT_POLICY_SPACE, PolicySpace
-from augtune.trainables.experiment_config import DistillConfig, Section, check_checkpoint_file
+from augtune.trainables.experiment_config import (DistillConfig, FileCheckError, Section, check_checkpoint_file,
+                                                   resolve_config)
 from augtune.trainables.builtin_methods import REGISTRY, get_method
 
 
@@ -92,13 +93,6 @@ class ProxyConfig(Section):
     low_fidelity_epochs: int = Field(0, ge=0, description="> 0: also train each candidate's student this many "
                                                           "epochs of its full schedule and score it by its "
                                                           "validation loss there (the zoo's one student score)")
-
-    @field_validator("student_checkpoint")
-    @classmethod
-    def _exists(cls, value):
-        if value is not None:
-            check_checkpoint_file(value)
-        return value
 
 
 class PruneConfig(Section):
@@ -417,6 +411,14 @@ class SweepConfig(DistillConfig):
     def experiment_name(self) -> str:
         return self.tracking.experiment or self.name
 
+    def check_files(self) -> None:
+        super().check_files()
+        if self.proxy.student_checkpoint is not None:
+            try:
+                check_checkpoint_file(self.proxy.student_checkpoint)
+            except ValueError as exc:
+                raise FileCheckError("proxy.student_checkpoint", str(exc)) from None
+
     def distill_keys(self) -> set[str]:
         """The sections a trainable reads: the experiment's, the student's and every method's."""
         return set(DistillConfig.model_fields) | set(self.method_sections())
@@ -506,6 +508,10 @@ def load_config(path: Union[str, Path], overrides: Optional[dict[str, Any]] = No
                 raise ConfigError(f"--set {dotted}: {part} is not a section")
         node[leaf] = value
     try:
-        return SweepConfig.model_validate(raw)
+        # input side and normalisation follow the teacher's (else the student's) weights unless
+        # data.* sets them; written into the config, so a logged or exported config states them
+        return resolve_config(SweepConfig, raw)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(str(path), exc)) from None
+    except FileCheckError as exc:
+        raise ConfigError(f"invalid config {path}:\n  {exc.field}: {exc.message}") from None

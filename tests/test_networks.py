@@ -251,10 +251,9 @@ def test_classifiers_inside_named_and_numbered_sequentials_are_found(name):
 
 
 def _distill(data, teacher, student=None):
-    from augtune.trainables.experiment_config import DistillConfig
+    from augtune.trainables.experiment_config import DistillConfig, resolve_config
 
-    return DistillConfig.model_validate({"data": data, "teacher": teacher,
-                                         **({"student": student} if student else {})})
+    return resolve_config(DistillConfig, {"data": data, "teacher": teacher, **({"student": student} if student else {})})
 
 
 def _torchvision_weights(tmp_path):
@@ -336,3 +335,24 @@ def test_the_data_is_normalised_with_the_configured_statistics():
     pipeline = InputPipeline(given, torch.device("cpu"))
     unit = pipeline.to_unit(given.test.images[:4])
     assert torch.allclose(pipeline.normalise(unit), (unit - 0.3) / 0.2)
+
+
+def test_the_schema_reads_no_file_and_the_loader_reads_each_once(tmp_path, monkeypatch):
+    """Validation (what every trial does with its config) opens no checkpoint and no weights; the
+    loader every command uses reads them once, and names the field of one that is missing."""
+    from augtune.trainables.experiment_config import DistillConfig, FileCheckError, resolve_config
+
+    weights = _torchvision_weights(tmp_path)["weights"]
+    raw = {"data": {"name": "digits", "image_size": 32, "mean": [0.5], "std": [0.25]},
+           "teacher": {"model": "torchvision:resnet18", "weights": weights},
+           "student": {"model": "resnet8", "checkpoint": str(tmp_path / "missing.pt")}}
+    reads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: reads.append(a[0]) or real_load(*a, **k))
+    for _ in range(3):
+        DistillConfig.model_validate(raw)
+    assert reads == []
+    with pytest.raises(FileCheckError) as missing:
+        resolve_config(DistillConfig, raw)
+    assert missing.value.field == "student.checkpoint" and "does not exist" in missing.value.message
+    assert [str(p) for p in reads] == [weights]  # the teacher's weights, once, before the student's check

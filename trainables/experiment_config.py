@@ -42,6 +42,14 @@ class Section(BaseModel):
         return raw
 
 
+class FileCheckError(ValueError):
+    """A file a config names cannot be used; `field` is the config's path to it."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field, self.message = field, message
+
+
 def check_checkpoint_file(path: Path) -> None:
     """Refuse, at load time, a checkpoint that is missing or not augtune's (before anything runs)."""
     from augtune.trainables.checkpoint_io import CheckpointError, read_checkpoint
@@ -241,9 +249,8 @@ class ModelConfig(Section):
 
     @field_validator("weights", "pretrained")
     @classmethod
-    def _weights_fit(cls, value, info: ValidationInfo):
-        """The file or cache entry is read and loaded into the architecture before anything runs
-        (every key must fit; a pickle that would run code is refused)."""
+    def _weights_for_a_foreign_network(cls, value, info: ValidationInfo):
+        """Only the settings here; the file itself is read once, by `check_files`."""
         if value is None or value is False:
             return value
         model = info.data.get("model")
@@ -254,9 +261,24 @@ class ModelConfig(Section):
         if model in MODEL_REGISTRY:
             raise ValueError(f"{model!r} is augtune's own network; give its augtune checkpoint as `checkpoint`, or "
                              "use a torchvision:/timm:/module:factory model")
-        state = read_own_weights(value) if info.field_name == "weights" else pretrained_weights(model)
-        load_own_layout(module_for_weights(model, info.data.get("model_args") or {}, state), state, model)
         return value
+
+    def check_files(self, role: str) -> None:
+        """Read what this section names, once, before anything runs: the checkpoint (augtune's,
+        weights-only), or the weights loaded into the architecture (every key must fit; a pickle
+        that would run code is refused). Raises FileCheckError naming `role`'s field."""
+        if self.checkpoint is not None:
+            try:
+                check_checkpoint_file(self.checkpoint)
+            except ValueError as exc:
+                raise FileCheckError(f"{role}.checkpoint", str(exc)) from None
+        if self.weights is not None or self.pretrained:
+            field = "weights" if self.weights is not None else "pretrained"
+            try:
+                state = self.own_weights()
+                load_own_layout(module_for_weights(self.model, self.model_args, state), state, self.model)
+            except ValueError as exc:
+                raise FileCheckError(f"{role}.{field}", str(exc)) from None
 
     def own_weights(self):
         """The state dict of `weights` or `pretrained` (None without either)."""
@@ -269,13 +291,6 @@ class ModelConfig(Section):
         `weights` / `pretrained` when given."""
         return build_model(self.model, num_classes, channels, self.model_args, weights=self.own_weights())
 
-    @field_validator("checkpoint")
-    @classmethod
-    def _checkpoint_exists(cls, value: Optional[Path]) -> Optional[Path]:
-        if value is not None:
-            check_checkpoint_file(value)
-        return value
-
 
 class ExperimentConfig(Section):
     """What every command needs: the data, the teacher, where outputs go, the device."""
@@ -287,12 +302,11 @@ class ExperimentConfig(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: ModelConfig = Field(default_factory=ModelConfig)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _inputs_follow_the_network(cls, raw):
-        """Input side and normalisation follow the teacher's (else the student's) weights unless
-        data.* sets them (`inputs_follow_the_network`)."""
-        return inputs_follow_the_network(raw, ("teacher", "student")) if isinstance(raw, dict) else raw
+    def check_files(self) -> None:
+        """The file reads the schema leaves out (it does no file I/O, so trials validate their
+        config for free): done once, when a command loads its config (search/sweep_config.py
+        `load_config`). Raises FileCheckError naming the field."""
+        self.teacher.check_files("teacher")
 
     @field_validator("device")
     @classmethod
@@ -364,6 +378,10 @@ class DistillConfig(ExperimentConfig):
         (an added method's defaults are made when first asked for, `section`)."""
         return [name for name in REGISTRY if name in (self.model_extra or {})]
 
+    def check_files(self) -> None:
+        super().check_files()
+        self.student.check_files("student")
+
     def section(self, method: str):
         """The settings section of `method` (its defaults when the config leaves it out)."""
         if method not in self.__pydantic_extra__:
@@ -383,3 +401,12 @@ class DistillConfig(ExperimentConfig):
             for name, value in step.values.items():
                 check_schedule_value(self, name, value, f"{where}.values.{name}")  # trainables/values.py
         return self
+
+
+def resolve_config(schema: type, raw: dict) -> Any:
+    """A user's config as every command loads it: inputs filled in from the networks' weights
+    (`inputs_follow_the_network`), validated by `schema` (no file I/O), then the files it names
+    read once (`check_files`). Raises ValidationError or FileCheckError."""
+    cfg = schema.model_validate(inputs_follow_the_network(raw, ("teacher", "student")))
+    cfg.check_files()
+    return cfg
