@@ -229,14 +229,15 @@ def test_sigkill_of_a_trial_worker_continues_from_its_checkpoint(tmp_path):
 
 # ---------------------------------------------------------------- PBT
 
-PBT_EPOCHS = 9
-PBT_INTERVAL = 3
+PBT_EPOCHS = 12
+PBT_INTERVAL = 2
 
 
 def _pbt_config(tmp_path: Path, uri: str) -> Path:
-    """4 members of one candidate (no proxy to wait for), perturbed every 3 of 9 epochs. All four
-    run at once (half a CPU each): with two at a time, the first pair can finish before the second
-    starts, and Ray's PBT ranks only running members, so a whole run could pass without an exploit."""
+    """4 members of one candidate (no proxy to wait for), perturbed every 2 of 12 epochs, all four
+    at once (half a CPU each). Ray's PBT exploits only when the member reaching an interval ranks
+    in the bottom half of the running members that have reported: with two members at a time, or
+    only the 3 intervals of 9 epochs, whole runs passed without an exploit (twice on CI)."""
     path = write_sweep_config(
         tmp_path, "kill", uri, num_samples=4, prune={"mode": "fixed", "candidate": "cutmix"},
         max_concurrent=4, resources={"cpu": 0.5, "gpu": 0},
