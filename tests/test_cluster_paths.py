@@ -81,24 +81,6 @@ def test_sweep_logs_to_http_mlflow_server(tmp_path, mlflow_server):
     assert best.stdout.split("best augmentation:")[1].split()[0] in done.stdout.split("best augmentation:")[1]
 
 
-@pytest.fixture
-def ray_head(tmp_path):
-    port = _free_port()
-    import shutil
-    import tempfile
-    temp = Path(tempfile.mkdtemp(prefix="rh", dir="/tmp"))  # Ray's socket paths must stay under 107 bytes
-    env = _env()
-    start = subprocess.run(["ray", "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=0",
-                            "--include-dashboard=false", f"--temp-dir={temp}", "--node-ip-address=127.0.0.1",
-                            *_own_ports(head=True, ports=[port])],
-                           env=env, capture_output=True, text=True, timeout=120,
-                           executable=str(Path(sys.executable).parent / "ray"))
-    assert start.returncode == 0, start.stdout + start.stderr
-    yield f"127.0.0.1:{port}"
-    _stop_cluster(temp, port)  # `ray stop` would also stop the test session's own Ray
-    shutil.rmtree(temp, ignore_errors=True)
-
-
 def _own_ports(head: bool, ports: list[int]) -> list[str]:
     """Free ports (distinct from `ports`, the test's others) for what `ray start` would otherwise
     bind at fixed defaults (the dashboard agent's 52365, the Ray client's 10001): the test
@@ -134,18 +116,6 @@ def _stop_processes_mentioning(marker: str, prefix: str = "") -> None:
     _, alive = psutil.wait_procs(targets, timeout=3)
     for proc in alive:
         proc.kill()
-
-
-def test_sweep_on_separately_started_ray_head(tmp_path, ray_head):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    path = write_sweep_config(tmp_path, "head-sweep", uri, num_samples=2, ray_address="auto",
-                              storage_path=str(tmp_path / "shared"))
-    done = subprocess.run([*AUGTUNE, "sweep", str(path), "--no-progress"], cwd=tmp_path,
-                          env=_env(RAY_ADDRESS=ray_head), capture_output=True, text=True, timeout=400)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "Connecting to existing Ray cluster" in done.stdout + done.stderr
-    assert len(runs_by_stage(uri, "head-sweep")["trial"]) == 2
-    assert any((tmp_path / "shared").iterdir()), "trial results go to the configured storage_path"
 
 
 def test_resume_after_interruption_logs_no_trial_twice(tmp_path):
@@ -277,10 +247,11 @@ def test_sweep_survives_losing_a_worker_node(tmp_path, two_nodes, mlflow_server)
         assert steps == list(range(1, epochs + 1)), steps
 
 
-@pytest.fixture
-def ray_head_with_jobs(tmp_path):
+@pytest.fixture(scope="module")
+def ray_head_with_jobs():
     """A head started as the README says, with its dashboard (the job API) on 127.0.0.1; augtune
-    is on its PATH, as `pip install -e '.[cluster]'` on a cluster node would make it."""
+    is on its PATH, as `pip install -e '.[cluster]'` on a cluster node would make it. One for the
+    module: the sweeps joining it by address, by `ray job submit` and by `ray submit`'s script."""
     import shutil
     import tempfile
 
@@ -308,6 +279,19 @@ def _copy_of_repo(folder: Path) -> Path:
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / name, folder / name)
     return folder
+
+
+def test_sweep_on_separately_started_ray_head(tmp_path, ray_head_with_jobs):
+    _, address, _ = ray_head_with_jobs
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    path = write_sweep_config(tmp_path, "head-sweep", uri, num_samples=2, ray_address="auto",
+                              storage_path=str(tmp_path / "shared"))
+    done = subprocess.run([*AUGTUNE, "sweep", str(path), "--no-progress"], cwd=tmp_path,
+                          env=_env(RAY_ADDRESS=address), capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Connecting to existing Ray cluster" in done.stdout + done.stderr
+    assert len(runs_by_stage(uri, "head-sweep")["trial"]) == 2
+    assert any((tmp_path / "shared").iterdir()), "trial results go to the configured storage_path"
 
 
 def test_ray_job_submit_runs_a_sweep(tmp_path, ray_head_with_jobs, mlflow_server):

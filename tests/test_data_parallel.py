@@ -1,6 +1,7 @@
 """Data-parallel trials (`search.resources.workers_per_trial`, trainables/distributed.py), on
 two gloo processes on this CPU: they take the steps one process takes on the whole batch, stay
-identical to each other, and each draws its own augmentations, the same on every rerun."""
+identical to each other, and each draws its own augmentations, the same on every rerun. A sweep of
+2-worker trials under ASHA, killed and resumed: tests/test_kill_resume.py."""
 import torch
 import torch.multiprocessing as mp
 
@@ -75,35 +76,3 @@ def test_each_rank_draws_its_own_augmentations_the_same_on_a_rerun(tmp_path):
     assert [r["draws"] for r in first] == [r["draws"] for r in again]  # reproducible from the trial seed
     for name, value in first[0]["model"].items():
         assert torch.equal(value, first[1]["model"][name]) and torch.equal(value, again[0]["model"][name]), name
-
-
-def test_a_two_worker_trial_runs_under_tune_with_asha_and_one_mlflow_run(tmp_path, ray_session):
-    """A sweep whose trials each train on 2 Ray Train workers (gloo): ASHA schedules them, each
-    trial is one MLflow run with every epoch once (rank 0's), the chosen trial's weights come from
-    its Ray Train checkpoint."""
-    from mlflow import MlflowClient
-
-    from augtune.search.sweep_config import load_config
-    from augtune.search.sweep.driver import run_sweep
-    from sweep_helpers import runs_by_stage, write_sweep_config
-
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    path = write_sweep_config(tmp_path, "ddp", uri, num_samples=2, max_concurrent=1,
-                              prune={"mode": "fixed", "candidate": "cutout"},
-                              scheduler={"kind": "asha", "grace_period": 1, "reduction_factor": 2},
-                              resources={"cpu": 1, "gpu": 0, "workers_per_trial": 2})
-    cfg = load_config(path, {"student.train.epochs": 3})
-    outcome = run_sweep(cfg, progress=False)
-    assert len(outcome.trials) == 2 and outcome.best is not None
-    client = MlflowClient(tracking_uri=uri)
-    runs = runs_by_stage(uri, "ddp")["trial"]
-    assert sorted(r.data.tags["augtune.trial_id"] for r in runs) == sorted(t.trial_id for t in outcome.trials)
-    for run, trial in zip(sorted(runs, key=lambda r: r.data.tags["augtune.trial_id"]),
-                          sorted(outcome.trials, key=lambda t: t.trial_id)):
-        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_loss"))
-        assert steps == list(range(1, trial.epochs + 1)), steps
-    chosen = next(r for r in runs if r.data.tags["augtune.trial_id"] == outcome.best.trial_id)
-    assert "student.pt" in {a.path for a in client.list_artifacts(chosen.info.run_id)}
-    # each trial's Train run kept its checkpoints under the sweep's storage, named by the trial
-    train_runs = cfg.output_dir / cfg.name / "ray" / "train-runs"
-    assert {p.name for p in train_runs.iterdir()} >= {t.trial_id for t in outcome.trials}

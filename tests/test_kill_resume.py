@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 AUGTUNE = [sys.executable, "-m", "augtune.search.cli"]
 REPO = Path(__file__).resolve().parents[1]
 NUM_SAMPLES = 4
-WORKER_EPOCHS = 40
+WORKER_EPOCHS = 24
 
 
 def _env():
@@ -308,13 +308,18 @@ def test_pbt_sweep_survives_sigkill_at_several_moments(tmp_path):
 
 
 def test_two_worker_trials_resume_after_sigkill(tmp_path):
-    """Multi-worker trials (2 Ray Train workers each): the driver SIGKILLed once a trial has
-    logged an epoch, then `--resume`: the trial's Ray Train run goes on from its checkpoint (it does
-    not start over), and every trial's MLflow run has each epoch once."""
+    """Multi-worker trials (2 Ray Train workers each, gloo) scheduled by ASHA: the driver SIGKILLed
+    once a trial has logged an epoch, then `--resume`: the trial's Ray Train run goes on from its
+    checkpoint (it does not start over); each trial is one MLflow run with every epoch once (rank
+    0's); the chosen trial's weights come from its Ray Train checkpoint, and each trial's Train run
+    kept its checkpoints under the sweep's storage, named by the trial."""
+    from augtune.search.results.tracking import TRIAL_TAG
+
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     epochs = 8
-    path = write_sweep_config(tmp_path, "kill", uri, num_samples=1, max_concurrent=1,
-                              prune={"mode": "fixed", "candidate": "cutout"}, scheduler={"kind": "fifo"},
+    path = write_sweep_config(tmp_path, "kill", uri, num_samples=2, max_concurrent=1,
+                              prune={"mode": "fixed", "candidate": "cutout"},
+                              scheduler={"kind": "asha", "grace_period": 1, "reduction_factor": 2},
                               resources={"cpu": 1, "gpu": 0, "workers_per_trial": 2})
     path.write_text(path.read_text().replace("epochs: 2", f"epochs: {epochs}"))
     proc = subprocess.Popen([*AUGTUNE, "sweep", str(path), "--no-progress"], cwd=tmp_path, env=_env(),
@@ -327,10 +332,16 @@ def test_two_worker_trials_resume_after_sigkill(tmp_path):
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     client = MlflowClient(tracking_uri=uri)
     runs = runs_by_stage(uri, "kill")["trial"]
-    assert len(runs) == 1 and all(r.info.status == "FINISHED" for r in runs)
+    state = json.loads((tmp_path / "runs" / "kill" / "sweep_state.json").read_text())["finished"]
+    trials = {t["trial_id"]: t for t in state["trials"]}
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    assert sorted(r.data.tags[TRIAL_TAG] for r in runs) == sorted(trials)
     for run in runs:
         steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_loss"))
-        assert steps == list(range(1, epochs + 1)), steps
+        assert steps == list(range(1, trials[run.data.tags[TRIAL_TAG]]["epochs"] + 1)), steps
+    chosen = next(r for r in runs if r.data.tags[TRIAL_TAG] == state["best"]["trial_id"])
+    assert "student.pt" in {a.path for a in client.list_artifacts(chosen.info.run_id)}
+    assert {p.name for p in (experiments / "train-runs").iterdir()} >= set(trials)
     # the killed trial's function ran again after the restore (its iteration count starts over)
     # and its first report there is a later epoch: Ray Train resumed it from its checkpoint
     restarts = [row["epoch"] for results in experiments.glob("sweep-*/*/result.json")
