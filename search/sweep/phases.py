@@ -13,6 +13,8 @@ import itertools
 from pathlib import Path
 from typing import Optional, Union
 
+from ray import tune
+
 from augtune.search.results.baseline import BASELINE_PHASE
 from augtune.search.results.trials import TrialRow
 from augtune.search.standalone.proxy_job import job_dir
@@ -97,8 +99,6 @@ class TunePhase:
                           grids: list):
         """Tune's saved experiment `target.experiment` restored when it can be; else a new one,
         under a new name (recorded in the state) when an unusable one is in the way."""
-        from ray import tune
-
         path = f"{storage(self.cfg).rstrip('/')}/{target.experiment}"
         prepare_restore(path)
         if tune.Tuner.can_restore(path):
@@ -198,7 +198,5 @@ class BaselinePhase(GridPhase):
 def phase_results(cfg: SweepConfig, experiment: str, teacher_path: Optional[Path]):
     """The results (checkpoints included) of a finished phase, read back from its saved
     experiment without running anything."""
-    from ray import tune
-
     path = f"{storage(cfg).rstrip('/')}/{experiment}"
     return tune.Tuner.restore(path, trainable=method_trainable(cfg, teacher_path)).get_results()

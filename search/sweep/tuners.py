@@ -3,17 +3,24 @@ tuners (Optuna + ASHA/FIFO, grids for audits, proxy validation and the recipe ba
 the trial rows of a result grid. The phases (search/sweep/phases.py) decide which to build."""
 import os
 import random
+import socket
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
-from augtune.search.sweep_config import SweepConfig, policy_space
-from augtune.search.standalone.proxy_job import job_dir
-from augtune.search.selection.metric import metric_mode
 from augtune.search.results.trials import TrialRow
-from augtune.spaces.candidates import parse_candidate
+from augtune.search.selection.metric import metric_mode
+from augtune.search.standalone.proxy_job import job_dir
+from augtune.search.sweep.tolerant_optuna import TolerantOptunaSearch
+from augtune.search.sweep_config import SweepConfig, policy_space
+from augtune.spaces.candidates import numeric_params, parse_candidate
 from augtune.spaces.hyper import parse_hyperparameters
+from augtune.trainables.tune_trainables import data_parallel_trainable, trainable_of
 
 
 # ---------------------------------------------------------------- search space
@@ -56,8 +63,6 @@ class AugmentationSpace:
 # ---------------------------------------------------------------- Ray
 
 def init_ray(cfg: SweepConfig) -> None:
-    import ray
-
     if ray.is_initialized():
         return
     if cfg.search.ray_address:
@@ -85,8 +90,6 @@ def own_state_api() -> dict[str, Any]:
     it finds another Ray on this machine (it then refuses to guess which), a finished trial's
     workers stay reserved and the next trial never starts. So: the dashboard on 127.0.0.1 at a
     free port, and every worker of this job told that address (RAY_API_SERVER_ADDRESS)."""
-    import socket
-
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -104,9 +107,6 @@ def method_trainable(cfg: SweepConfig, teacher_path: Optional[Path], track: Sequ
     """The method's trainable with its fixed inputs and per-trial resources; `track` names the
     values each epoch records (PBT schedules). A restored experiment must get the same one as
     the experiment was built with (search_trainable / method_trainable)."""
-    from ray import tune
-
-    from augtune.trainables.tune_trainables import data_parallel_trainable, trainable_of
 
     wanted = cfg.search.resources
     fixed: dict[str, Any] = {"experiment": cfg.distill_dict()}
@@ -191,11 +191,6 @@ def build_pbt_tuner(cfg: SweepConfig, survivors: list[str], teacher_path: Option
     far) and config, then perturbs the values within their domains: each member's values over
     the epochs are its schedule."""
 
-    from ray import tune
-    from ray.tune.schedulers import PopulationBasedTraining
-    from ray.tune.search import BasicVariantGenerator
-
-    from augtune.spaces.candidates import numeric_params
 
     s, sched = cfg.search, cfg.search.scheduler
     samples = num_samples or s.num_samples
@@ -231,8 +226,6 @@ def build_pbt_tuner(cfg: SweepConfig, survivors: list[str], teacher_path: Option
 
 
 def _run_config(cfg: SweepConfig, experiment_name: str, callback, keep_checkpoints: Optional[int] = 2):
-    from ray import tune
-
     # a multi-worker trial's checkpoints are its Ray Train run's (trainables.tune_trainables.data_parallel_trainable)
     checkpoints = (tune.CheckpointConfig(checkpoint_frequency=1, num_to_keep=keep_checkpoints, checkpoint_at_end=True)
                    if cfg.search.resources.workers_per_trial == 1 else tune.CheckpointConfig())
@@ -250,10 +243,6 @@ def build_grid_tuner(cfg: SweepConfig, candidates: list[str], seeds: int, teache
     """Every candidate x seed at the config's own hyperparameters, trained to the end (no early
     stopping): the same budget for each. Validation sweeps and sentinel audits use it. `points`:
     only these (augmentation, seed) trials (a top-up of the ones a restored grid lost)."""
-    from ray import tune
-    from ray.tune.schedulers import FIFOScheduler
-    from ray.tune.search import BasicVariantGenerator
-
     s = cfg.search
     mode = metric_mode(s.metric)
     if points is None:
@@ -274,10 +263,6 @@ def build_baseline_tuner(cfg: SweepConfig, points: list[dict[str, Any]], teacher
                          experiment_name: str):
     """The recipe baseline's trials (search/results/baseline.py): each point an (augmentation, seed) at the
     chosen trial's hyperparameters, trained to the end."""
-    from ray import tune
-    from ray.tune.schedulers import FIFOScheduler
-    from ray.tune.search import BasicVariantGenerator
-
     s = cfg.search
     values = {k: v for k, v in points[0].items() if k not in ("augmentation", "seed")}
     param_space = {"augmentation": tune.choice(sorted({p["augmentation"] for p in points})),
@@ -297,11 +282,6 @@ def build_tuner(cfg: SweepConfig, survivors: list[str], teacher_path: Optional[P
     `top_up` (`num_samples` left to run after a restore lost some) skips the first points of
     augmentations already `tried` and draws with its own seed, so it does not repeat trials the
     restored experiments hold."""
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
-
-    from augtune.search.sweep.tolerant_optuna import TolerantOptunaSearch
 
     s = cfg.search
     if s.scheduler.kind == "pbt":
