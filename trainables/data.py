@@ -246,7 +246,7 @@ def load_imagefolder_data(cfg: DataConfig) -> DataBundle:
 
 
 def _bundle(cfg: DataConfig, train, test, val, num_classes, channels, side) -> DataBundle:
-    if cfg.mean is not None:  # set in the config, or from the teacher's weights (config.inputs_follow_the_network)
+    if cfg.mean is not None:  # set in the config, or from the teacher's weights (experiment_config.inputs_follow_the_network)
         mean, std = cfg.mean, cfg.std
     elif train.images is not None:
         pixels = train.images.float().div_(255).transpose(0, 1).reshape(channels, -1)
