@@ -286,7 +286,10 @@ def test_pbt_sweep_survives_sigkill_at_several_moments(tmp_path):
                           capture_output=True, text=True, timeout=600)
     output = "".join(log.read_text() for log in logs[1:]) + done.stdout + done.stderr
     assert done.returncode == 0, output[-3000:]
-    assert "Error handling checkpoint" not in output and "FileNotFoundError" not in output, output[-3000:]
+    # Ray warns "Could not fetch metrics ... FileNotFoundError" for a member killed before its first
+    # result (nothing to fetch; it starts again): not a checkpoint error
+    missing = [line for line in output.splitlines() if "FileNotFoundError" in line and "Could not fetch metrics" not in line]
+    assert "Error handling checkpoint" not in output and not missing, output[-3000:]
 
     client = MlflowClient(tracking_uri=uri)
     runs = runs_by_stage(uri, "kill")
