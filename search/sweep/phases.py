@@ -180,19 +180,27 @@ class ValidationPhase(GridPhase):
         return SearchPhase.rows_of(grids)
 
 
-class BaselinePhase(GridPhase):
+class BaselinePhase(TunePhase):
     """The recipe baseline's points (search/results/baseline.py): the recipe, and the chosen
-    augmentation again, at the chosen trial's hyperparameters and given seeds."""
+    augmentation again, at the chosen trial's hyperparameters and given seeds. A top-up runs
+    exactly the points a restore lost."""
     label = BASELINE_PHASE
 
     def __init__(self, cfg: SweepConfig, state: SweepState, teacher_path: Optional[Path], callback,
                  points: list[Point]):
-        TunePhase.__init__(self, cfg, state, state.baseline, teacher_path, callback)
+        super().__init__(cfg, state, state.baseline, teacher_path, callback)
         self.points = points
+
+    @property
+    def expected(self) -> int:
+        return len(self.points)
 
     def build(self, experiment, lost, round_number, grids):
         return build_baseline_tuner(self.cfg, self.points if lost is None else lost, self.teacher_path,
                                     self.callback, experiment)
+
+    def lost(self, grids):
+        return missing_points(grids, self.points)
 
 
 def phase_results(cfg: SweepConfig, experiment: str, teacher_path: Optional[Path]):
