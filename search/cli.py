@@ -265,6 +265,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ConfigError, CheckpointError, FileNotFoundError) as exc:
         print(f"augtune: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    finally:
+        if argv is None:  # the command line's process, which exits next
+            spare_the_exit_a_collection()
+
+
+def spare_the_exit_a_collection() -> None:
+    """Python's exit collects every object left: after a sweep (torch, Ray, MLflow loaded) that
+    took 2.2 s of a 22 s run on 2 cores, measured. Frozen objects are skipped; atexit handlers
+    (MLflow's, Ray's shutdown) still run, and memory goes back to the system with the process."""
+    import gc
+
+    gc.freeze()
 
 
 if __name__ == "__main__":

@@ -6,4 +6,5 @@ import sys
 from augtune.search.cli import main
 
 if __name__ == "__main__":
-    raise SystemExit(main(["sweep", *sys.argv[1:]]))
+    sys.argv.insert(1, "sweep")  # then read as the command line, as `augtune sweep ...` is
+    raise SystemExit(main())

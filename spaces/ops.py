@@ -27,23 +27,41 @@ def _uniform(n: int, generator: torch.Generator, device) -> torch.Tensor:
     return torch.rand(n, generator=generator, device=device)
 
 
-def random_flip(x: torch.Tensor, generator: torch.Generator, p: float = 0.5) -> torch.Tensor:
-    flip = _uniform(x.shape[0], generator, x.device) < p
+def flip_draws(n: int, generator: torch.Generator, device, p: float = 0.5) -> torch.Tensor:
+    """Which of n samples random_flip mirrors (one uniform draw each)."""
+    return _uniform(n, generator, device) < p
+
+
+def flip_where(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
+def random_flip(x: torch.Tensor, generator: torch.Generator, p: float = 0.5) -> torch.Tensor:
+    return flip_where(x, flip_draws(x.shape[0], generator, x.device, p))
+
+
+def crop_offsets(n: int, generator: torch.Generator, padding: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (row, column) offsets in [0, 2 padding] random_crop cuts n samples at."""
+    offset_y = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=device)
+    offset_x = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=device)
+    return offset_y, offset_x
+
+
+def crop_at(x: torch.Tensor, padding: int, offset_y: torch.Tensor, offset_x: torch.Tensor) -> torch.Tensor:
+    """Zero-pad by `padding` and cut each sample's H x W window at its own offset."""
+    b, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (padding,) * 4)
+    rows = (offset_y[:, None] + torch.arange(h, device=x.device))[:, :, None]  # B,H,1
+    cols = (offset_x[:, None] + torch.arange(w, device=x.device))[:, None, :]  # B,1,W
+    batch = torch.arange(b, device=x.device)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2).contiguous()
 
 
 def random_crop(x: torch.Tensor, generator: torch.Generator, padding: int) -> torch.Tensor:
     """Zero-pad by `padding` and cut an H x W window at a per-sample offset."""
     if padding == 0:
         return x
-    b, _, h, w = x.shape
-    padded = torch.nn.functional.pad(x, (padding,) * 4)
-    offset_y = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=x.device)
-    offset_x = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=x.device)
-    rows = (offset_y[:, None] + torch.arange(h, device=x.device))[:, :, None]  # B,H,1
-    cols = (offset_x[:, None] + torch.arange(w, device=x.device))[:, None, :]  # B,1,W
-    batch = torch.arange(b, device=x.device)[:, None, None]
-    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2).contiguous()
+    return crop_at(x, padding, *crop_offsets(x.shape[0], generator, padding, x.device))
 
 
 def _box_mask(h: int, w: int, top, bottom, left, right) -> torch.Tensor:

@@ -17,14 +17,14 @@ def run_rank(rank: int, world: int, init_file: str, experiment: dict, teacher: s
         runner = KDRunner(DistillConfig.model_validate(experiment), None, teacher)
         runner.make_data_parallel(DataParallel.current())
         # the state of the augmentation generator at each epoch's first batch: what this rank draws from
-        draws, train_batch = [], runner.pipeline.train_batch
+        draws, train_batch = [], runner.pipeline.train_batch_with_views  # what two_views draws through
 
         def recording(images, generator):
             if len(draws) < runner.epoch + 1:
                 draws.append(hashlib.sha256(generator.get_state().numpy().tobytes()).hexdigest())
             return train_batch(images, generator)
 
-        runner.pipeline.train_batch = recording
+        runner.pipeline.train_batch_with_views = recording
         metrics = [runner.run_epoch() for _ in range(epochs)]
         torch.save({"model": runner.model.state_dict(), "metrics": metrics, "draws": draws}, out)
     finally:

@@ -68,19 +68,6 @@ def mlflow_server(tmp_path):
     proc.wait(timeout=30)
 
 
-def test_sweep_logs_to_http_mlflow_server(tmp_path, mlflow_server):
-    path = write_sweep_config(tmp_path, "http-sweep", mlflow_server, num_samples=2)
-    done = subprocess.run([*AUGTUNE, "sweep", str(path), "--no-progress"], cwd=tmp_path, env=_env(),
-                          capture_output=True, text=True, timeout=400)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    runs = runs_by_stage(mlflow_server, "http-sweep")
-    assert len(runs["sweep"]) == 1 and len(runs["proxy"]) == 8 and len(runs["trial"]) == 2
-    best = subprocess.run([*AUGTUNE, "best", "--experiment", "http-sweep", "--tracking-uri", mlflow_server],
-                          env=_env(), capture_output=True, text=True, timeout=120)
-    assert best.returncode == 0 and "best augmentation:" in best.stdout
-    assert best.stdout.split("best augmentation:")[1].split()[0] in done.stdout.split("best augmentation:")[1]
-
-
 def _own_ports(head: bool, ports: list[int]) -> list[str]:
     """Free ports (distinct from `ports`, the test's others) for what `ray start` would otherwise
     bind at fixed defaults (the dashboard agent's 52365, the Ray client's 10001): the test
@@ -253,7 +240,7 @@ def test_sweep_survives_losing_a_worker_node(tmp_path, two_nodes, mlflow_server)
 def ray_head_with_jobs():
     """A head started as the README says, with its dashboard (the job API) on 127.0.0.1; augtune
     is on its PATH, as `pip install -e '.[cluster]'` on a cluster node would make it. One for the
-    module: the sweeps joining it by address, by `ray job submit` and by `ray submit`'s script."""
+    module: the sweeps joining it by `ray job submit` and by `ray submit`'s script (RAY_ADDRESS)."""
     import shutil
     import tempfile
 
@@ -283,19 +270,6 @@ def _copy_of_repo(folder: Path) -> Path:
     return folder
 
 
-def test_sweep_on_separately_started_ray_head(tmp_path, ray_head_with_jobs):
-    _, address, _ = ray_head_with_jobs
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    path = write_sweep_config(tmp_path, "head-sweep", uri, num_samples=2, ray_address="auto",
-                              storage_path=str(tmp_path / "shared"))
-    done = subprocess.run([*AUGTUNE, "sweep", str(path), "--no-progress"], cwd=tmp_path,
-                          env=_env(RAY_ADDRESS=address), capture_output=True, text=True, timeout=400)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "Connecting to existing Ray cluster" in done.stdout + done.stderr
-    assert len(runs_by_stage(uri, "head-sweep")["trial"]) == 2
-    assert any((tmp_path / "shared").iterdir()), "trial results go to the configured storage_path"
-
-
 def test_ray_job_submit_runs_a_sweep(tmp_path, ray_head_with_jobs, mlflow_server):
     import yaml
 
@@ -319,10 +293,17 @@ def test_ray_job_submit_runs_a_sweep(tmp_path, ray_head_with_jobs, mlflow_server
     runs = runs_by_stage(mlflow_server, "job-sweep")
     assert len(runs["sweep"]) == 1 and runs["sweep"][0].info.status == "FINISHED"
     assert len(runs["proxy"]) == 8 and len(runs["trial"]) == 2
+    # and the answer is read back from the same http server
+    best = subprocess.run([*AUGTUNE, "best", "--experiment", "job-sweep", "--tracking-uri", mlflow_server],
+                          env=_env(), capture_output=True, text=True, timeout=120)
+    assert best.returncode == 0 and "best augmentation:" in best.stdout, best.stdout + best.stderr
+    assert best.stdout.split("best augmentation:")[1].split()[0] in out.split("best augmentation:")[1]
 
 
 def test_ray_submit_script_form_connects_with_address_auto(tmp_path, ray_head_with_jobs):
-    """`ray submit cluster.yaml search/submit.py -- CONFIG` runs submit.py as a plain script on the head."""
+    """`ray submit cluster.yaml search/submit.py -- CONFIG` runs submit.py as a plain script on the
+    head: it joins the running head (RAY_ADDRESS, `ray_address: auto`) rather than starting its own
+    Ray, and the trials write their results to the configured storage_path."""
     _, address, env = ray_head_with_jobs
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     path = write_sweep_config(tmp_path, "script-sweep", uri, num_samples=2, ray_address="auto",
@@ -333,6 +314,7 @@ def test_ray_submit_script_form_connects_with_address_auto(tmp_path, ray_head_wi
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Connecting to existing Ray cluster" in done.stdout + done.stderr
     assert len(runs_by_stage(uri, "script-sweep")["trial"]) == 2
+    assert any((tmp_path / "shared").iterdir()), "trial results go to the configured storage_path"
 
 
 def test_cluster_yaml_passes_rays_own_validation():

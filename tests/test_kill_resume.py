@@ -1,7 +1,7 @@
 """SIGKILL of the sweep driver (as a preempted head node or a closed ssh session would), then
 `augtune sweep CONFIG --resume`: the sweep finishes with the trials asked for, the parent run
 ends FINISHED, every trial is one child run, nothing is left RUNNING, no step is logged twice.
-Slow: each case runs real sweeps in subprocesses."""
+Slow: each case runs real sweeps in subprocesses (the last, unkilled resume in this process)."""
 import json
 import os
 import signal
@@ -74,12 +74,24 @@ def _kill_when(proc, ready, timeout=300, moment="the kill point") -> None:
     proc.wait(timeout=60)
 
 
+def _resume_here(path: Path, monkeypatch, capsys) -> str:
+    """The last `--resume`, which nothing kills: run in this process on the session's Ray, as a
+    subprocess would only add its start (imports, a Ray of its own: about 10 s). Returns the output."""
+    from augtune.search.cli import main
+
+    monkeypatch.chdir(path.parent)  # where the killed runs started
+    code = main(["sweep", str(path), "--resume", "--no-progress"])
+    out = capsys.readouterr()
+    assert code == 0, out.out[-3000:] + out.err[-3000:]
+    return out.out
+
+
 def _newest_state_files(folder: Path) -> list[Path]:
     files = sorted(folder.glob("experiment_state-*.json"))
     return files[-1:]
 
 
-def test_sigkill_at_every_stage_then_resume_completes_once(tmp_path):
+def test_sigkill_at_every_stage_then_resume_completes_once(tmp_path, ray_session, monkeypatch, capsys):
     """One sweep SIGKILLed at each stage in turn, every resume itself killed at the next moment:
     while the teacher trains, while the candidates are scored, after pruning with Ray starting,
     after a trial finished, after another one with Ray's newest experiment state left empty (what a
@@ -110,10 +122,7 @@ def test_sigkill_at_every_stage_then_resume_completes_once(tmp_path):
             experiment = search["topups"][-1]["experiment"] if search["topups"] else search["experiment"]
             for f in _newest_state_files(tmp_path / "runs" / "kill" / "ray" / experiment):
                 f.write_text("")
-    done = subprocess.run([*AUGTUNE, "sweep", str(path), "--resume", "--no-progress"], cwd=tmp_path, env=_env(),
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "best augmentation" in done.stdout
+    assert "best augmentation" in _resume_here(path, monkeypatch, capsys)
     _assert_one_complete_sweep(uri)
 
     # the worst moment of the summary: everything logged, the parent still RUNNING, the state not
@@ -122,9 +131,7 @@ def test_sigkill_at_every_stage_then_resume_completes_once(tmp_path):
     state.pop("finished")
     state_file.write_text(json.dumps(state))
     MlflowClient(tracking_uri=uri).update_run(state["parent_run_id"], status="RUNNING")
-    again = subprocess.run([*AUGTUNE, "sweep", str(path), "--resume", "--no-progress"], cwd=tmp_path, env=_env(),
-                           capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    _resume_here(path, monkeypatch, capsys)
     _assert_one_complete_sweep(uri)
 
 
@@ -148,7 +155,7 @@ def _assert_one_complete_sweep(uri: str) -> None:
         assert len(client.get_metric_history(parent.info.run_id, metric)) == 1, metric
 
 
-def test_a_killed_audit_still_compares_every_candidate_on_every_seed(tmp_path):
+def test_a_killed_audit_still_compares_every_candidate_on_every_seed(tmp_path, ray_session, monkeypatch, capsys):
     """An audited sweep (3 kept + 2 sentinels, 2 seeds each) SIGKILLed after its first audit trial
     finished, and its resume killed after the fourth with the audit grid's newest Ray state left
     empty: Ray then restores the grid from the first run's older state, beside the newer searcher
@@ -169,9 +176,7 @@ def test_a_killed_audit_still_compares_every_candidate_on_every_seed(tmp_path):
     grid = json.loads(state_file.read_text())["audit_phases"][-1]["experiment"]
     for f in _newest_state_files(tmp_path / "runs" / "kill" / "ray" / grid):
         f.write_text("")
-    done = subprocess.run([*AUGTUNE, "sweep", str(path), "--resume", "--no-progress"], cwd=tmp_path, env=_env(),
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    _resume_here(path, monkeypatch, capsys)
     audit = json.loads(state_file.read_text())["audit"]
     audited = audit["kept"] + audit["sentinels"]
     assert len(audited) == 5 and all(len(audit["values"][c]) == 2 for c in audited), audit["values"]
@@ -310,7 +315,7 @@ def test_pbt_sweep_survives_sigkill_at_several_moments(tmp_path):
     assert (summary["val_loss"], summary["test_loss"]) == (best["val_loss"], best["test_loss"])
 
 
-def test_two_worker_trials_resume_after_sigkill(tmp_path):
+def test_two_worker_trials_resume_after_sigkill(tmp_path, ray_session, monkeypatch, capsys):
     """Multi-worker trials (2 Ray Train workers each, gloo) scheduled by ASHA: the driver SIGKILLed
     once a trial has logged an epoch, then `--resume`: the trial's Ray Train run goes on from its
     checkpoint (it does not start over); each trial is one MLflow run with every epoch once (rank
@@ -330,9 +335,7 @@ def test_two_worker_trials_resume_after_sigkill(tmp_path):
     experiments = tmp_path / "runs" / "kill" / "ray"
     # MLflow, not Tune's result files (Tune writes a function trial's results in bursts)
     _kill_when(proc, lambda: 2 <= _logged_epochs(uri) < epochs - 2)
-    done = subprocess.run([*AUGTUNE, "sweep", str(path), "--resume", "--no-progress"], cwd=tmp_path, env=_env(),
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    _resume_here(path, monkeypatch, capsys)
     client = MlflowClient(tracking_uri=uri)
     runs = runs_by_stage(uri, "kill")["trial"]
     state = json.loads((tmp_path / "runs" / "kill" / "sweep_state.json").read_text())["finished"]

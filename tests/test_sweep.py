@@ -9,15 +9,22 @@ from augtune.search.results.best import best_augmentation
 from augtune.search.cli import main
 from augtune.search.sweep_config import load_config
 from augtune.search.sweep.driver import run_sweep
+from augtune.search.standalone.proxy_job import job_dir
 from fixtures import assert_accuracy_of
 from sweep_helpers import EIGHT_CANDIDATES, runs_by_stage, write_sweep_config
 
 
 @pytest.fixture(scope="module")
 def pruned_sweep(tmp_path_factory, ray_session):
+    import yaml
+
     tmp = tmp_path_factory.mktemp("sweep")
     uri = f"sqlite:///{tmp}/mlflow.db"
-    cfg = load_config(write_sweep_config(tmp, "pruned", uri))
+    path = write_sweep_config(tmp, "pruned", uri)
+    # its 2 concurrent trials read the teacher's logits on x from the cache (2 x 2 epochs would not
+    # fill it on auto); test_exported_best_trial_reproduces_exactly_without_ray replays one uncached
+    path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), "kd": {"teacher_cache": "on"}}))
+    cfg = load_config(path)
     outcome = run_sweep(cfg, progress=False)
     return cfg, uri, outcome
 
@@ -67,6 +74,23 @@ def test_mlflow_holds_parent_proxy_children_and_trial_curves(pruned_sweep):
     assert {"proxy.csv", "proxy.json", "pruned.json", "trials.json", "config.json"} <= artifacts
     pruned = json.loads(open(client.download_artifacts(parent.info.run_id, "pruned.json")).read())
     assert pruned["kept"] == outcome.survivors and len(pruned["pruned"]) == 5
+
+
+def test_the_teacher_cache_is_filled_once_and_read_by_every_trial(pruned_sweep):
+    from augtune.search.results.tracking import TEACHER_CACHE_TAG
+
+    cfg, uri, outcome = pruned_sweep
+    folder = job_dir(cfg) / "teacher_cache"
+    (cache,) = folder.iterdir()  # one complete file, no partial one
+    assert cache.suffix == ".npy" and ".partial" not in cache.name
+    client = MlflowClient(tracking_uri=uri)
+    parent = client.get_run(outcome.parent_run_id)
+    assert parent.data.tags[TEACHER_CACHE_TAG] == str(cache)
+    assert len(client.get_metric_history(outcome.parent_run_id, "teacher_cache_seconds")) == 1  # filled once
+    stored = np.load(cache, mmap_mode="r")
+    assert stored.shape[1] == 18  # 12 px digits: padding 1, 9 offsets x 2 flips
+    trials = runs_by_stage(uri, "pruned")["trial"]
+    assert len(trials) == 3 and all(r.data.metrics["train_teacher_cached"] == 1.0 for r in trials)
 
 
 def test_best_from_mlflow_agrees_with_sweep(pruned_sweep, capsys):
@@ -246,26 +270,6 @@ def test_method_sweeps_log_their_heads(tmp_path, ray_session, method):
             assert key in metrics
 
 
-def test_teacher_trainable_runs_under_tune(tmp_path, ray_session):
-    from ray import tune
-
-    from augtune.trainables.experiment_config import ExperimentConfig
-    from augtune.trainables.tune_trainables import TeacherTrainable
-
-    experiment = ExperimentConfig.model_validate({
-        "data": {"name": "digits", "samples_per_class": 10},
-        "teacher": {"model": "resnet8", "train": {"epochs": 2, "batch_size": 32}}}).model_dump(mode="json")
-    tuner = tune.Tuner(tune.with_parameters(TeacherTrainable, experiment=experiment),
-                       param_space={"lr": tune.grid_search([0.02, 0.05])},
-                       run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0))
-    results = tuner.fit()
-    assert len(results) == 2 and not results.errors
-    for result in results:
-        assert result.metrics["epoch"] == 2
-        assert_accuracy_of(result.metrics["test_acc"], 450)  # the digits test split
-        assert result.metrics["lr"] < result.config["lr"]  # cosine schedule ran down from the sampled lr
-
-
 def test_random_search_samples_survivors_and_hyperparameters(tmp_path, ray_session):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     path = write_sweep_config(tmp_path, "random-sweep", uri, algorithm="random", num_samples=3,
@@ -287,7 +291,8 @@ def test_exported_best_trial_reproduces_exactly_without_ray(pruned_sweep, tmp_pa
     exported = tmp_path / "best.yaml"
     assert main(["best", "--experiment", cfg.experiment_name, "--tracking-uri", uri, "--export", str(exported)]) == 0
     assert "--threads 1" in exported.read_text() and exported.with_name("best.student.pt").is_file()
-    assert main(["train", "kd", str(exported), "--threads", "1", "--no-progress",
+    # the trials read the teacher cache; the replay forwards the teacher
+    assert main(["train", "kd", str(exported), "--threads", "1", "--no-progress", "--set", "kd.teacher_cache=off",
                  "--set", f"output_dir={tmp_path / 'again'}"]) == 0
     torch.set_num_threads(2)  # back to this session's default
     printed = capsys.readouterr().out

@@ -301,16 +301,22 @@ class BatchFeeder:
         return sample_order(self.set.labels, self.sampler, self.generator)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return ((images, labels) for _, images, labels in self.indexed())
+
+    def indexed(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """The epoch's batches with the set's index of every image (CPU), in the same order."""
         order = self._order()
+        starts = range(0, len(order) - (self.batch_size - 1 if self.drop_last else 0), self.batch_size)
         if self.images_on_device is not None:
-            order = order.to(self.device)
-            for start in range(0, len(order) - (self.batch_size - 1 if self.drop_last else 0), self.batch_size):
-                idx = order[start:start + self.batch_size]
-                yield self.images_on_device[idx], self.labels_on_device[idx]
+            on_device = order.to(self.device)
+            for start in starts:
+                idx = on_device[start:start + self.batch_size]
+                yield order[start:start + self.batch_size], self.images_on_device[idx], self.labels_on_device[idx]
             return
         loader = torch.utils.data.DataLoader(
             _FileDataset(self.set), batch_size=self.batch_size, sampler=order.tolist(),
             num_workers=self.num_workers, drop_last=self.drop_last,
             pin_memory=self.device.type == "cuda", persistent_workers=False)
-        for images, labels in loader:
-            yield (images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True))
+        for start, (images, labels) in zip(starts, loader):
+            yield (order[start:start + self.batch_size], images.to(self.device, non_blocking=True),
+                   labels.to(self.device, non_blocking=True))

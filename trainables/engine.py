@@ -48,6 +48,17 @@ def default_padding(image_size: int) -> int:
     return max(1, image_size // 8)
 
 
+def row_major(x: torch.Tensor) -> torch.Tensor:
+    """x with N x C x H x W row-major strides. A one-channel crop (ops.crop_at) is 'contiguous' with
+    the strides of channels_last, which sends a convolution down another kernel with other low
+    bits: then the network's output on an image would depend on the op that made the batch."""
+    expected, step = [], 1
+    for size in reversed(x.shape):
+        expected.insert(0, step)
+        step *= size
+    return x if list(x.stride()) == expected else x.clone(memory_format=torch.contiguous_format)
+
+
 class InputPipeline:
     """uint8 batch -> float [0, 1] -> optional crop+flip (per sample) -> normalised, on device."""
 
@@ -64,11 +75,39 @@ class InputPipeline:
         return images.float().div_(255)
 
     def base_augment(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        x = ops.random_crop(x, generator, self.padding)
-        return ops.random_flip(x, generator) if self.flip else x
+        return self.base_augment_with_views(x, generator)[0]
+
+    @property
+    def num_base_views(self) -> int:
+        """How many different images crop+flip makes of one: (2 padding + 1)^2 offsets x 2 flips."""
+        return (2 * self.padding + 1) ** 2 * (2 if self.flip else 1)
+
+    def base_augment_with_views(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """crop+flip, and which of the num_base_views each sample got: (row offset x (2 padding
+        + 1) + column offset) x flips + flipped. The same draws as ops.random_crop then random_flip."""
+        n, side = x.shape[0], 2 * self.padding + 1
+        view = torch.zeros(n, dtype=torch.long, device=x.device)
+        if self.padding:
+            offset_y, offset_x = ops.crop_offsets(n, generator, self.padding, x.device)
+            x = ops.crop_at(x, self.padding, offset_y, offset_x)
+            view = offset_y * side + offset_x
+        if self.flip:
+            flipped = ops.flip_draws(n, generator, x.device)
+            x = ops.flip_where(x, flipped)
+            view = view * 2 + flipped.long()
+        return x, view
+
+    def base_view(self, x: torch.Tensor, view: int) -> torch.Tensor:
+        """Every sample of x in base view number `view` (the inverse of base_augment_with_views)."""
+        n, side = x.shape[0], 2 * self.padding + 1
+        flipped, offset = (view % 2, view // 2) if self.flip else (0, view)
+        if self.padding:
+            full = lambda value: torch.full((n,), value, dtype=torch.long, device=x.device)  # noqa: E731
+            x = ops.crop_at(x, self.padding, full(offset // side), full(offset % side))
+        return x.flip(-1) if flipped else x
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x - self.mean) / self.std
+        x = (row_major(x) - self.mean) / self.std
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def scorer(self, network: torch.nn.Module, bf16: bool = True) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -90,6 +129,9 @@ class InputPipeline:
     def train_batch(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Loader view x of the Good-DA recipe: crop+flip, still in [0, 1] (not normalised)."""
         return self.base_augment(self.to_unit(images), generator)
+
+    def train_batch_with_views(self, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.base_augment_with_views(self.to_unit(images), generator)
 
 
 # Device types that get bf16 autocast and channels_last (train.bf16 / train.channels_last). Only

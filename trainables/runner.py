@@ -62,6 +62,7 @@ class EpochRunner:
         self.val_feeder = (BatchFeeder(self.data.val, eval_batch, self.device, shuffle=False,
                                        num_workers=cfg.data.num_workers) if self.data.val is not None else None)
         self.epoch = 0
+        self.batch_indices: Optional[torch.Tensor] = None
         self.values = RunValues(getattr(cfg, "schedule", None) or [])
 
     # -- a method implements
@@ -90,9 +91,11 @@ class EpochRunner:
         self.train_mode()
         sums: dict[str, torch.Tensor] = {}
         count = 0
-        for images, labels in self.batches(f"{self.progress_label} {self.epoch + 1}"):
+        for indices, images, labels in self.batches(f"{self.progress_label} {self.epoch + 1}"):
+            self.batch_indices = indices  # the training set's index of each image (the KD teacher cache)
             if self.parallel is not None:  # every rank reads the global batch and trains on its slice
                 images, labels = self.parallel.shard(images, labels)
+                self.batch_indices = None
             with autocast(self.device, self.train_cfg.bf16):
                 loss, parts = self.loss(images, labels)
             self.optimise(loss)
@@ -150,9 +153,15 @@ class EpochRunner:
     def two_views(self, images: torch.Tensor, augmented: bool = True) -> tuple[torch.Tensor, int]:
         """[x; x'] normalised, for one forward of each network over both views: x the loader view
         (crop+flip), x' = candidate(x) (none when not `augmented`). Returns the batch and len(x)."""
-        x = self.pipeline.train_batch(images, self.generator)
+        both, n, _ = self.two_views_and_base_views(images, augmented)
+        return both, n
+
+    def two_views_and_base_views(self, images: torch.Tensor, augmented: bool = True
+                                 ) -> tuple[torch.Tensor, int, torch.Tensor]:
+        """two_views, and which base view (InputPipeline.base_augment_with_views) each x is."""
+        x, views = self.pipeline.train_batch_with_views(images, self.generator)
         x_aug = self.candidate.apply(x, self.context) if augmented else x[:0]
-        return self.pipeline.normalise(torch.cat([x, x_aug])), len(x)
+        return self.pipeline.normalise(torch.cat([x, x_aug])), len(x), views
 
     def _setup_optimisation(self, parameters) -> None:
         self.optimizer = build_optimizer(parameters, self.train_cfg)
@@ -168,10 +177,11 @@ class EpochRunner:
         self.scheduler.step()
 
     def batches(self, description: str):
-        """The epoch's training batches, with a progress bar on the no-Ray path."""
+        """The epoch's (indices, images, labels) training batches, with a progress bar on the no-Ray path."""
         if not self.show_progress:
-            return iter(self.train_feeder)
-        return progress_bar(self.train_feeder, nested=True, desc=description, leave=False)
+            return self.train_feeder.indexed()
+        return progress_bar(self.train_feeder.indexed(), nested=True, desc=description, leave=False,
+                            total=len(self.train_feeder))
 
     def make_data_parallel(self, parallel: DataParallel, sync_batchnorm: bool = True) -> None:
         """Train as one rank of `parallel` (trainables/distributed.py): rank 0's weights on every

@@ -12,13 +12,22 @@ augmentation are built afresh, so a reused actor gives the same result as a fres
 from __future__ import annotations
 
 import functools
+import json
 import os
+import tempfile
+from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+import ray.train
 import torch
 from ray import tune
+from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
 
 from augtune.trainables import builtin_methods as methods
+from augtune.trainables.data import load_data
+from augtune.trainables.distributed import DataParallel
+from augtune.trainables.experiment_config import DataConfig, DistillConfig
 from augtune.trainables.values import apply_trial_values
 from augtune.trainables.runner import EpochRunner, drive_epochs, epoch_result, load_runner_state, save_runner_state
 
@@ -27,8 +36,6 @@ def _method_config(config: dict[str, Any], experiment: dict[str, Any], section: 
     """The trial's DistillConfig: the fixed experiment plus the sampled values; the trial's
     candidate ("augmentation", with any sampled `kind.param` values) goes to the method's own
     augmentation field."""
-    from augtune.trainables.experiment_config import DistillConfig
-
     return DistillConfig.model_validate(apply_trial_values(experiment, config, section))
 
 
@@ -39,11 +46,6 @@ class DataCache:
         self.bundles: dict[str, Any] = {}
 
     def get(self, data_section: dict[str, Any]):
-        import json
-
-        from augtune.trainables.experiment_config import DataConfig
-        from augtune.trainables.data import load_data
-
         key = json.dumps(data_section, sort_keys=True, default=str)
         if key not in self.bundles:
             self.bundles = {key: load_data(DataConfig.model_validate(data_section))}  # one at a time
@@ -76,24 +78,9 @@ def as_trainable(build_runner: Callable[..., EpochRunner], name: str) -> type[tu
     return RunnerTrainable
 
 
-def _teacher_runner(config: dict[str, Any], experiment: dict[str, Any], cache: DataCache, trial: str) -> EpochRunner:
-    from augtune.trainables.experiment_config import ExperimentConfig
-    from augtune.trainables.supervised import SupervisedRunner
-
-    cfg = ExperimentConfig.model_validate(experiment)
-    if "lr" in config:
-        cfg.teacher.train.lr = config["lr"]
-    return SupervisedRunner(cfg, data=cache.get(experiment["data"]), seed=config.get("seed"))
-
-
-TeacherTrainable = as_trainable(_teacher_runner, "TeacherTrainable")
-
-
 def _method_runner(config: dict[str, Any], experiment: dict[str, Any], method, cache: DataCache, trial: str,
                    teacher_checkpoint: Optional[str] = None, track: Sequence[str] = ()):
     """The trial's runner of `method` (a trainables.method.Method) on the actor's cached data."""
-    from pathlib import Path
-
     cfg = _method_config(config, experiment, method.name)
     work_dir = Path(cfg.output_dir) / cfg.name / f"{method.name}-trials" / trial  # multi-stage outputs
     runner = method.runner(cfg, data=cache.get(experiment["data"]), seed=config.get("seed"),
@@ -121,12 +108,6 @@ def _data_parallel_worker(loop: dict[str, Any]) -> None:
     """One Ray Train worker of a multi-worker trial: the method's runner as one rank
     (trainables/distributed.py), resumed from the run's latest checkpoint; every rank reports each
     epoch, rank 0 with the runner's state (Ray Train passes rank 0's metrics on to Tune)."""
-    import tempfile
-
-    import ray.train
-
-    from augtune.trainables.distributed import DataParallel
-
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     runner = _method_runner(loop["config"], cache=DataCache(), trial=loop["trial"], method=loop["method"],
                             **loop["fixed"])
@@ -154,10 +135,6 @@ def data_parallel_trainable(method, workers: int, cpu: float, gpu: float, sync_b
     the trial under `storage_path`, so a trial restarted after a kill resumes from its checkpoint."""
 
     def trial(config: dict[str, Any], **fixed: Any) -> None:
-        import ray.train
-        from ray.train.torch import TorchTrainer
-        from ray.tune.integration.ray_train import TuneReportCallback
-
         name = tune.get_context().get_trial_id()
         loop = {"config": config, "fixed": fixed, "method": method, "trial": name, "sync_batchnorm": sync_batchnorm}
         per_worker = {"CPU": cpu, **({"GPU": gpu} if gpu else {})}

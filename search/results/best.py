@@ -1,14 +1,21 @@
 """Which augmentation is best? Answered from MLflow alone (any tracking URI)."""
 from __future__ import annotations
 
+import json
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean
 from typing import Optional
 
-from augtune.search.selection.metric import lower_is_better
+import yaml
+from mlflow import MlflowClient
+
+from augtune.search.results.schedule import to_steps
 from augtune.search.results.tracking import BASELINE_VERDICT_TAG, DIVERGED_TAG, STAGE_TAG, Tracker
 from augtune.search.results.trials import TrialRow, completed_trials, trial_rows
+from augtune.search.selection.metric import lower_is_better
 
 
 @dataclass
@@ -25,8 +32,6 @@ def summarise_trials(uri: str, experiment: str, metric: str = "val_loss",
                      parent_run_id: Optional[str] = None) -> list[CandidateSummary]:
     """Candidates ranked by their best comparable trial's final metric (loss: lower is better);
     candidates with runs stopped early only (ASHA) follow, compared at their own length."""
-    from mlflow import MlflowClient
-
     if MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment) is None:
         raise LookupError(f"no MLflow experiment named {experiment!r} at {uri}")
     rows = [r for r in trial_rows(Tracker(uri, experiment), parent_run_id) if r.usable(metric)]
@@ -98,14 +103,9 @@ def export_best(uri: str, experiment: str, path: Path, metric: str = "val_loss")
     """Write the best trial's full resolved config (its sweep's config, the trial's sampled
     hyperparameters, candidate and seed, the teacher it distilled from) to `path` as YAML, and
     fetch its final student weights beside it when the sweep logged them. Returns what it wrote."""
-    import json
-    import shutil
-    import tempfile
-
-    import yaml
-
-    from augtune.trainables.values import apply_trial_values
+    # the trainables load torch: 2.6 s that ranking (`augtune best` without --export) does not need
     from augtune.trainables.builtin_methods import REGISTRY
+    from augtune.trainables.values import apply_trial_values
 
     best = best_augmentation(uri, experiment, metric)
     tracker = Tracker(uri, experiment)
@@ -127,8 +127,6 @@ def export_best(uri: str, experiment: str, path: Path, metric: str = "val_loss")
         if seed is not None:
             config["seed"] = seed
         if "schedule.json" in artifacts:  # replayed epoch by epoch by augtune train
-            from augtune.search.results.schedule import to_steps
-
             rows = json.loads(Path(tracker.client.download_artifacts(run.info.run_id, "schedule.json",
                                                                      tmp)).read_text())
             config["schedule"] = to_steps(rows)

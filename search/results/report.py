@@ -17,10 +17,12 @@ from statistics import mean
 from typing import Optional
 
 import numpy as np
+from scipy import stats
 
 from augtune.search.results.tracking import (BASELINE_VERDICT_TAG, CANDIDATE_TAG, PAIR_TAG, REPORT_VERDICT_TAG, STAGE_TAG,
                                              VALIDATE_PROXY_TAG, Tracker)
 from augtune.search.results.trials import completed_trials, trial_rows
+from augtune.search.selection.trust import noise_ceiling, seed_bootstrap, separability, topk_regret, verdict
 
 MIN_CANDIDATES = 3
 
@@ -71,8 +73,6 @@ class PairReport:
 
 
 def correlate(x: list[float], y: list[float], target: str) -> Correlation:
-    from scipy import stats
-
     pearson = stats.pearsonr(x, y)
     spearman = stats.spearmanr(x, y)
     kendall = stats.kendalltau(x, y)
@@ -116,8 +116,7 @@ def zoo_analysis(points: list[CandidatePoint], resamples: int = 2000) -> list[di
     """How well each zoo score predicted this sweep's students: Spearman and Kendall with the
     mean test loss, signed so that + means the score's predicted direction held (ZOO), with 95%
     seed-bootstrap intervals."""
-    from augtune.search.selection.proxy import ZOO
-    from augtune.search.selection.trust import seed_bootstrap
+    from augtune.search.selection.proxy import ZOO  # loads torch (2.4 s), which a report needs nowhere else
 
     rows = []
     for name, direction in ZOO.items():
@@ -153,7 +152,6 @@ def pruning_analysis(points: list[CandidatePoint], survivors: Optional[list[str]
 def trust_analysis(points: list[CandidatePoint], correlations: list[Correlation], top_k: int = 3) -> dict:
     """How far these numbers let one trust the proxy (search.trust): for test loss (the paper's
     protocol) and, where logged, validation loss."""
-    from augtune.search.selection.trust import noise_ceiling, seed_bootstrap, separability, topk_regret, verdict
 
     names = [p.candidate for p in points]
     proxy = [p.t_stddev for p in points]
@@ -211,7 +209,7 @@ def build_reports(uri: str, experiment: str, sweep_run_id: Optional[str] = None)
 # ---------------------------------------------------------------- rendering
 
 def plot(report: PairReport, path: Path) -> Path:
-    import matplotlib
+    import matplotlib  # a second of import, for the plot only
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -35,6 +35,7 @@ AUDIT_VERDICT_TAG = "augtune.audit_verdict"
 BEST_AUGMENTATION_TAG = "augtune.best_augmentation"
 SELECTED_ON_TAG = "augtune.selected_on"  # "val" or "test": the split the best trial was chosen on
 REPORT_VERDICT_TAG = "augtune.report_verdict"  # on a report's run
+TEACHER_CACHE_TAG = "augtune.teacher_cache"  # on a sweep's parent run: the KD teacher cache its trials read
 MAX_PARAM_LENGTH = 6000
 
 

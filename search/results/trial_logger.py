@@ -45,33 +45,35 @@ class TrialLogger(Callback):
             self._tracker = Tracker(self.tracking_uri, self.experiment)
         return self._tracker
 
-    def _existing_run(self, trial_id: str) -> Optional[str]:
+    def _existing_run(self, trial_id: str):
         found = self.tracker.runs(f"tags.`{TRIAL_TAG}` = '{trial_id}' and "
                                   f"tags.`mlflow.parentRunId` = '{self.parent_run_id}'")
-        return found[0].info.run_id if found else None
+        return found[0] if found else None
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
         trial_id = trial.trial_id
         if trial_id in self.run_ids:
             return
-        existing = self._existing_run(trial_id)
-        if existing is not None:
-            self.run_ids[trial_id] = existing
-            steps = self.tracker.client.get_metric_history(existing, "test_loss")
-            self.logged_steps[trial_id] = max((m.step for m in steps), default=0)
-            self.tracker.client.update_run(existing, status="RUNNING")
-            return
         config = dict(trial.config)
         candidate = config.get("augmentation", "")
-        run_id = self.tracker.start_run(f"trial:{candidate}:{trial_id}", "trial", self.parent_run_id,
-                                        {CANDIDATE_TAG: candidate, TRIAL_TAG: trial_id, PAIR_TAG: self.pair,
-                                         PHASE_TAG: self.phase})
         numeric = {f"param.{k}": v for k, v in config.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         if candidate in self.proxy_scores:
             numeric["t_stddev"] = self.proxy_scores[candidate]
-        self.tracker.log(run_id, metrics=numeric, params=config)
+        existing = self._existing_run(trial_id)
+        if existing is not None:
+            run_id = existing.info.run_id
+            if not existing.data.params:  # a driver killed between creating the run and logging its values
+                self.tracker.log(run_id, metrics=numeric, params=config)
+            steps = self.tracker.client.get_metric_history(run_id, "test_loss")
+            self.logged_steps[trial_id] = max((m.step for m in steps), default=0)
+            self.tracker.client.update_run(run_id, status="RUNNING")
+        else:
+            run_id = self.tracker.start_run(f"trial:{candidate}:{trial_id}", "trial", self.parent_run_id,
+                                            {CANDIDATE_TAG: candidate, TRIAL_TAG: trial_id, PAIR_TAG: self.pair,
+                                             PHASE_TAG: self.phase})
+            self.tracker.log(run_id, metrics=numeric, params=config)
+            self.logged_steps[trial_id] = 0
         self.run_ids[trial_id] = run_id
-        self.logged_steps[trial_id] = 0
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
         run_id = self.run_ids.get(trial.trial_id)

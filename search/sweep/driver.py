@@ -19,12 +19,14 @@ from augtune.search.results.baseline import BaselineComparison, baseline_points,
 from augtune.search.results.compute_spent import compute_summary
 from augtune.search.results.tracking import (AUDIT_VERDICT_TAG, BASELINE_TAG, BASELINE_VERDICT_TAG,
                                              BEST_AUGMENTATION_TAG, PAIR_TAG, PARENT_TAG, SELECTED_ON_TAG,
-                                             SUPERSEDED_TAG, TRIAL_TAG, VALIDATE_PROXY_TAG, Tracker)
+                                             SUPERSEDED_TAG, TEACHER_CACHE_TAG, TRIAL_TAG, VALIDATE_PROXY_TAG,
+                                             Tracker)
 from augtune.search.results.trial_logger import TrialLogger
 from augtune.search.results.trials import TrialRow, pick_best
 from augtune.search.selection.proxy import ProxyScore, format_table
 from augtune.search.selection.prune import Audit, AuditOutcome, proxy_cut
 from augtune.search.standalone.proxy_job import check_tracking_uri, job_dir, load_checked_data, pair_name, run_proxy
+from augtune.search.sweep.base_view_cache import fill_for_sweep
 from augtune.search.sweep.phases import (BaselinePhase, GridPhase, SearchPhase, SweepInterrupted, ValidationPhase,
                                          phase_results)
 from augtune.search.sweep.printing import TEST_SELECTION_WARNING, describe_best, format_audit, print_outcome
@@ -350,6 +352,10 @@ def _run_stages(cfg: SweepConfig, state: SweepState, tracker: Tracker, data, res
     if not cfg.method.schedulable and cfg.search.scheduler.kind == "asha":
         print(f"note: {cfg.search.method} trials are multi-stage; ASHA compares the current stage's headline metric")
     init_ray(cfg)
+    cache = fill_for_sweep(cfg, data, teacher_path, progress)
+    if cache is not None:
+        tracker.log(state.parent_run_id, tags={TEACHER_CACHE_TAG: cache["path"]},
+                    metrics={"teacher_cache_seconds": cache["seconds"]} if cache["filled"] else None)
     if not state.audit_done:
         print("\n" + format_audit(stage_audit(cfg, state, tracker, teacher_path, score_of)))
     print(f"\n{cfg.search.method} trials for {len(state.survivors)} of {len(cfg.space.resolved())} "

@@ -20,8 +20,9 @@ from augtune.search.results.trials import TrialRow
 from augtune.search.standalone.proxy_job import job_dir
 from augtune.search.sweep.ray_repair import prepare_restore, remove_stand_ins
 from augtune.search.sweep.state import Point, PhaseRecord, SweepState, TopUp
-from augtune.search.sweep.tuners import (build_baseline_tuner, build_grid_tuner, build_tuner, collect_trials,
-                                         grid_points, method_trainable, missing_points, search_trainable, storage)
+from augtune.search.sweep.tuners import (TUNE_INTERRUPTED, build_baseline_tuner, build_grid_tuner, build_tuner,
+                                         collect_trials, grid_points, method_trainable, missing_points,
+                                         search_trainable, storage)
 from augtune.search.sweep_config import SweepConfig
 
 Lost = Union[int, list[Point]]  # what a restore lost: a trial count or the exact grid points
@@ -89,9 +90,11 @@ class TunePhase:
     def _fit(self, target: Union[PhaseRecord, TopUp], lost: Optional[Lost], round_number: int, grids: list,
              expected: int):
         tuner, restored = self._restore_or_build(target, lost, round_number, grids)
+        TUNE_INTERRUPTED.clear()
         grid = tuner.fit()
         remove_stand_ins(grid.experiment_path)
-        if grid.num_terminated + grid.num_errors < len(grid) or (len(grid) < expected and not restored):
+        if (TUNE_INTERRUPTED.is_set() or grid.num_terminated + grid.num_errors < len(grid)
+                or (len(grid) < expected and not restored)):
             raise SweepInterrupted(f"{grid.num_terminated} of {expected} trials finished")
         return grid  # a restored experiment may end short (trials it had not saved): `run` tops up
 

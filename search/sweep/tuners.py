@@ -3,7 +3,9 @@ tuners (Optuna + ASHA/FIFO, grids for audits, proxy validation and the recipe ba
 the trial rows of a result grid. The phases (search/sweep/phases.py) decide which to build."""
 import os
 import random
+import signal
 import socket
+import threading
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -219,17 +221,47 @@ def build_pbt_tuner(cfg: SweepConfig, survivors: list[str], teacher_path: Option
                                   search_alg=sampler, scheduler=scheduler, num_samples=samples,
                                   reuse_actors=_reuse_actors(cfg))
     trainable = search_trainable(cfg, teacher_path)
-    # a member may restore a donor's boundary checkpoint after the donor has trained one more interval
+    # An exploiting member restores the donor's checkpoint at the donor's last boundary, possibly
+    # much later: after its actor restarts, or after a kill and --resume (Ray's saved state may
+    # name that checkpoint). Saving every epoch and keeping a few, the donor deleted it first
+    # (CI, Ray 2.60). Saving only at boundaries (PBT's own save may double one) and keeping 6
+    # keeps it for at least 3 more of the donor's intervals; a resumed member retrains at most
+    # interval - 1 epochs (the same ones: its generators are in the checkpoint; MLflow skips the
+    # steps it already has).
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,
                       run_config=_run_config(cfg, experiment_name, callback,
-                                             keep_checkpoints=sched.perturbation_interval + 2))
+                                             every=sched.perturbation_interval, keep_checkpoints=6))
 
 
-def _run_config(cfg: SweepConfig, experiment_name: str, callback, keep_checkpoints: Optional[int] = 2):
+# Set when Ctrl-C stopped a Tune phase of this process; phases.TunePhase clears it before each fit.
+TUNE_INTERRUPTED = threading.Event()
+
+
+class InterruptWatch(tune.Callback):
+    """Notes a Ctrl-C that stops a Tune run. Tune then ends the run early and returns its results,
+    and may mark the trial it stopped TERMINATED, like a finished one (seen on CI, Ray 2.60): the
+    trials' statuses alone cannot tell an interrupted phase from a complete one. Tune installs its
+    own SIGINT handler before it sets up its callbacks; this one wraps it."""
+
+    def setup(self, **info) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        tune_handler = signal.getsignal(signal.SIGINT)
+
+        def noting(signum, frame):
+            TUNE_INTERRUPTED.set()
+            if callable(tune_handler):
+                tune_handler(signum, frame)
+
+        signal.signal(signal.SIGINT, noting)
+
+
+def _run_config(cfg: SweepConfig, experiment_name: str, callback, every: int = 1, keep_checkpoints: Optional[int] = 2):
     # a multi-worker trial's checkpoints are its Ray Train run's (trainables.tune_trainables.data_parallel_trainable)
-    checkpoints = (tune.CheckpointConfig(checkpoint_frequency=1, num_to_keep=keep_checkpoints, checkpoint_at_end=True)
+    checkpoints = (tune.CheckpointConfig(checkpoint_frequency=every, num_to_keep=keep_checkpoints, checkpoint_at_end=True)
                    if cfg.search.resources.workers_per_trial == 1 else tune.CheckpointConfig())
-    return tune.RunConfig(name=experiment_name, storage_path=storage(cfg), callbacks=[callback], verbose=1,
+    return tune.RunConfig(name=experiment_name, storage_path=storage(cfg), callbacks=[callback, InterruptWatch()],
+                          verbose=1,
                           checkpoint_config=checkpoints, failure_config=tune.FailureConfig(max_failures=1))
 
 

@@ -23,8 +23,11 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from augtune.search.tables.learning_curves import Regime
-from augtune.search.selection.metric import metric_sign
-from augtune.search.selection.prune import run_audit
+from augtune.search.selection.metric import metric_mode, metric_sign
+from augtune.search.selection.prune import proxy_cut, run_audit
+
+# Imported where a strategy uses them: the proxy's score names (its module loads torch), Ray Tune's
+# schedulers and Optuna; replaying the table-only strategies then imports in 0.1 s.
 
 
 class World:
@@ -123,8 +126,6 @@ def fixed(candidate: str) -> Strategy:
 
 def proxy_top_k(k: int, score: str = "t_stddev") -> Strategy:
     """The proxy cut of search/selection/prune.py (mode top_k), then the kept candidates in full."""
-    from augtune.search.selection.prune import proxy_cut
-
     def run(world: World) -> str:
         kept = proxy_cut(world.proxy_scores(score), "top_k", k, by=score)
         return world.best_of({c: world.train(c) for c in kept})
@@ -317,8 +318,6 @@ class _Trial:
 
 def asha_scheduler(world_epochs: int, grace_period: int, reduction_factor: float, metric: str):
     from ray.tune.schedulers import AsyncHyperBandScheduler
-
-    from augtune.search.selection.metric import metric_mode
 
     return AsyncHyperBandScheduler(time_attr="training_iteration", metric=metric, mode=metric_mode(metric),
                                    max_t=world_epochs, grace_period=min(grace_period, world_epochs),
