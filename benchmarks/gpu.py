@@ -12,7 +12,7 @@ Prints four tables on the device it runs on:
     student forward + backward) in bf16, and its fraction of the device's dense bf16 peak.
 (c) packing: 1, 2 and 4 KD trials at once on one device through fractional Ray GPU resources
     (`resources.gpu` 1, 0.5, 0.25): total images/s and the GPU busy % sampled from nvidia-smi.
-(d) T.stddev seconds per candidate (the 11 candidates of configs/digits_sweep.yaml, shared x).
+(d) T.stddev seconds per candidate (the 11 candidates of configs/digits_recipe.yaml, shared x).
 Data: CIFAR-sized random uint8 tensors (throughput does not depend on the pixels).
 """
 from __future__ import annotations
@@ -202,7 +202,7 @@ def proxy_seconds_per_candidate(device: torch.device, passes: int) -> float:
     from augtune.trainables.data import load_data
     from augtune.trainables.models import build_model
 
-    cfg = load_config(ROOT / "configs" / "digits_sweep.yaml")
+    cfg = load_config(ROOT / "configs" / "digits_recipe.yaml")
     data = load_data(cfg.data)
     teacher = build_model(cfg.teacher.model, data.num_classes, data.channels).to(device).eval()
     candidates = cfg.space.resolved()

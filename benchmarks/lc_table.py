@@ -11,7 +11,7 @@ line of OUT/proxy.jsonl; `build` writes the compact table that the repository ke
 (the table: benchmarks/tables/digits-kd-lc.json.gz)
 
 PROTOCOL (fixed before any run; do not change it after seeing numbers)
-- Base: configs/digits_sweep.yaml as of this script (teacher resnet20 60 epochs; KD T = 4,
+- Base: configs/digits_recipe.yaml as of this script (teacher resnet20 60 epochs; KD T = 4,
   0.1 CE + 0.9 KL on x and x'; student 30 epochs, lr 0.05, cosine, batch 32; validation 20 images
   per class; test 450). Hyperparameters are the config's; no search over them in the table.
 - Regimes:
@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE_CONFIG = ROOT / "configs" / "digits_sweep.yaml"
+BASE_CONFIG = ROOT / "configs" / "digits_recipe.yaml"
 TABLE = ROOT / "benchmarks" / "tables" / "digits-kd-lc.json.gz"
 SEEDS = (0, 1, 2, 3, 4)
 PROXY_SEEDS = (0, 1, 2)

@@ -11,7 +11,7 @@ proxy scores the committed table holds count as done (rebuilt from it), so the s
 (the table: benchmarks/tables/digits-kd-policies.json.gz)
 
 PROTOCOL (fixed before any run; do not change it after seeing numbers)
-- Base: configs/digits_sweep.yaml's experiment as in benchmarks/lc_table.py (teacher resnet20 60
+- Base: configs/digits_recipe.yaml's experiment as in benchmarks/lc_table.py (teacher resnet20 60
   epochs; KD T = 4, 0.1 CE + 0.9 KL on x and x'; student resnet8 30 epochs, lr 0.05, cosine,
   batch 32; validation 20 images per class; test 450). No search over hyperparameters.
 - Regimes, with different teachers and data (each its own teacher, seed 0, on its own data):
@@ -236,9 +236,8 @@ def main() -> None:
 
 def build(out: Path, table: Path) -> None:
     """OUT's logs -> the compact table (format: augtune/search/tables/learning_curves.py, version 2)."""
-    import numpy as np
-
-    from augtune.search.tables.learning_curves import Regime, write_table
+    from augtune.search.tables.learning_curves import write_table
+    from augtune.search.tables.table_job import regime_from_runs
 
     runs, proxies = logged_runs(out), lc_table.read_jsonl(out / "proxy.jsonl")
     if not proxies and TABLE.is_file():  # the committed table's proxy scores, when this machine has no log
@@ -246,31 +245,18 @@ def build(out: Path, table: Path) -> None:
     ids = candidates()
     fixed = recipes()
     regimes = {}
-    metrics = (*CURVE_METRICS, "epoch_cpu_seconds")
     for regime in REGIMES:
         epochs = regime_config(regime, out).student.train.epochs
-        curves = {m: np.full((len(ids), len(SEEDS), epochs), np.nan) for m in metrics}
-        workers, commits = set(), set()
-        for row in runs:
-            if row["regime"] == regime and row["candidate"] in ids and row["seed"] in SEEDS:
-                for m in metrics:
-                    curves[m][ids.index(row["candidate"]), SEEDS.index(row["seed"])] = row[m]
-                workers.add(row.get("workers"))
-                commits.add(row.get("commit"))
-        proxy_rows = sorted((r for r in proxies if r["regime"] == regime), key=lambda r: r["proxy_seed"])
-        names = sorted({k for r in proxy_rows for scores in r["scores"].values() for k in scores})
-        nan = float("nan")
-        proxy = {name: np.array([[r["scores"].get(c, {}).get(name, nan) for r in proxy_rows] for c in ids],
-                                dtype=float).reshape(len(ids), len(proxy_rows)) for name in names}
-        seconds = (np.array([[r["seconds"].get(c, nan) for r in proxy_rows] for c in ids], dtype=float)
-                   if proxy_rows else None)
+        own = {(row["candidate"], row["seed"]): row for row in runs if row["regime"] == regime}  # the last log wins
         teacher_file = out / f"teacher-{lc_table.data_key(regime)}.json"
         teacher = json.loads(teacher_file.read_text()) if teacher_file.is_file() else committed_teacher(regime)
-        meta = {"overrides": lc_table.REGIMES[regime], "proxy_seeds": [r["proxy_seed"] for r in proxy_rows],
+        meta = {"overrides": lc_table.REGIMES[regime],
                 "teacher": {k: teacher.get(k) for k in ("seconds", "train_images", "test", "val")},
                 "fixed_recipes": fixed, "policy_sample": {"count": POLICY_COUNT, "seed": POLICY_SEED},
-                "run_workers": sorted(w for w in workers if w), "commits": sorted(c for c in commits if c)}
-        regimes[regime] = Regime(regime, ids, list(SEEDS), epochs, curves, proxy, seconds, meta)
+                "run_workers": sorted({r.get("workers") for r in own.values()} - {None}),
+                "commits": sorted({r.get("commit") for r in own.values()} - {None})}
+        regimes[regime] = regime_from_runs(regime, ids, list(SEEDS), epochs, list(own.values()),
+                                           [r for r in proxies if r["regime"] == regime], meta)
     write_table(table, regimes, protocol="benchmarks/policy_table.py",
                 machine=f"{platform.machine()}, {os.cpu_count()} cores, cpu, torch threads 1 per run; "
                         "epoch_cpu_seconds: each run's own CPU seconds")

@@ -1,4 +1,4 @@
-"""T.stddev cost for every candidate of configs/digits_sweep.yaml, two ways, in one run:
+"""T.stddev cost for every candidate of configs/digits_recipe.yaml, two ways, in one run:
 
 - shared: one `score_candidates` call over all candidates; the teacher forwards the original view
   x once per batch position, then each candidate's x' (what augtune does);
@@ -40,7 +40,7 @@ def main() -> None:
 
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_config(ROOT / "configs" / "digits_sweep.yaml",
+        cfg = load_config(ROOT / "configs" / "digits_recipe.yaml",
                           {"data.image_size": args.side, "output_dir": tmp, "device": device.type})
         data = load_data(cfg.data)
         torch.manual_seed(0)

@@ -4,7 +4,7 @@ study without Ray (KD runs in a pool of worker processes, one thread each).
     .venv/bin/python benchmarks/proxy_study.py [--out runs/proxy-study] [--workers 2]
 
 PROTOCOL (fixed before any result was looked at; do not change it after seeing numbers)
-- Base: configs/digits_sweep.yaml (teacher resnet20, 60 epochs; KD T = 4, 0.1 CE + 0.9 KL on x and
+- Base: configs/digits_recipe.yaml (teacher resnet20, 60 epochs; KD T = 4, 0.1 CE + 0.9 KL on x and
   x'; student 30 epochs, lr 0.05, cosine; validation split 20 images per class; test split 450).
 - Regimes (data x student):
     spc30-r8       30 images per class, resnet8           (the shipped default before this study)
@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE_CONFIG = ROOT / "configs" / "digits_sweep.yaml"
+BASE_CONFIG = ROOT / "configs" / "digits_recipe.yaml"
 SEEDS = (0, 1, 2)
 SCREEN_RANKS = (1, 4, 8, 11)
 ALPHA = 0.05

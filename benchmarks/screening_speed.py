@@ -3,7 +3,7 @@ student trial of the embedded default, with and without racing, in one run on on
 
     .venv/bin/python benchmarks/screening_speed.py [--policies 256] [--device cpu|cuda] [--passes 10]
 
-The teacher is the embedded default's (configs/digits_sweep.yaml: resnet20, long-tailed digits),
+The teacher is the embedded default's (configs/digits_recipe.yaml: resnet20, long-tailed digits),
 trained once into --work and reused. One student trial = the default's KD run (resnet8, 30 epochs,
 CutMixPick keep 0.5), timed over --trial-epochs epochs and scaled to 30. Policies: --policies
 drawn from the default space (seed 0); the config's proxy settings (groups of 5 batches of 32),
@@ -39,7 +39,7 @@ def main() -> None:
     from augtune.trainables.kd import KDRunner
 
     torch.set_num_threads(args.threads)
-    cfg = load_config(ROOT / "configs" / "digits_sweep.yaml", {"output_dir": args.work, "device": args.device})
+    cfg = load_config(ROOT / "configs" / "digits_recipe.yaml", {"output_dir": args.work, "device": args.device})
     data = load_data(cfg.data)
     device = torch.device(args.device)
     teacher, teacher_path, _ = obtain_teacher(cfg, data, device, progress=False)

@@ -69,7 +69,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, default=20, help="steps per turn")
     parser.add_argument("--rounds", type=int, default=15, help="turns of each row")
-    parser.add_argument("--config", default=str(ROOT / "configs" / "digits_sweep.yaml"))
+    parser.add_argument("--config", default=str(ROOT / "configs" / "digits_recipe.yaml"))
     args = parser.parse_args()
 
     from augtune.search.sweep_config import load_config

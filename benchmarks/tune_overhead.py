@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/tune_overhead.py [--seeds 1] [--epochs 6] [--concurrency 2]
 
-Both variants run the same grid (the 11 candidates of configs/digits_sweep.yaml x --seeds, the
+Both variants run the same grid (the 11 candidates of configs/digits_recipe.yaml x --seeds, the
 config's hyperparameters, FIFO) through the sweep driver's own tuner on one local Ray. The
 overhead per trial is (Tune wall seconds x concurrency - sum of the trials' training seconds) /
 trials: actor start, imports, data loading, checkpoints, Tune's bookkeeping.
@@ -41,7 +41,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for reuse in (False, True):
-            cfg = load_config(ROOT / "configs" / "digits_sweep.yaml", {
+            cfg = load_config(ROOT / "configs" / "digits_recipe.yaml", {
                 "output_dir": tmp, "student.train.epochs": args.epochs, "search.reuse_actors": reuse,
                 "search.max_concurrent": args.concurrency, "search.storage_path": str(Path(tmp) / "ray")})
             data = load_data(cfg.data)

@@ -152,6 +152,23 @@ def _report(args) -> int:
     return 0
 
 
+def _table(args) -> int:
+    from augtune.search.sweep_config import load_config
+    from augtune.search.tables.table_job import check_table_config, default_table_path, run_table, table_overrides
+
+    cfg = load_config(args.config, {**_overrides(args), **table_overrides(args.seeds, args.proxy_seeds)})
+    output = Path(args.output) if args.output else default_table_path(cfg)
+    check_table_config(cfg, output, resume=args.resume)
+    outcome = run_table(cfg, args.proxy_seeds, output, resume=args.resume, progress=not args.no_progress)
+    if outcome.path is None:
+        print("the table was interrupted; continue with `augtune table CONFIG --resume` (same options)")
+        return 130
+    print(f"\nwrote {outcome.path}: {outcome.runs} of {outcome.expected} (candidate, seed) runs, "
+          f"{args.proxy_seeds} proxy seed(s); logged to sweep run {outcome.parent_run_id}\n"
+          f"replay it: augtune replay {outcome.path}")
+    return 0 if outcome.runs == outcome.expected else 1
+
+
 def _replay(args) -> int:
     from augtune.search.tables.replay_protocol import (DEFAULT_RECIPES, Budget, TableError, load_for_study, markdown, study,
                                                 write_outputs)
@@ -241,6 +258,14 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--sweep-run", help="one sweep's parent run id (default: the latest sweep of each pair)")
     report.add_argument("--output", help="folder for the files (default reports/EXPERIMENT)")
     report.set_defaults(handler=_report)
+
+    table = with_config(sub.add_parser("table", help="learning-curve table of the config's candidates (every one x "
+                                                     "N seeds, full length, the proxy zoo) for `augtune replay`"))
+    table.add_argument("--seeds", type=int, default=3, help="student seeds per candidate (>= 3; default 3)")
+    table.add_argument("--proxy-seeds", type=int, default=3, help="proxy seeds per candidate (default 3)")
+    table.add_argument("--output", help="the table file (default OUTPUT_DIR/NAME/table.json.gz)")
+    table.add_argument("--resume", action="store_true", help="continue the last interrupted table of this config")
+    table.set_defaults(handler=_table)
 
     replay = sub.add_parser("replay", help="which search strategy pays on a learning-curve table (protocol v2)")
     replay.add_argument("table", help="a learning-curve table (format augtune-learning-curves, >= 3 seeds)")

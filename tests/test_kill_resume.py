@@ -353,3 +353,35 @@ def test_two_worker_trials_resume_after_sigkill(tmp_path, ray_session, monkeypat
     restarts = [row["epoch"] for results in experiments.glob("sweep-*/*/result.json")
                 for row in map(json.loads, results.read_text().splitlines()) if row["training_iteration"] == 1]
     assert max(restarts) > 1, restarts
+
+
+def test_a_table_sigkilled_mid_grid_resumes_without_training_a_run_twice(tmp_path, ray_session, monkeypatch,
+                                                                         capsys):
+    """`augtune table` SIGKILLed once two of its (candidate, seed) runs finished, then `--resume`:
+    every (candidate, seed) is one finished MLflow run, the runs finished before the kill are the
+    same runs, and Tune trained at most the killed run's epochs again."""
+    from augtune.search.cli import main
+    from augtune.search.tables.learning_curves import load_table
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    epochs, candidates, seeds = 3, ["flip", "cutout"], 3
+    path = write_sweep_config(tmp_path, "kill", uri, max_concurrent=1)
+    path.write_text(path.read_text().replace("epochs: 2", f"epochs: {epochs}"))
+    args = ["table", str(path), "--no-progress", "--proxy-seeds", "1", "--set", f"space.candidates={candidates}"]
+    proc = subprocess.Popen([*AUGTUNE, *args], cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    _kill_when(proc, lambda: _finished_trials(uri) >= 2, moment="two runs finished")
+    client = MlflowClient(tracking_uri=uri)
+    before = {r.info.run_id for r in runs_by_stage(uri, "kill")["trial"] if r.info.status == "FINISHED"}
+    monkeypatch.chdir(tmp_path)
+    assert main([*args, "--resume"]) == 0, capsys.readouterr().err[-3000:]
+    runs = [r for r in runs_by_stage(uri, "kill")["trial"] if r.info.status == "FINISHED"]
+    keys = Counter((r.data.tags["augtune.candidate"], r.data.params["seed"]) for r in runs)
+    assert len(keys) == len(candidates) * seeds and set(keys.values()) == {1}, keys
+    assert before <= {r.info.run_id for r in runs}
+    for run in runs:
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_loss"))
+        assert steps == list(range(1, epochs + 1)), steps
+    trained = sum(len(f.read_text().splitlines()) for f in (tmp_path / "runs" / "kill" / "ray").glob("*/*/result.json"))
+    assert len(candidates) * seeds * epochs <= trained <= (len(candidates) * seeds + 1) * epochs, trained
+    assert load_table(tmp_path / "runs" / "kill" / "table.json.gz")["kill"].ran().all()

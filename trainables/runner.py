@@ -198,11 +198,12 @@ class EpochRunner:
         if self.parallel is not None:  # this rank's own draws, reproducible from (seed, rank, epoch)
             self.generator.manual_seed(self.parallel.augmentation_seed(self.seed, self.epoch))
         self.values.before_epoch(self)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         metrics = self.train_epoch()
         self.epoch += 1
         seconds = time.perf_counter() - start
-        metrics.update(epoch=self.epoch, epoch_seconds=seconds,
+        # CPU seconds are the process's own: trials side by side do not inflate them (tables charge them)
+        metrics.update(epoch=self.epoch, epoch_seconds=seconds, epoch_cpu_seconds=time.process_time() - cpu_start,
                        images_per_second=len(self.train_feeder) * self.train_cfg.batch_size / max(seconds, 1e-9),
                        lr=self.optimizer.param_groups[0]["lr"])
         metrics.update(self.values.after_epoch(self, metrics))

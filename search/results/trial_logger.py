@@ -20,7 +20,7 @@ from augtune.search.results.tracking import (CANDIDATE_TAG, DIVERGED_TAG, PAIR_T
                                      Tracker)
 
 CURVE_PREFIXES = ("train_", "test_", "val_", "stage", "schedule.")
-CURVE_KEYS = ("images_per_second", "lr", "epoch_seconds")
+CURVE_KEYS = ("images_per_second", "lr", "epoch_seconds", "epoch_cpu_seconds")
 
 
 class TrialLogger(Callback):

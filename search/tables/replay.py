@@ -60,8 +60,8 @@ class World:
     def train(self, candidate: str, epochs: Optional[int] = None, seed: int = 0) -> float:
         """Train (candidate, search seed) up to `epochs` (default: full); charges only epochs not
         trained before (a run continued from a lower rung pays the difference). Returns the
-        metric at that epoch."""
-        epochs = epochs or self.regime.epochs
+        metric at that epoch. A rung past the table's length is the full run (short tables)."""
+        epochs = min(epochs or self.regime.epochs, self.regime.epochs)
         done = self.trained_epochs.get((candidate, seed), 0)
         if epochs > done:
             self.seconds += (epochs - done) * float(self.per_epoch[self.regime.index(candidate)])
