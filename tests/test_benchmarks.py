@@ -141,3 +141,12 @@ def test_policy_table_builds_from_its_logs_with_cpu_seconds(tmp_path, monkeypatc
     assert r.ran().sum() == 1 and r.ran()[20, 2] and r.seconds_curve == "epoch_cpu_seconds"
     assert r.epoch_seconds()[20] == 0.25  # CPU seconds, not the wall seconds curve
     assert r.meta["fixed_recipes"] == pt.recipes()
+
+
+def test_sweep_overhead_splits_idle_slots_into_gaps_and_tail():
+    overhead = _load("sweep_overhead")
+    # 2 slots over [0, 10]: A [1, 6], B [1, 4], C [4.5, 10]; the last start is 4.5
+    records = [{"start": 1.0, "end": 6.0}, {"start": 1.0, "end": 4.0}, {"start": 4.5, "end": 10.0}]
+    gaps, tail = overhead.idle(records, 2, 0.0, 10.0)
+    assert gaps == pytest.approx(2 * 1.0 + 1 * 0.5)  # both slots before 1, one between 4 and 4.5
+    assert tail == pytest.approx(1 * 4.0)  # one slot idle from A's end at 6 to 10

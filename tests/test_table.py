@@ -21,6 +21,17 @@ def _table_config(tmp_path, candidates=None, **search):
     return path
 
 
+def _load_benchmark(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"augtune_bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _runs(candidates, seeds, epochs, offset=0.0):
     return [{"candidate": c, "seed": s, "val_loss": [1.0 + i + s / 10 + offset] * epochs,
              "test_loss": [2.0 + i] * epochs, "val_acc": [0.5] * epochs, "test_acc": [0.4] * epochs,
@@ -110,6 +121,12 @@ def test_table_command_trains_every_candidate_and_seed_and_replay_reads_it(tmp_p
         assert sorted(regime.curves["val_loss"][c, s]) == pytest.approx(history)
     parent = client.search_runs([exp.experiment_id], "tags.`augtune.stage` = 'sweep'")[0]
     assert "mine.json.gz" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    # benchmarks/sweep_overhead.py reads the grid's Ray files: 6 trials, each with its set-up seconds
+    overhead = _load_benchmark("sweep_overhead")
+    rows = {r["phase"]: r for r in overhead.sweep_rows(tmp_path / "runs" / "table", 2)}
+    assert rows["search"]["trials"] == 6 and rows["search"]["trained s"] > 0 and rows["search"]["set-up"] > 0
+    assert rows["search"]["overhead/trial"] == pytest.approx(
+        rows["search"]["set-up"] + rows["search"]["in-trial"] + rows["search"]["gaps"] + rows["search"]["tail"])
     # a finished table resumed: nothing trained again, the proxy seeds read from the log, same table
     before = out.read_bytes()
     assert main(["table", str(path), "--no-progress", "--proxy-seeds", "2", "--output", str(out), "--resume"]) == 0

@@ -15,6 +15,7 @@ import functools
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -57,16 +58,24 @@ def as_trainable(build_runner: Callable[..., EpochRunner], name: str) -> type[tu
         def setup(self, config: dict[str, Any], **fixed: Any) -> None:
             torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
             self.fixed, self.cache = fixed, DataCache()
-            self.runner = build_runner(config, cache=self.cache, trial=self.trial_name, **fixed)
+            self._build(config)
 
         def reset_config(self, new_config: dict[str, Any]) -> bool:
             """Reuse this actor for the next trial (Tune has already switched the trial's name
             and config): a fresh runner on the cached data."""
-            self.runner = build_runner(new_config, cache=self.cache, trial=self.trial_name, **self.fixed)
+            self._build(new_config)
             return True
 
+        def _build(self, config: dict[str, Any]) -> None:
+            start = time.perf_counter()
+            self.runner = build_runner(config, cache=self.cache, trial=self.trial_name, **self.fixed)
+            self.setup_seconds: Optional[float] = time.perf_counter() - start  # reported once
+
         def step(self) -> dict[str, Any]:
-            return epoch_result(self.runner)
+            metrics = epoch_result(self.runner)
+            if self.setup_seconds is not None:  # where a trial's seconds go (benchmarks/sweep_overhead.py)
+                metrics["trial_setup_seconds"], self.setup_seconds = self.setup_seconds, None
+            return metrics
 
         def save_checkpoint(self, checkpoint_dir: str) -> None:
             save_runner_state(self.runner, checkpoint_dir)
