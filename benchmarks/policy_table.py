@@ -237,7 +237,7 @@ def main() -> None:
 def build(out: Path, table: Path) -> None:
     """OUT's logs -> the compact table (format: augtune/search/tables/learning_curves.py, version 2)."""
     from augtune.search.tables.learning_curves import write_table
-    from augtune.search.tables.table_job import regime_from_runs
+    from augtune.search.tables.learning_curves import regime_from_runs
 
     runs, proxies = logged_runs(out), lc_table.read_jsonl(out / "proxy.jsonl")
     if not proxies and TABLE.is_file():  # the committed table's proxy scores, when this machine has no log

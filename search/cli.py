@@ -154,7 +154,7 @@ def _report(args) -> int:
 
 def _table(args) -> int:
     from augtune.search.sweep_config import load_config
-    from augtune.search.tables.table_job import check_table_config, default_table_path, run_table, table_overrides
+    from augtune.search.sweep.table_job import check_table_config, default_table_path, run_table, table_overrides
 
     cfg = load_config(args.config, {**_overrides(args), **table_overrides(args.seeds, args.proxy_seeds)})
     output = Path(args.output) if args.output else default_table_path(cfg)

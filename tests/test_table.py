@@ -41,7 +41,7 @@ def _runs(candidates, seeds, epochs, offset=0.0):
 
 def test_regime_from_runs_places_every_run_and_proxy_seed(tmp_path):
     from augtune.search.tables.learning_curves import load_table, write_table
-    from augtune.search.tables.table_job import regime_from_runs
+    from augtune.search.tables.learning_curves import regime_from_runs
 
     runs = _runs(["a", "b"], [0, 1, 2], 4)[1:]  # (a, seed 0) missing
     runs.append({**runs[0], "candidate": "not-in-space"})  # ignored

@@ -167,3 +167,33 @@ def load_table(path: Union[str, Path]) -> dict[str, Regime]:
         raise ValueError(f"learning-curve table {path}: version {document.get('version')!r}; this augtune reads "
                          f"versions {', '.join(map(str, READABLE_VERSIONS))}")
     return {name: Regime.from_document(name, doc) for name, doc in document["regimes"].items()}
+
+
+def regime_from_runs(name: str, candidates: list[str], seeds: list[int], epochs: int, runs: list[dict],
+                     proxy_rows: list[dict], meta: dict[str, Any]) -> Regime:
+    """Runs (one dict per (candidate, seed) with per-epoch lists) and proxy rows (one per proxy
+    seed) -> a table Regime. A run of another candidate or seed is ignored; two runs of one
+    (candidate, seed) is an error (a table holds each once)."""
+    metrics = [m for m in CURVE_METRICS if any(run.get(m) for run in runs)] or list(CURVE_METRICS[:5])
+    curves = {m: np.full((len(candidates), len(seeds), epochs), np.nan) for m in metrics}
+    seen = set()
+    for run in runs:
+        if run["candidate"] not in candidates or run["seed"] not in seeds:
+            continue
+        key = (run["candidate"], run["seed"])
+        if key in seen:
+            raise ValueError(f"two finished runs of {key[0]} seed {key[1]}; a table holds each once")
+        seen.add(key)
+        c, s = candidates.index(run["candidate"]), seeds.index(run["seed"])
+        for m in metrics:
+            values = run.get(m) or []
+            curves[m][c, s, :min(len(values), epochs)] = values[:epochs]
+    proxy_rows = sorted(proxy_rows, key=lambda r: r["proxy_seed"])
+    names = sorted({k for r in proxy_rows for scores in r["scores"].values() for k in scores})
+    nan = float("nan")
+    proxy = {n: np.array([[r["scores"].get(c, {}).get(n, nan) for r in proxy_rows] for c in candidates],
+                         dtype=float).reshape(len(candidates), len(proxy_rows)) for n in names}
+    seconds = (np.array([[r["seconds"].get(c, nan) for r in proxy_rows] for c in candidates], dtype=float)
+               if proxy_rows else None)
+    meta = {**meta, "proxy_seeds": [r["proxy_seed"] for r in proxy_rows]}
+    return Regime(name, list(candidates), list(seeds), epochs, curves, proxy, seconds, meta)

@@ -19,12 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
-
 from augtune.search.sweep_config import ConfigError, SweepConfig
+from augtune.search.tables.learning_curves import CURVE_METRICS, regime_from_runs, write_table
 
 MIN_SEEDS = 3  # a replay shows a search 2 seeds and keeps >= 1 as the truth
-TABLE_CURVES = ("val_loss", "val_acc", "test_loss", "test_acc", "epoch_seconds", "epoch_cpu_seconds")
 PROXY_LOG = "table-proxy.jsonl"
 
 
@@ -91,8 +89,6 @@ def run_table(cfg: SweepConfig, proxy_seeds: int, output: Path, resume: bool = F
                               cfg.student.train.epochs, runs, proxy_rows,
                               {"config": cfg.model_dump(mode="json"), "sweep_run": outcome.parent_run_id,
                                "run_workers": [cfg.search.max_concurrent]})
-    from augtune.search.tables.learning_curves import write_table
-
     write_table(output, {cfg.name: regime}, protocol="augtune table",
                 machine=f"{platform.machine()}, {os.cpu_count()} cores, {cfg.device}; {cfg.search.max_concurrent} "
                         "trials side by side; epoch_cpu_seconds: each trial process's own CPU seconds")
@@ -159,40 +155,8 @@ def trial_curves(tracker, parent_run_id: str) -> list[dict[str, Any]]:
         if run.info.status != "FINISHED" or tags.get(SUPERSEDED_TAG) or tags.get(PHASE_TAG, "search") != "search":
             continue
         row = {"candidate": tags[CANDIDATE_TAG], "seed": int(run.data.params["seed"]), "run_id": run.info.run_id}
-        for metric in TABLE_CURVES:
+        for metric in CURVE_METRICS:
             history = sorted((m.step, m.value) for m in tracker.client.get_metric_history(run.info.run_id, metric))
             row[metric] = [value for _, value in history]
         rows.append(row)
     return rows
-
-
-def regime_from_runs(name: str, candidates: list[str], seeds: list[int], epochs: int, runs: list[dict],
-                     proxy_rows: list[dict], meta: dict[str, Any]):
-    """Runs (one dict per (candidate, seed) with per-epoch lists) and proxy rows (one per proxy
-    seed) -> a table Regime. A run of another candidate or seed is ignored; two runs of one
-    (candidate, seed) is an error (a table holds each once)."""
-    from augtune.search.tables.learning_curves import Regime
-
-    metrics = [m for m in TABLE_CURVES if any(run.get(m) for run in runs)] or list(TABLE_CURVES[:5])
-    curves = {m: np.full((len(candidates), len(seeds), epochs), np.nan) for m in metrics}
-    seen = set()
-    for run in runs:
-        if run["candidate"] not in candidates or run["seed"] not in seeds:
-            continue
-        key = (run["candidate"], run["seed"])
-        if key in seen:
-            raise ValueError(f"two finished runs of {key[0]} seed {key[1]}; a table holds each once")
-        seen.add(key)
-        c, s = candidates.index(run["candidate"]), seeds.index(run["seed"])
-        for m in metrics:
-            values = run.get(m) or []
-            curves[m][c, s, :min(len(values), epochs)] = values[:epochs]
-    proxy_rows = sorted(proxy_rows, key=lambda r: r["proxy_seed"])
-    names = sorted({k for r in proxy_rows for scores in r["scores"].values() for k in scores})
-    nan = float("nan")
-    proxy = {n: np.array([[r["scores"].get(c, {}).get(n, nan) for r in proxy_rows] for c in candidates],
-                         dtype=float).reshape(len(candidates), len(proxy_rows)) for n in names}
-    seconds = (np.array([[r["seconds"].get(c, nan) for r in proxy_rows] for c in candidates], dtype=float)
-               if proxy_rows else None)
-    meta = {**meta, "proxy_seeds": [r["proxy_seed"] for r in proxy_rows]}
-    return Regime(name, list(candidates), list(seeds), epochs, curves, proxy, seconds, meta)
