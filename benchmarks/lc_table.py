@@ -40,6 +40,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from augtune.search.tables.learning_curves import read_jsonl
+
 ROOT = Path(__file__).resolve().parents[1]
 BASE_CONFIG = ROOT / "configs" / "digits_recipe.yaml"
 TABLE = ROOT / "benchmarks" / "tables" / "digits-kd-lc.json.gz"
@@ -73,18 +75,6 @@ def regime_config(regime: str, out: Path, seed: int = 0):
 
 def candidate_ids(regime: str, out: Path) -> list[str]:
     return [c.id for c in regime_config(regime, out).space.resolved()]
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by a kill: that run is simply done again
-            continue
-    return rows
 
 
 def git_commit() -> str:
@@ -192,37 +182,22 @@ def proxy(out: Path, regimes: list[str]) -> None:
 
 def build(out: Path, table: Path) -> None:
     """OUT's logs -> the compact table (format: augtune/search/tables/learning_curves.py)."""
-    import numpy as np
-
-    from augtune.search.tables.learning_curves import Regime, write_table
+    from augtune.search.tables.learning_curves import regime_from_runs, write_table
 
     runs, proxies = read_jsonl(out / "runs.jsonl"), read_jsonl(out / "proxy.jsonl")
     regimes = {}
     for regime in REGIMES:
         cfg = regime_config(regime, out)
-        candidates = [c.id for c in cfg.space.resolved()]
-        epochs = cfg.student.train.epochs
-        curves = {m: np.full((len(candidates), len(SEEDS), epochs), np.nan) for m in CURVE_METRICS}
-        workers, commits = set(), set()
-        for row in runs:
-            if row["regime"] == regime and row["candidate"] in candidates and row["seed"] in SEEDS:
-                for m in CURVE_METRICS:
-                    curves[m][candidates.index(row["candidate"]), SEEDS.index(row["seed"])] = row[m]
-                workers.add(row.get("workers"))
-                commits.add(row.get("commit"))
-        proxy_rows = sorted((r for r in proxies if r["regime"] == regime), key=lambda r: r["proxy_seed"])
-        names = sorted({k for r in proxy_rows for scores in r["scores"].values() for k in scores})
-        nan = float("nan")
-        proxy = {name: np.array([[r["scores"].get(c, {}).get(name, nan) for r in proxy_rows] for c in candidates],
-                                dtype=float).reshape(len(candidates), len(proxy_rows)) for name in names}
-        seconds = (np.array([[r["seconds"].get(c, nan) for r in proxy_rows] for c in candidates], dtype=float)
-                   if proxy_rows else None)
+        own = {(row["candidate"], row["seed"]): row for row in runs if row["regime"] == regime}  # the last log wins
         teacher_file = out / f"teacher-{data_key(regime)}.json"
         teacher = json.loads(teacher_file.read_text()) if teacher_file.is_file() else {}
-        meta = {"overrides": REGIMES[regime], "proxy_seeds": [r["proxy_seed"] for r in proxy_rows],
+        meta = {"overrides": REGIMES[regime],
                 "teacher": {k: teacher.get(k) for k in ("seconds", "train_images", "test", "val")},
-                "run_workers": sorted(w for w in workers if w), "commits": sorted(c for c in commits if c)}
-        regimes[regime] = Regime(regime, candidates, list(SEEDS), epochs, curves, proxy, seconds, meta)
+                "run_workers": sorted({r.get("workers") for r in own.values()} - {None}),
+                "commits": sorted({r.get("commit") for r in own.values()} - {None})}
+        regimes[regime] = regime_from_runs(regime, [c.id for c in cfg.space.resolved()], list(SEEDS),
+                                           cfg.student.train.epochs, list(own.values()),
+                                           [r for r in proxies if r["regime"] == regime], meta)
     write_table(table, regimes, protocol="benchmarks/lc_table.py",
                 machine=f"{platform.machine()}, {os.cpu_count()} cores, cpu, torch threads 1 per run")
     filled = sum(int(r.ran().sum()) for r in regimes.values())

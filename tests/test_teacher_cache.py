@@ -1,6 +1,8 @@
 """The teacher base-view cache (trainables/teacher_cache.py): a KD run that reads the teacher's
 logits on x from the cache trains exactly as one that forwards the teacher, bit for bit in fp32
 on CPU; the cache holds every base view; only a complete file is used."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -114,6 +116,26 @@ def test_an_incomplete_or_foreign_cache_is_not_used(tmp_path):
     assert KDRunner(cfg, "identity", str(checkpoint), data=data).teacher_cache is not None
     off = _experiment(tmp_path, samples=4, teacher_cache="off")
     assert KDRunner(off, "identity", str(checkpoint), data=data).teacher_cache is None
+
+
+def test_a_resumed_fill_reuses_a_complete_cache_and_refills_a_killed_one(tmp_path):
+    """What a resumed sweep meets beside the teacher: a complete file is used as it is (not filled
+    again); a fill killed before its rename left only `.partial.npy`, which is filled anew."""
+    from augtune.trainables.teacher_cache import ensure_cache
+
+    cfg = _experiment(tmp_path, samples=4)
+    _, checkpoint = _teacher(tmp_path, cfg)
+    first = ensure_cache(cfg, checkpoint)
+    path = Path(first["path"])
+    assert first["filled"] and path.is_file() and not list(path.parent.glob("*.partial.npy"))
+    written = path.read_bytes()
+    again = ensure_cache(cfg, checkpoint)
+    assert not again["filled"] and again["path"] == first["path"] and path.read_bytes() == written
+    path.rename(path.with_name(f"{path.stem}.partial.npy"))  # a fill killed just before its rename ...
+    partial = path.with_name(f"{path.stem}.partial.npy")
+    partial.write_bytes(partial.read_bytes()[:200])  # ... half written
+    refilled = ensure_cache(cfg, checkpoint)
+    assert refilled["filled"] and path.read_bytes() == written and not partial.exists()
 
 
 def test_the_sweep_fills_the_cache_only_where_it_pays(tmp_path):

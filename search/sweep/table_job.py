@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from augtune.search.sweep_config import ConfigError, SweepConfig
-from augtune.search.tables.learning_curves import CURVE_METRICS, regime_from_runs, write_table
+from augtune.search.tables.learning_curves import CURVE_METRICS, read_jsonl, regime_from_runs, write_table
 
 MIN_SEEDS = 3  # a replay shows a search 2 seeds and keeps >= 1 as the truth
 PROXY_LOG = "table-proxy.jsonl"
@@ -129,19 +129,6 @@ def further_proxy_rows(cfg: SweepConfig, teacher_path: Path, parent_run_id: str,
             with open(log, "a") as sink:
                 sink.write(json.dumps(done[seed]) + "\n")
     return [done[seed] for seed in seeds]
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Rows of a JSON-lines log; a line cut by a kill is skipped (its work is simply done again)."""
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
 
 
 def trial_curves(tracker, parent_run_id: str) -> list[dict[str, Any]]:

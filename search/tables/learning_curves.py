@@ -197,3 +197,18 @@ def regime_from_runs(name: str, candidates: list[str], seeds: list[int], epochs:
                if proxy_rows else None)
     meta = {**meta, "proxy_seeds": [r["proxy_seed"] for r in proxy_rows]}
     return Regime(name, list(candidates), list(seeds), epochs, curves, proxy, seconds, meta)
+
+
+def read_jsonl(path: Union[str, Path]) -> list[dict]:
+    """Rows of a JSON-lines log (a resumable job's record of what it finished); a line cut by a
+    kill is skipped, so that piece of work is simply done again."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
