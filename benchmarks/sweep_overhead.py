@@ -10,21 +10,24 @@ Figures per phase (one Tune experiment), all from RUNS/NAME/ray/EXPERIMENT/:
 - slots: trials Tune runs side by side (search.max_concurrent, at most the trials);
 - trained: each trial's epochs as the runner timed them (`epoch_seconds`: training + evaluation);
 - overhead per trial = (wall x slots - trained) / trials: what the issue counts, split into
-  set-up    the trial's runner built on its actor (`trial_setup_seconds`: config, data from the
-            actor's cache, networks, teacher, augmentation),
-  in-trial  the rest of the trial's own span (Tune's step wrapper, results, checkpoints, a fresh
-            actor's start),
-  gaps      slots idle while trials were still waiting to start (Tune's scheduling),
-  tail      slots idle after the last trial started (nothing left to start: ASHA's shape).
+  in-trial  the trial's own span (Tune's start to its last result) beyond its epochs: Tune's step
+            wrapper, results, checkpoints, the runner's set-up on a reused actor,
+  gaps      slots idle while trials were still waiting to start (a phase's fresh actors starting,
+            Tune's scheduling),
+  tail      slots idle after the last trial started (nothing left to start: ASHA's shape);
+  and, beside them (not a part of the sum), set-up: the trial's runner built on its actor
+  (`trial_setup_seconds`: config, data from the actor's cache, networks, teacher, augmentation),
+  which on a fresh actor runs before Tune marks the trial started (then it is inside "gaps").
 """
 from __future__ import annotations
 
 import argparse
 import glob
 import json
+import re
 from pathlib import Path
 
-COLUMNS = ("phase", "trials", "slots", "wall s", "trained s", "overhead/trial", "set-up", "in-trial", "gaps", "tail")
+COLUMNS = ("phase", "trials", "slots", "wall s", "trained s", "overhead/trial", "in-trial", "gaps", "tail", "set-up")
 
 
 def latest_state(experiment: Path) -> dict:
@@ -77,19 +80,23 @@ def phase_row(name: str, experiment: Path, max_concurrent: int) -> dict:
     gaps, tail = idle(records, slots, start, end)
     n = len(records)
     setup = sum(r["setup"] for r in records)
-    in_trial = sum((r["end"] - r["start"]) - r["trained"] - r["setup"] for r in records)
+    in_trial = sum((r["end"] - r["start"]) - r["trained"] for r in records)
     return {"phase": name, "trials": n, "slots": slots, "wall s": wall, "trained s": trained,
             "overhead/trial": (wall * slots - trained) / n, "set-up": setup / n, "in-trial": in_trial / n,
             "gaps": gaps / n, "tail": tail / n}
+
+
+def phase_name(experiment: str) -> str:
+    """sweep-DATE-TIME is the search; -audit-N, -baseline, -topupN (and -again) follow it."""
+    match = re.match(r"sweep-\d{8}-\d{6}-?(.*)$", experiment)
+    return (match.group(1) if match else experiment) or "search"
 
 
 def sweep_rows(job: Path, max_concurrent: int) -> list[dict]:
     rows = []
     for experiment in sorted((job / "ray").iterdir()) if (job / "ray").is_dir() else []:
         if experiment.is_dir() and glob.glob(str(experiment / "experiment_state-*.json")):
-            suffix = experiment.name.split("-")[-1]
-            name = suffix if not suffix.isdigit() else "search"
-            row = phase_row(name, experiment, max_concurrent)
+            row = phase_row(phase_name(experiment.name), experiment, max_concurrent)
             if row:
                 rows.append(row)
     if rows:  # all phases together: per trial over the whole sweep

@@ -150,3 +150,10 @@ def test_sweep_overhead_splits_idle_slots_into_gaps_and_tail():
     gaps, tail = overhead.idle(records, 2, 0.0, 10.0)
     assert gaps == pytest.approx(2 * 1.0 + 1 * 0.5)  # both slots before 1, one between 4 and 4.5
     assert tail == pytest.approx(1 * 4.0)  # one slot idle from A's end at 6 to 10
+
+
+def test_sweep_overhead_names_each_phase_by_its_experiment():
+    name = _load("sweep_overhead").phase_name
+    assert [name(e) for e in ("sweep-20261203-085838", "sweep-20261203-085838-audit-0",
+                              "sweep-20261203-085838-baseline", "sweep-20261203-085838-topup1")] == \
+        ["search", "audit-0", "baseline", "topup1"]

@@ -132,8 +132,8 @@ def further_proxy_rows(cfg: SweepConfig, teacher_path: Path, parent_run_id: str,
 
 
 def trial_curves(tracker, parent_run_id: str) -> list[dict[str, Any]]:
-    """Every finished trial of the sweep as {candidate, seed, curve: per-epoch values}, from
-    MLflow: the durable record (a resumed sweep's trials are there once, superseded runs left out)."""
+    """Every finished trial of the sweep as {candidate, seed, run_id, METRIC: per-epoch values},
+    from MLflow: the durable record (a resumed sweep's trials are there once, superseded runs left out)."""
     from augtune.search.results.tracking import CANDIDATE_TAG, PHASE_TAG, SUPERSEDED_TAG
 
     rows = []
