@@ -80,6 +80,25 @@ def test_bad_table_requests_exit_2_before_anything_is_written(tmp_path, capsys, 
     assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.parametrize("config", ["digits_sweep.yaml", "digits_recipe.yaml", "digits_pbt.yaml",
+                                    "digits_search.yaml", "cifar100_kd.yaml"])
+def test_every_shipped_kd_config_makes_a_table(config):
+    """A table ignores the sweep's pruning, scheduler and baseline: the default's top_k 8 of a
+    3-policy sample, a fixed candidate, PBT or an audit still give a valid table config."""
+    from pathlib import Path
+
+    from augtune.search.sweep.table_job import table_overrides
+    from augtune.search.sweep_config import load_config
+
+    path = Path(__file__).resolve().parents[1] / "configs" / config
+    small = {"space.sample": 3} if config == "digits_sweep.yaml" else {}  # fewer policies than top_k 8
+    table = load_config(path, {**small, **table_overrides(3, 1)})
+    cfg = load_config(path, {**small, "search.prune": {"mode": "none"}, "proxy.race_top_k": 0})
+    assert table.search.validate_proxy and table.search.seeds == 3 and table.prune_mode(True) == "none"
+    assert table.search.scheduler.kind == "fifo" and table.baseline is None and table.proxy.race_top_k == 0
+    assert [c.id for c in table.space.resolved()] == [c.id for c in cfg.space.resolved()]
+
+
 def test_resuming_a_table_where_a_sweep_ran_is_refused(tmp_path, capsys):
     from augtune.search.cli import main
     from augtune.search.sweep.state import PhaseRecord, SweepState

@@ -36,14 +36,16 @@ class TableOutcome:
 
 def table_overrides(seeds: int, proxy_seeds: int) -> dict[str, Any]:
     """What turns a sweep config into a table's: every candidate trained (`search.validate_proxy`)
-    at `seeds` seeds, full proxy passes (racing would leave some candidates with partial scores)."""
+    at `seeds` seeds to the end, full proxy passes (racing would leave some candidates with
+    partial scores); the sweep's pruning, scheduler and baseline do not apply to a table, so a
+    config that sets them (top_k 8 of a sample of 3, PBT, a fixed candidate) still makes one."""
     if seeds < MIN_SEEDS:
         raise ConfigError(f"--seeds: a table needs at least {MIN_SEEDS} seeds per candidate (a replay shows a search "
                           f"2 and keeps the rest as the truth); got {seeds}")
     if proxy_seeds < 1:
         raise ConfigError(f"--proxy-seeds: give at least 1, got {proxy_seeds}")
     return {"search.validate_proxy": True, "search.seeds": seeds, "proxy.race_top_k": 0,
-            "search.scheduler.kind": "fifo"}  # the grid trains every run to the end
+            "search.scheduler": {"kind": "fifo"}, "search.prune": {"mode": "none"}, "search.baseline": None}
 
 
 def check_table_config(cfg: SweepConfig, output: Path, resume: bool) -> None:
