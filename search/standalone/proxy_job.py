@@ -127,6 +127,24 @@ def screen_children(cfg: SweepConfig) -> int:
     return len(cfg.space.resolved()) if prune.mode in ("none", "overlap") else prune.top_k
 
 
+def score_with_config(cfg: SweepConfig, teacher: torch.nn.Module, data: DataBundle, device: torch.device, seed: int,
+                      progress: bool = True) -> list[ProxyScore]:
+    """Every candidate's teacher-only scores with the config's proxy settings, at `seed`."""
+    extra = {}
+    scorer = student_scorer(cfg, data, device)
+    if scorer is not None:
+        extra["student"] = scorer
+    p = cfg.proxy
+    return score_candidates(teacher, cfg.space.resolved(), data, device, passes=p.passes,
+                            group_batches=p.group_batches, batch_size=p.batch_size, bootstrap=p.bootstrap,
+                            confidence=p.confidence, stop_when_stable=p.stop_when_stable, min_passes=p.min_passes,
+                            stable_passes=p.stable_passes, seed=seed, extra_scorers=extra, progress=progress,
+                            bf16=cfg.teacher.train.bf16, forward_batches=p.forward_batches,
+                            rank_by="t_stddev" if p.score == "low_fidelity" else p.score,
+                            policies_per_forward=p.policies_per_forward, race_top_k=p.race_top_k,
+                            race_min_passes=p.race_min_passes, race_z=p.race_z)
+
+
 def run_proxy(cfg: SweepConfig, data: DataBundle, tracker: Tracker, parent_id: str,
               progress: bool = True, score: bool = True) -> ProxyOutcome:
     """The method's teacher (obtained, evaluated, logged), then, with `score`, every candidate's
@@ -143,20 +161,9 @@ def run_proxy(cfg: SweepConfig, data: DataBundle, tracker: Tracker, parent_id: s
     if not score:
         tracker.log(parent_id, params={"teacher_checkpoint": str(Path(teacher_path).resolve())})
         return ProxyOutcome([], teacher_path, None, None, {})
-    extra = {}
-    scorer = student_scorer(cfg, data, device)
-    if scorer is not None:
-        extra["student"] = scorer
     candidates = cfg.space.resolved()
     p = cfg.proxy
-    scores = score_candidates(teacher, candidates, data, device, passes=p.passes, group_batches=p.group_batches,
-                              batch_size=p.batch_size, bootstrap=p.bootstrap, confidence=p.confidence,
-                              stop_when_stable=p.stop_when_stable, min_passes=p.min_passes,
-                              stable_passes=p.stable_passes, seed=cfg.seed, extra_scorers=extra,
-                              progress=progress, bf16=cfg.teacher.train.bf16, forward_batches=p.forward_batches,
-                              rank_by="t_stddev" if p.score == "low_fidelity" else p.score,
-                              policies_per_forward=p.policies_per_forward, race_top_k=p.race_top_k,
-                              race_min_passes=p.race_min_passes, race_z=p.race_z)
+    scores = score_with_config(cfg, teacher, data, device, cfg.seed, progress)
     if p.low_fidelity_epochs:
         trained = low_fidelity_scores(cfg, data, teacher_path, p.low_fidelity_epochs, candidates, progress)
         for s in scores:

@@ -106,7 +106,8 @@ def score_row(scores) -> dict[str, Any]:
 
 def further_proxy_rows(cfg: SweepConfig, teacher_path: Path, parent_run_id: str, seeds: list[int],
                        progress: bool) -> list[dict[str, Any]]:
-    """The proxy zoo at each further seed, with the sweep's proxy settings; the seeds logged in
+    """The proxy zoo at each further seed, with the sweep's proxy settings (the sweep's own scoring
+    call; a low-fidelity student score is the first seed's only); the seeds logged in
     JOB_DIR/table-proxy.jsonl for this sweep run are read, not scored again."""
     from augtune.search.standalone.proxy_job import job_dir
 
@@ -114,19 +115,15 @@ def further_proxy_rows(cfg: SweepConfig, teacher_path: Path, parent_run_id: str,
     done = {row["proxy_seed"]: row for row in read_jsonl(log) if row.get("sweep_run") == parent_run_id}
     todo = [seed for seed in seeds if seed not in done]
     if todo:
-        from augtune.search.selection.proxy import score_candidates
-        from augtune.search.standalone.proxy_job import load_checked_data
+        from augtune.search.standalone.proxy_job import load_checked_data, score_with_config
         from augtune.trainables.engine import load_checkpoint, resolve_device
 
         data = load_checked_data(cfg, proxy=True)
         device = resolve_device(cfg.device)
         teacher, _ = load_checkpoint(teacher_path, data, device)
-        p = cfg.proxy
         for seed in todo:
             print(f"proxy seed {seed} of the table ({len(seeds) + 1} seeds in all)")
-            scores = score_candidates(teacher, cfg.space.resolved(), data, device, passes=p.passes,
-                                      group_batches=p.group_batches, batch_size=p.batch_size, bootstrap=0,
-                                      seed=seed, progress=progress, policies_per_forward=p.policies_per_forward)
+            scores = score_with_config(cfg, teacher, data, device, seed, progress)
             done[seed] = {"sweep_run": parent_run_id, "proxy_seed": seed, **score_row(scores)}
             with open(log, "a") as sink:
                 sink.write(json.dumps(done[seed]) + "\n")
