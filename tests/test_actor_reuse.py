@@ -52,3 +52,35 @@ def test_reused_actor_matches_a_fresh_one(tmp_path, ray_session):
     assert warm.runner.data is loaded
     assert _train_to_end(warm) == expected_second
     warm.stop()
+
+
+def test_a_trial_on_handed_data_matches_one_that_loads_it(tmp_path, ray_session):
+    """The driver's data handed through the object store (HandedData) trains exactly as the
+    trial's own load of the same section; a handed bundle of another section is not used."""
+    from ray import tune
+
+    from augtune.trainables.tune_trainables import HandedData, KDTrainable
+
+    experiment = DistillConfig.model_validate({
+        "output_dir": str(tmp_path), "data": {"name": "digits", "samples_per_class": 10, "val_per_class": 5,
+                                              "image_size": 12},
+        "teacher": {"model": "resnet8"}, "student": {"model": "resnet8", "train": {"epochs": 2, "batch_size": 32}},
+    }).model_dump(mode="json")
+    data = load_data(DistillConfig.model_validate(experiment).data)
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(tmp_path / "teacher.pt", build_model("resnet8", data.num_classes, data.channels),
+                                 "resnet8", data)
+    other_section = dict(experiment["data"], samples_per_class=11)
+    config = {"augmentation": "cutmix", "seed": 3, "lr": 0.05}
+    runs = {}
+    for name, handed in (("loads", None), ("handed", HandedData(experiment["data"], data)),
+                         ("other section", HandedData(other_section, data))):
+        fixed = {"handed_data": handed} if handed is not None else {}
+        trial = tune.with_parameters(KDTrainable, experiment=experiment, teacher_checkpoint=str(checkpoint),
+                                     **fixed)(config=dict(config))
+        first = trial.train()
+        runs[name] = (first["train_data_loaded"], [first["val_loss"]] + [r["val_loss"] for r in _train_to_end(trial)])
+        assert torch.equal(trial.runner.data.train.images, data.train.images)
+        trial.stop()
+    assert runs["handed"] == (0.0, runs["loads"][1])
+    assert runs["loads"][0] == 1.0 and runs["other section"] == runs["loads"]

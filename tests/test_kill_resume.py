@@ -269,7 +269,7 @@ def _exploited(experiments: Path) -> bool:
     return any(f.stat().st_size > 0 for f in experiments.glob("sweep-*/pbt_global.txt"))
 
 
-def test_pbt_sweep_survives_sigkill_at_several_moments(tmp_path):
+def test_pbt_sweep_survives_sigkill_at_several_moments(tmp_path, ray_session, monkeypatch, capfd):
     """One PBT sweep killed three times — before the first perturbation, right after an exploit,
     near the end — and resumed each time: every member's MLflow run has each epoch once, its
     schedule (the lineage's values) one row for every epoch, Ray reported no checkpoint errors,
@@ -287,10 +287,15 @@ def test_pbt_sweep_survives_sigkill_at_several_moments(tmp_path):
                                 cwd=tmp_path, env=_env(), stdout=open(logs[-1], "w"), stderr=subprocess.STDOUT,
                                 start_new_session=True)
         _kill_when(proc, ready, moment=moment)
-    done = subprocess.run([*AUGTUNE, "sweep", str(path), "--resume", "--no-progress"], cwd=tmp_path, env=_env(),
-                          capture_output=True, text=True, timeout=600)
-    output = "".join(log.read_text() for log in logs[1:]) + done.stdout + done.stderr
-    assert done.returncode == 0, output[-3000:]
+    # the last resume in this process, on the session's Ray; Tune's controller logs here, to the
+    # file descriptors capfd reads
+    from augtune.search.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    code = main(["sweep", str(path), "--resume", "--no-progress"])
+    done = capfd.readouterr()
+    output = "".join(log.read_text() for log in logs[1:]) + done.out + done.err
+    assert code == 0, output[-3000:]
     # Ray warns "Could not fetch metrics ... FileNotFoundError" for a member killed before its first
     # result (nothing to fetch; it starts again): not a checkpoint error
     missing = [line for line in output.splitlines() if "FileNotFoundError" in line and "Could not fetch metrics" not in line]

@@ -93,6 +93,14 @@ def test_the_teacher_cache_is_filled_once_and_read_by_every_trial(pruned_sweep):
     assert len(trials) == 3 and all(r.data.metrics["train_teacher_cached"] == 1.0 for r in trials)
 
 
+def test_trials_take_the_data_the_driver_loaded(pruned_sweep):
+    """Every trial, the fresh actors' first ones included, took the driver's data from Ray's object
+    store: none loaded it again (train_data_loaded, reported with a trial's first epoch)."""
+    cfg, uri, outcome = pruned_sweep
+    trials = runs_by_stage(uri, "pruned")["trial"]
+    assert len(trials) == 3 and all(r.data.metrics["train_data_loaded"] == 0.0 for r in trials)
+
+
 def test_best_from_mlflow_agrees_with_sweep(pruned_sweep, capsys):
     cfg, uri, outcome = pruned_sweep
     assert best_augmentation(uri, cfg.experiment_name).candidate == outcome.best.augmentation

@@ -7,7 +7,10 @@ and MLflow params stay readable. One `step` is one epoch.
 Actors are reused across trials (`reset_config`): a new trial on a warm actor skips the process
 start, the imports and Ray's set-up, and takes the data already on the device from a per-actor
 cache keyed by the data section it was built from; the student, optimiser, generators and
-augmentation are built afresh, so a reused actor gives the same result as a fresh one.
+augmentation are built afresh, so a reused actor gives the same result as a fresh one. A fresh
+actor takes the data the sweep's driver loaded (`HandedData`, through Ray's object store with the
+other fixed inputs) instead of loading it again: no dataset reading, and for the embedded
+default no scikit-learn import, in each actor's first trial.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import json
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -26,7 +30,7 @@ from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from augtune.trainables import builtin_methods as methods
-from augtune.trainables.data import load_data
+from augtune.trainables.data import DataBundle, load_data
 from augtune.trainables.distributed import DataParallel
 from augtune.trainables.experiment_config import DataConfig, DistillConfig
 from augtune.trainables.values import apply_trial_values
@@ -40,16 +44,33 @@ def _method_config(config: dict[str, Any], experiment: dict[str, Any], section: 
     return DistillConfig.model_validate(apply_trial_values(experiment, config, section))
 
 
+def data_key(data_section: dict[str, Any]) -> str:
+    return json.dumps(data_section, sort_keys=True, default=str)
+
+
+@dataclass
+class HandedData:
+    """The data the driver loaded from `section`, handed to the trials with their fixed inputs."""
+    section: dict[str, Any]
+    bundle: DataBundle
+
+
 class DataCache:
-    """Data bundles of one actor, keyed by the data section they were loaded from."""
+    """Data bundles of one actor, keyed by the data section they were loaded from; `loaded`
+    counts the bundles this actor read itself (not handed)."""
 
     def __init__(self):
         self.bundles: dict[str, Any] = {}
+        self.loaded = 0
 
-    def get(self, data_section: dict[str, Any]):
-        key = json.dumps(data_section, sort_keys=True, default=str)
+    def get(self, data_section: dict[str, Any], handed: Optional[HandedData] = None):
+        key = data_key(data_section)
         if key not in self.bundles:
-            self.bundles = {key: load_data(DataConfig.model_validate(data_section))}  # one at a time
+            if handed is not None and data_key(handed.section) == key:
+                bundle = handed.bundle
+            else:
+                bundle, self.loaded = load_data(DataConfig.model_validate(data_section)), self.loaded + 1
+            self.bundles = {key: bundle}  # one at a time
         return self.bundles[key]
 
 
@@ -67,14 +88,17 @@ def as_trainable(build_runner: Callable[..., EpochRunner], name: str) -> type[tu
             return True
 
         def _build(self, config: dict[str, Any]) -> None:
-            start = time.perf_counter()
+            start, loaded = time.perf_counter(), self.cache.loaded
             self.runner = build_runner(config, cache=self.cache, trial=self.trial_name, **self.fixed)
-            self.setup_seconds: Optional[float] = time.perf_counter() - start  # reported once
+            # where a trial's seconds go (benchmarks/sweep_overhead.py), reported with its first epoch
+            self.setup: Optional[dict[str, float]] = {"trial_setup_seconds": time.perf_counter() - start,
+                                                      "train_data_loaded": float(self.cache.loaded - loaded)}
 
         def step(self) -> dict[str, Any]:
             metrics = epoch_result(self.runner)
-            if self.setup_seconds is not None:  # where a trial's seconds go (benchmarks/sweep_overhead.py)
-                metrics["trial_setup_seconds"], self.setup_seconds = self.setup_seconds, None
+            if self.setup is not None:
+                metrics.update(self.setup)
+                self.setup = None
             return metrics
 
         def save_checkpoint(self, checkpoint_dir: str) -> None:
@@ -88,11 +112,13 @@ def as_trainable(build_runner: Callable[..., EpochRunner], name: str) -> type[tu
 
 
 def _method_runner(config: dict[str, Any], experiment: dict[str, Any], method, cache: DataCache, trial: str,
-                   teacher_checkpoint: Optional[str] = None, track: Sequence[str] = ()):
-    """The trial's runner of `method` (a trainables.method.Method) on the actor's cached data."""
+                   teacher_checkpoint: Optional[str] = None, track: Sequence[str] = (),
+                   handed_data: Optional[HandedData] = None):
+    """The trial's runner of `method` (a trainables.method.Method) on the actor's cached data (the
+    driver's, where it handed the same data section)."""
     cfg = _method_config(config, experiment, method.name)
     work_dir = Path(cfg.output_dir) / cfg.name / f"{method.name}-trials" / trial  # multi-stage outputs
-    runner = method.runner(cfg, data=cache.get(experiment["data"]), seed=config.get("seed"),
+    runner = method.runner(cfg, data=cache.get(experiment["data"], handed_data), seed=config.get("seed"),
                            teacher_checkpoint=teacher_checkpoint, work_dir=work_dir)
     if track:
         runner.values.track(track)
@@ -101,7 +127,8 @@ def _method_runner(config: dict[str, Any], experiment: dict[str, Any], method, c
 
 def trainable_for(method) -> type[tune.Trainable]:
     """The Ray Tune trainable of a registered method; the fixed inputs (experiment dict, the
-    teacher checkpoint for methods with a teacher, `track`) come through `tune.with_parameters`."""
+    teacher checkpoint for methods with a teacher, `track`, the driver's `handed_data`) come
+    through `tune.with_parameters`."""
     return as_trainable(functools.partial(_method_runner, method=method), f"{method.name.upper()}Trainable")
 
 

@@ -31,7 +31,7 @@ from augtune.search.sweep.phases import (BaselinePhase, GridPhase, SearchPhase, 
                                          phase_results)
 from augtune.search.sweep.printing import TEST_SELECTION_WARNING, describe_best, format_audit, print_outcome
 from augtune.search.sweep.state import STATE_FILE, AuditRecord, BaselineRecord, PhaseRecord, SweepState
-from augtune.search.sweep.tuners import init_ray
+from augtune.search.sweep.tuners import hand_data_to_trials, init_ray
 from augtune.search.sweep_config import ConfigError, SweepConfig
 from augtune.spaces.candidates import expand_candidates
 from augtune.trainables.engine import save_checkpoint
@@ -352,6 +352,7 @@ def _run_stages(cfg: SweepConfig, state: SweepState, tracker: Tracker, data, res
     if not cfg.method.schedulable and cfg.search.scheduler.kind == "asha":
         print(f"note: {cfg.search.method} trials are multi-stage; ASHA compares the current stage's headline metric")
     init_ray(cfg)
+    hand_data_to_trials(cfg, data)
     cache = fill_for_sweep(cfg, data, teacher_path, progress)
     if cache is not None:
         tracker.log(state.parent_run_id, tags={TEACHER_CACHE_TAG: cache["path"]},

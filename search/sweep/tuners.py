@@ -22,7 +22,8 @@ from augtune.search.sweep.tolerant_optuna import TolerantOptunaSearch
 from augtune.search.sweep_config import SweepConfig, policy_space
 from augtune.spaces.candidates import numeric_params, parse_candidate
 from augtune.spaces.hyper import parse_hyperparameters
-from augtune.trainables.tune_trainables import data_parallel_trainable, trainable_of
+from augtune.trainables.data import DataBundle
+from augtune.trainables.tune_trainables import HandedData, data_key, data_parallel_trainable, trainable_of
 
 
 # ---------------------------------------------------------------- search space
@@ -105,13 +106,28 @@ def storage(cfg: SweepConfig) -> str:
     return str((job_dir(cfg) / "ray").resolve())
 
 
+_HANDED: dict[str, HandedData] = {}  # the data the driver loaded, by data section (one at a time)
+
+
+def hand_data_to_trials(cfg: SweepConfig, data: DataBundle) -> None:
+    """The data this driver loaded for `cfg` goes to the trials of its Tune phases with their fixed
+    inputs (one copy in Ray's object store per phase), so a fresh actor does not load it again."""
+    section = cfg.distill_dict()["data"]
+    _HANDED.clear()
+    _HANDED[data_key(section)] = HandedData(section, data)
+
+
 def method_trainable(cfg: SweepConfig, teacher_path: Optional[Path], track: Sequence[str] = ()):
     """The method's trainable with its fixed inputs and per-trial resources; `track` names the
     values each epoch records (PBT schedules). A restored experiment must get the same one as
     the experiment was built with (search_trainable / method_trainable)."""
 
     wanted = cfg.search.resources
-    fixed: dict[str, Any] = {"experiment": cfg.distill_dict()}
+    experiment = cfg.distill_dict()
+    fixed: dict[str, Any] = {"experiment": experiment}
+    handed = _HANDED.get(data_key(experiment["data"]))
+    if handed is not None:
+        fixed["handed_data"] = handed
     if track:
         fixed["track"] = list(track)
     if cfg.method.has_teacher:
