@@ -18,7 +18,7 @@ run: $(STAMP)
 	$(BIN)/augtune sweep configs/digits_sweep.yaml
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -m '' --durations=20 tests
+	$(BIN)/python -m pytest -m '' -n 2 --dist loadgroup --durations=20 tests
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest tests

@@ -2,6 +2,9 @@ import os
 
 # Ray and MLflow settings for tests: no auth token file in ~/.ray, no chdir into trial dirs.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# a test that starts Ray starts its own: never the `ray start` cluster a test beside it (pytest-xdist)
+# may have up; the cluster tests name the address they join
+os.environ.setdefault("RAY_ADDRESS", "local")
 os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")

@@ -15,7 +15,8 @@ from mlflow import MlflowClient
 
 from sweep_helpers import runs_by_stage, write_sweep_config
 
-pytestmark = pytest.mark.slow
+# the tests that start clusters with `ray start` run one after another, on one pytest-xdist worker
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray-start-clusters")]
 AUGTUNE = [sys.executable, "-m", "augtune.search.cli"]
 REPO = Path(__file__).resolve().parents[1]
 

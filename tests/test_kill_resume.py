@@ -24,9 +24,9 @@ WORKER_EPOCHS = 24
 
 
 def _env():
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", PYTHONPATH=str(REPO))
-    env.pop("RAY_ADDRESS", None)
-    return env
+    # "local": a Ray of the sweep's own, even while another test's `ray start` cluster is up (make
+    # test runs tests side by side; Ray would otherwise join the newest cluster on this machine)
+    return dict(os.environ, RAY_AUTH_MODE="disabled", PYTHONPATH=str(REPO), RAY_ADDRESS="local")
 
 
 def _stage(state_file: Path) -> str:
