@@ -10,6 +10,9 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "0")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# Ray Train's controller polls its workers every 2 s, so a data-parallel trial's epoch of a second
+# took 2 s; tests' epochs are tiny (trials still report every epoch, only sooner)
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 
 import pytest  # noqa: E402
 
@@ -26,6 +29,23 @@ def ray_session():
              **own_state_api())
     yield ray
     ray.shutdown()
+
+
+# ---- make test runs on pytest-xdist workers (--dist loadgroup)
+# A module-scoped fixture is built once per worker that runs one of its tests: the tests of each
+# fixture that runs a whole sweep share one worker, so it is built once.
+_SHARED_SWEEPS = ("pruned_sweep", "audited_sweep", "policy_sweep")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist names the groups
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for fixture in _SHARED_SWEEPS:
+            if fixture in item.fixturenames:
+                item.add_marker(pytest.mark.xdist_group(fixture))
+    # the slow end-to-end tests first: a worker that frees up late then takes a short test, not a
+    # two-minute kill test while the other worker idles
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 # ---- the suite leaves the checkout as it found it (no mlruns/, runs/, mlflow.db, reports/)
