@@ -37,12 +37,13 @@ def ray_session():
 _SHARED_SWEEPS = ("pruned_sweep", "audited_sweep", "policy_sweep")
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist names the groups
+def pytest_itemcollected(item):  # marked as collected: before xdist names the groups
+    for fixture in _SHARED_SWEEPS:
+        if fixture in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group(fixture))
+
+
 def pytest_collection_modifyitems(config, items):
-    for item in items:
-        for fixture in _SHARED_SWEEPS:
-            if fixture in item.fixturenames:
-                item.add_marker(pytest.mark.xdist_group(fixture))
     # the slow end-to-end tests first: a worker that frees up late then takes a short test, not a
     # two-minute kill test while the other worker idles
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
