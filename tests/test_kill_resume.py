@@ -351,7 +351,7 @@ def test_two_worker_trials_resume_after_sigkill(tmp_path, ray_session, monkeypat
     from augtune.search.results.tracking import TRIAL_TAG
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    epochs = 8
+    epochs = 6
     path = write_sweep_config(tmp_path, "kill", uri, num_samples=2, max_concurrent=1,
                               prune={"mode": "fixed", "candidate": "cutout"},
                               scheduler={"kind": "asha", "grace_period": 1, "reduction_factor": 2},

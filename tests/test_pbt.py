@@ -2,6 +2,9 @@
 replayed schedule applies its values epoch by epoch and reproduces the member exactly; a real
 PBT sweep keeps one MLflow run per member with every epoch logged once."""
 import json
+import shutil
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -207,3 +210,93 @@ def test_pbt_sweep_keeps_one_run_per_member_and_logs_schedules(tmp_path, ray_ses
     # the best member, exported from MLflow with its schedule, replays bit for bit without Ray
     summary = replay_exported_best(tmp_path, "pbt", uri)
     assert summary["val_loss"] == outcome.best.val_loss and summary["test_loss"] == outcome.best.test_loss
+
+
+def _counting_trainable():
+    """A member whose whole state is one number: each step adds its rate; a restore reports the
+    folder and the number it loaded."""
+    from ray import tune
+
+    class Counting(tune.Trainable):
+        def setup(self, config):
+            time.sleep(0.5)  # an actor's start: slower than a donor's steps
+            self.value, self.restored = 0.0, ("", -1.0)
+
+        def step(self):
+            self.value += self.config["rate"]
+            (restored_from, restored_value), self.restored = self.restored, ("", -1.0)  # with its first step only
+            return {"score": self.value, "restored_from": restored_from, "restored_value": restored_value}
+
+        def save_checkpoint(self, checkpoint_dir):
+            (Path(checkpoint_dir) / "value.json").write_text(json.dumps(self.value))
+
+        def load_checkpoint(self, checkpoint_dir):
+            self.value = json.loads((Path(checkpoint_dir) / "value.json").read_text())
+            self.restored = (str(checkpoint_dir), self.value)
+
+    return tune.with_resources(Counting, {"cpu": 0.5})
+
+
+@pytest.mark.parametrize("keep", [True, False], ids=["kept", "not-kept"])
+def test_an_exploiting_member_restores_after_the_donor_deleted_its_checkpoint(tmp_path, ray_session, keep):
+    """Two members, one climbing ten times faster: PBT points the slow one at the fast one's
+    checkpoint at every interval, and the donor's retention deletes that checkpoint before the
+    member restores. With KeepExploitedCheckpoints the member restores from its own
+    copy (the donor's number, at the donor's iteration) and no copy outlives the run; without it
+    the member fails, which is the race the callback exists for."""
+    from ray import tune
+    from ray.tune.schedulers import PopulationBasedTraining
+
+    from augtune.search.sweep.exploited_checkpoints import COPY_PREFIX, KeepExploitedCheckpoints
+
+    class DonorRetention(tune.Callback):
+        """Ray's retention keeping one checkpoint per donor: the one PBT named is deleted when the
+        donor has saved a newer one. Members start slower than a donor steps (`setup` sleeps), so
+        that happens before the exploiting member restores."""
+
+        def __init__(self):
+            self.named: dict[str, set[Path]] = {}
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            if trial.latest_checkpoint_result is not None:
+                path = Path(trial.latest_checkpoint_result.checkpoint.path)
+                if path.name.startswith(COPY_PREFIX):
+                    donor_id, _, index = path.name[len(COPY_PREFIX):].rpartition("_checkpoint_")
+                    path = Path(next(t for t in trials if t.trial_id == donor_id).path) / f"checkpoint_{index}"
+                if path.parent != Path(trial.path):
+                    self.named.setdefault(str(path.parent), set()).add(path)
+
+        def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+            for path in self.named.pop(str(Path(trial.path)), set()) - {Path(checkpoint.path)}:
+                shutil.rmtree(path, ignore_errors=True)
+
+    pbt = PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=1, quantile_fraction=0.5,
+                                  hyperparam_mutations={"rate": [0.1]}, resample_probability=1.0, synch=False)
+    callbacks = [*([KeepExploitedCheckpoints()] if keep else []), DonorRetention()]
+    tuner = tune.Tuner(_counting_trainable(), param_space={"rate": tune.grid_search([1.0, 0.1])},
+                       tune_config=tune.TuneConfig(metric="score", mode="max", scheduler=pbt),
+                       run_config=tune.RunConfig(name="pbt", storage_path=str(tmp_path), verbose=0, callbacks=callbacks,
+                                                 stop={"training_iteration": 3},
+                                                 checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=1),
+                                                 failure_config=tune.FailureConfig(max_failures=0)))
+    grid = tuner.fit()
+    if not keep:
+        assert grid.num_errors >= 1  # the member named a folder that was gone
+        return
+    assert grid.num_errors == 0
+    histories = {r.path: r.metrics_dataframe for r in grid}
+    restores = 0
+    for path, history in histories.items():
+        for row in history[history.restored_from != ""].itertuples():
+            restored = Path(row.restored_from)
+            assert restored.parent == Path(path), restored  # every restore from the member's own folder
+            if not restored.name.startswith(COPY_PREFIX):
+                continue  # its own checkpoint (PBT pauses a member that is ahead)
+            donor_id = restored.name[len(COPY_PREFIX):].rpartition("_checkpoint_")[0]
+            donor = next(h for p, h in histories.items() if donor_id in Path(p).name)
+            # the restored iteration is the donor's at its save: its number then
+            saved_at = int(row.training_iteration) - 1
+            assert row.restored_value == donor[donor.training_iteration == saved_at].score.item()
+            restores += 1
+    assert restores >= 1
+    assert not list(Path(grid.experiment_path).glob(f"*/{COPY_PREFIX}*"))

@@ -1,6 +1,7 @@
 """SSD: LWS touches only the scales, masked negatives contribute nothing, shot groups by hand,
 the MoCo momentum rule, and the stage chain with its checkpoints."""
 import copy
+import json
 import math
 
 import pytest
@@ -131,11 +132,15 @@ def test_chain_resumed_after_any_epoch_ends_exactly_as_the_uninterrupted_run(tmp
         last = chain.run_epoch()
         states.append((chain.stage, copy.deepcopy(chain.state_dict())))
     assert [stage for stage, _ in states] == [1, 2, 3, 4, 4]  # after each epoch, the stage that runs next
+    # the chain's curves count its own epochs across the stages (a stage counts from 1)
+    assert [row["epoch"] for row in chain.values.curves] == [1, 2, 3, 4, 5]
     expected = {k: v for k, v in last.items() if k.startswith(("test_", "val_", "train_"))}
     for index, (stage, state) in enumerate(states[:-1]):
         resumed = SSDChainRunner(cfg, work_dir=tmp_path / f"resume{index}")
         resumed.load_state_dict(state)
         assert resumed.stage == stage
+        # the epochs before the restore come with the state (a resumed trial logs from them what it lacks)
+        assert json.dumps(resumed.values.curves) == json.dumps(chain.values.curves[:index + 1])
         while not resumed.finished:
             final = resumed.run_epoch()
         got = {k: v for k, v in final.items() if k in expected}

@@ -348,7 +348,6 @@ class SSDChainRunner:
     """Stages I-IV (or III-IV from a saved stage-II teacher) as one run, one epoch per step."""
 
     show_progress = False
-    values = RunValues()  # a multi-stage run changes no value mid-way (Method.schedulable is False)
     parallel: Optional[DataParallel] = None
 
     def make_data_parallel(self, parallel: DataParallel, sync_batchnorm: bool = True) -> None:
@@ -366,6 +365,7 @@ class SSDChainRunner:
         if cfg.ssd.start_stage == 3 and teacher_checkpoint is None:
             raise ValueError("ssd.start_stage 3 needs the stage-II teacher checkpoint")
         self.index, self.epoch = 0, 0
+        self.values = RunValues()  # no value changes mid-way (Method.schedulable is False): the epochs' curves only
         self.completed: dict[str, float] = {}  # the last metrics of finished stages, carried forward
         teacher = load_checkpoint(teacher_checkpoint, self.data)[0] if self.stages[0] == 3 else None
         self.current = stage_runner(self.stages[0], cfg, self.data, self.seed, teacher)
@@ -396,6 +396,7 @@ class SSDChainRunner:
         if self.current.finished:
             self.completed.update({k: v for k, v in metrics.items() if f"_stage{stage}_" in k})
         metrics = {**self.completed, **metrics}
+        self.values.after_epoch(self, metrics)  # at the chain's epoch (a stage counts its own)
         if self.current.finished and self.index < len(self.stages) - 1:
             if self.work_dir is not None:
                 save_stage_output(self.work_dir, stage, self.current, self.cfg, self.data)
@@ -408,7 +409,7 @@ class SSDChainRunner:
 
     def state_dict(self) -> dict[str, Any]:
         state = {"index": self.index, "epoch": self.epoch, "current": self.current.state_dict(),
-                 "completed": dict(self.completed)}
+                 "completed": dict(self.completed), **self.values.state_dict()}
         # the frozen network the stage trains on, with the heads it has, so a restore rebuilds it
         if STAGES[self.stage].frozen is not None:
             frozen = self.current.frozen
@@ -430,6 +431,7 @@ class SSDChainRunner:
         self.current.load_state_dict(state["current"])
         self.epoch = state["epoch"]
         self.completed = dict(state["completed"])
+        self.values.load_state_dict(state)
 
 
 def _build(cfg, *, data=None, seed=None, teacher_checkpoint=None, work_dir=None) -> SSDChainRunner:

@@ -147,6 +147,11 @@ _BUILTIN_TRAINABLES = {"kd": KDTrainable, "sla": SLATrainable, "ssd": SSDTrainab
 
 # ---------------------------------------------------------------- several workers per trial
 
+# the first result after a data-parallel trial's restore carries its runner's earlier epochs (JSON
+# rows of `RunValues.curves`)
+EARLIER_EPOCHS = "earlier_epochs"
+
+
 def _data_parallel_worker(loop: dict[str, Any]) -> None:
     """One Ray Train worker of a multi-worker trial: the method's runner as one rank
     (trainables/distributed.py), resumed from the run's latest checkpoint; every rank reports each
@@ -160,7 +165,13 @@ def _data_parallel_worker(loop: dict[str, Any]) -> None:
         with saved.as_directory() as folder:
             load_runner_state(runner, folder)
     rank = ray.train.get_context().get_world_rank()
+    restored = saved is not None
     for metrics in drive_epochs(runner):
+        if restored:
+            # Ray Train keeps rank 0's checkpoint before its epoch reaches Tune: a driver killed in
+            # between never logged it. The trial logger logs from these the epochs it lacks.
+            metrics[EARLIER_EPOCHS] = json.dumps(runner.values.curves[:-1])
+            restored = False
         with tempfile.TemporaryDirectory() as folder:
             checkpoint = None
             if rank == 0:

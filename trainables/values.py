@@ -132,9 +132,10 @@ CURVE_PREFIXES = ("train_", "val_", "test_")  # the per-epoch metrics a lineage 
 class RunValues:
     """A run's changing values: the config's `schedule:` steps it replays, the names it records
     every epoch (`track`: the schedule's, or PBT's mutations), and that record, one row per epoch
-    (`log`), with the epoch's metrics beside it (`curves`). Both are saved with the checkpoint, so
-    a PBT exploit copies the donor's: the lineage of the network, every epoch of it, even those a
-    member skipped by taking a donor's later checkpoint."""
+    (`log`); and every epoch's metrics (`curves`, with the tracked values beside them). Both are
+    saved with the checkpoint, so a PBT exploit copies the donor's: the lineage of the network,
+    every epoch of it, even those a member skipped by taking a donor's later checkpoint; and a
+    resumed run has the epochs its checkpoint holds, even those a killed driver never logged."""
 
     def __init__(self, schedule_steps: Iterable = ()):
         self.steps = list(schedule_steps)
@@ -165,13 +166,14 @@ class RunValues:
             set_values(runner, scheduled)
 
     def after_epoch(self, runner, metrics: dict[str, Any]) -> dict[str, float]:
-        """Record the epoch's values and metrics; returns the numeric values as `schedule.NAME` metrics."""
+        """Record the epoch's metrics, and its values where names are tracked; returns the numeric
+        values as `schedule.NAME` metrics."""
+        self.curves.append({"epoch": runner.epoch, "lr": metrics["lr"],
+                            **{k: v for k, v in metrics.items() if k.startswith(CURVE_PREFIXES)}})
         if not self.tracked:
             return {}
         values = {name: value for name in self.tracked if (value := value_of(runner, name)) is not None}
         self.log.append({"epoch": runner.epoch, **values})
-        self.curves.append({"epoch": runner.epoch, "lr": metrics["lr"],
-                            **{k: v for k, v in metrics.items() if k.startswith(CURVE_PREFIXES)}})
         scheduled = {f"schedule.{k}": v for k, v in values.items() if isinstance(v, (int, float))}
         self.curves[-1].update(scheduled)
         return scheduled

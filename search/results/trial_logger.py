@@ -18,6 +18,7 @@ from ray.tune import Callback
 
 from augtune.search.results.tracking import (CANDIDATE_TAG, DIVERGED_TAG, PAIR_TAG, PHASE_TAG, SCHEDULE_TAG, TRIAL_TAG,
                                      Tracker)
+from augtune.trainables.tune_trainables import EARLIER_EPOCHS
 
 CURVE_PREFIXES = ("train_", "test_", "val_", "stage", "schedule.")
 CURVE_KEYS = ("images_per_second", "lr", "epoch_seconds", "epoch_cpu_seconds")
@@ -77,6 +78,9 @@ class TrialLogger(Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
         run_id = self.run_ids.get(trial.trial_id)
+        if run_id is not None and result.get(EARLIER_EPOCHS):
+            filled = self._fill_from_lineage(run_id, json.loads(result[EARLIER_EPOCHS]))
+            self.logged_steps[trial.trial_id] = max(self.logged_steps.get(trial.trial_id, 0), *filled, 0)
         step = int(result.get("epoch", result.get("training_iteration", 0)))
         if run_id is None or step <= self.logged_steps.get(trial.trial_id, 0):
             return
@@ -100,14 +104,18 @@ class TrialLogger(Callback):
             self._log_schedule(run_id, trial, json.loads(last["schedule_log"]))
         self.tracker.end_run(run_id, status)
 
-    def _fill_from_lineage(self, run_id: str, curves: list) -> None:
-        """A PBT member that took a donor's later checkpoint never reported the epochs between:
-        its curves get them from its lineage (the donor's metrics of those epochs, which made the
-        network it ended with), so the run has every epoch once. Epochs it logged stay as logged."""
+    def _fill_from_lineage(self, run_id: str, curves: list) -> list[int]:
+        """Epochs the run lacks, logged from the runner's curves: a PBT member that took a donor's
+        later checkpoint never reported the epochs between (its lineage has the donor's metrics of
+        those epochs, which made the network it ended with); a data-parallel trial resumed from a
+        checkpoint its killed driver never logged the epoch of. So the run has every epoch once;
+        epochs it logged stay as logged. Returns the epochs it logged."""
         logged = {m.step for m in self.tracker.client.get_metric_history(run_id, "lr")}
+        filled = [int(row["epoch"]) for row in curves if int(row["epoch"]) not in logged]
         for row in curves:
-            if row["epoch"] not in logged:
+            if int(row["epoch"]) in filled:
                 self.tracker.log(run_id, metrics={k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+        return filled
 
     def _log_schedule(self, run_id: str, trial, rows: list) -> None:
         """A PBT member's schedule (its lineage's values per epoch) as a table, a plot and the

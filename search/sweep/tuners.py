@@ -18,6 +18,7 @@ from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 from augtune.search.results.trials import TrialRow
 from augtune.search.selection.metric import metric_mode
 from augtune.search.standalone.proxy_job import job_dir
+from augtune.search.sweep.exploited_checkpoints import KeepExploitedCheckpoints
 from augtune.search.sweep.tolerant_optuna import TolerantOptunaSearch
 from augtune.search.sweep_config import SweepConfig, policy_space
 from augtune.spaces.candidates import numeric_params, parse_candidate
@@ -250,16 +251,14 @@ def build_pbt_tuner(cfg: SweepConfig, survivors: list[str], teacher_path: Option
                                   search_alg=sampler, scheduler=scheduler, num_samples=samples,
                                   reuse_actors=_reuse_actors(cfg))
     trainable = search_trainable(cfg, teacher_path)
-    # An exploiting member restores the donor's checkpoint at the donor's last boundary, possibly
-    # much later: after its actor restarts, or after a kill and --resume (Ray's saved state may
-    # name that checkpoint). Saving every epoch and keeping a few, the donor deleted it first
-    # (CI, Ray 2.60). Saving only at boundaries (PBT's own save may double one) and keeping 6
-    # keeps it for at least 3 more of the donor's intervals; a resumed member retrains at most
-    # interval - 1 epochs (the same ones: its generators are in the checkpoint; MLflow skips the
-    # steps it already has).
+    # Members save at boundaries only (PBT's own save may double one): a resumed member retrains
+    # at most interval - 1 epochs (the same ones: its generators are in the checkpoint; MLflow
+    # skips the steps it already has). Keeping 6 keeps the checkpoint the last saved experiment
+    # state names through 3 more intervals; an exploiting member restores from its own copy of
+    # the donor's (KeepExploitedCheckpoints), whatever the donor has deleted since.
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,
-                      run_config=_run_config(cfg, experiment_name, callback,
-                                             every=sched.perturbation_interval, keep_checkpoints=6))
+                      run_config=_run_config(cfg, experiment_name, callback, every=sched.perturbation_interval,
+                                             keep_checkpoints=6, more_callbacks=[KeepExploitedCheckpoints()]))
 
 
 # Set when Ctrl-C stopped a Tune phase of this process; phases.TunePhase clears it before each fit.
@@ -285,11 +284,12 @@ class InterruptWatch(tune.Callback):
         signal.signal(signal.SIGINT, noting)
 
 
-def _run_config(cfg: SweepConfig, experiment_name: str, callback, every: int = 1, keep_checkpoints: Optional[int] = 2):
+def _run_config(cfg: SweepConfig, experiment_name: str, callback, every: int = 1, keep_checkpoints: Optional[int] = 2,
+                more_callbacks: Sequence[tune.Callback] = ()):
     # a multi-worker trial's checkpoints are its Ray Train run's (trainables.tune_trainables.data_parallel_trainable)
     checkpoints = (tune.CheckpointConfig(checkpoint_frequency=every, num_to_keep=keep_checkpoints, checkpoint_at_end=True)
                    if cfg.search.resources.workers_per_trial == 1 else tune.CheckpointConfig())
-    return tune.RunConfig(name=experiment_name, storage_path=storage(cfg), callbacks=[callback, InterruptWatch()],
+    return tune.RunConfig(name=experiment_name, storage_path=storage(cfg), callbacks=[callback, InterruptWatch(), *more_callbacks],
                           verbose=1,
                           checkpoint_config=checkpoints, failure_config=tune.FailureConfig(max_failures=1))
 
