@@ -80,7 +80,7 @@ class TrialLogger(Callback):
         run_id = self.run_ids.get(trial.trial_id)
         if run_id is not None and result.get(EARLIER_EPOCHS):
             filled = self._fill_from_lineage(run_id, json.loads(result[EARLIER_EPOCHS]))
-            self.logged_steps[trial.trial_id] = max(self.logged_steps.get(trial.trial_id, 0), *filled, 0)
+            self.logged_steps[trial.trial_id] = max([self.logged_steps.get(trial.trial_id, 0), *filled])
         step = int(result.get("epoch", result.get("training_iteration", 0)))
         if run_id is None or step <= self.logged_steps.get(trial.trial_id, 0):
             return
@@ -111,10 +111,12 @@ class TrialLogger(Callback):
         checkpoint its killed driver never logged the epoch of. So the run has every epoch once;
         epochs it logged stay as logged. Returns the epochs it logged."""
         logged = {m.step for m in self.tracker.client.get_metric_history(run_id, "lr")}
-        filled = [int(row["epoch"]) for row in curves if int(row["epoch"]) not in logged]
+        filled = []
         for row in curves:
-            if int(row["epoch"]) in filled:
-                self.tracker.log(run_id, metrics={k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+            epoch = int(row["epoch"])
+            if epoch not in logged:
+                self.tracker.log(run_id, metrics={k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+                filled.append(epoch)
         return filled
 
     def _log_schedule(self, run_id: str, trial, rows: list) -> None:
