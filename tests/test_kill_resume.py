@@ -275,40 +275,49 @@ def _pbt_config(tmp_path: Path, uri: str) -> Path:
     return path
 
 
-def _furthest_epoch(experiments: Path) -> int:
-    furthest = 0
-    for results in experiments.glob("sweep-*/*/result.json"):
-        for line in results.read_text().splitlines()[-1:]:
-            try:
-                furthest = max(furthest, json.loads(line).get("epoch", 0))
-            except ValueError:  # a line being written
-                pass
-    return furthest
+def _exploits(experiments: Path) -> int:
+    """Ray's PBT appends a line to pbt_global.txt for every exploit, as it decides it."""
+    return sum(len(f.read_text().splitlines()) for f in experiments.glob("sweep-*/pbt_global.txt"))
 
 
-def _exploited(experiments: Path) -> bool:
-    """Ray's PBT writes a line to pbt_global.txt for every exploit."""
-    return any(f.stat().st_size > 0 for f in experiments.glob("sweep-*/pbt_global.txt"))
+def _logged_epoch_rows(uri: str) -> tuple[int, int]:
+    """(the most epochs one member has logged, the epochs all members have logged) in MLflow, which
+    the driver writes as each result arrives (Tune's result.json comes in bursts: a run alone
+    here showed no line before every member was at epoch 11)."""
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        exp = client.get_experiment_by_name("kill")
+        runs = client.search_runs([exp.experiment_id], "tags.`augtune.stage` = 'trial'") if exp else []
+        counts = [len(client.get_metric_history(r.info.run_id, "val_loss")) for r in runs]
+    except Exception:  # the database being created or written by the sweep
+        return 0, 0
+    return max(counts, default=0), sum(counts)
 
 
 def test_pbt_sweep_survives_sigkill_at_several_moments(tmp_path, ray_session, monkeypatch, capfd):
-    """One PBT sweep killed three times — before the first perturbation, right after an exploit,
-    near the end — and resumed each time: every member's MLflow run has each epoch once, its
-    schedule (the lineage's values) one row for every epoch, Ray reported no checkpoint errors,
-    and the best member exported from MLflow replays bit for bit without Ray."""
+    """One PBT sweep killed right after an exploit, and its resume killed near the end (after it
+    logged epochs of its own: a kill before the restored members ran would test nothing), then
+    resumed to completion: every member's MLflow run has each epoch once, its schedule (the
+    lineage's values) one row for every epoch, Ray reported no checkpoint errors, and the best
+    member exported from MLflow replays bit for bit without Ray. A kill before the first
+    perturbation is the ASHA kill tests' restore from a member's own checkpoint."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     path = _pbt_config(tmp_path, uri)
     experiments = tmp_path / "runs" / "kill" / "ray"
-    moments = {"before the first perturbation": lambda: _furthest_epoch(experiments) >= PBT_INTERVAL - 1,
-               "an exploit": lambda: _exploited(experiments),  # Ray's PBT logs a line for each
-               "the end": lambda: _furthest_epoch(experiments) >= PBT_EPOCHS - 1}
+
+    def near_the_end(before) -> bool:
+        most, rows = _logged_epoch_rows(uri)
+        return most >= PBT_EPOCHS - 1 and rows > before[1]
+
+    moments = {"an exploit": lambda before: _exploits(experiments) > before[0], "the end": near_the_end}
     logs = []
     for attempt, (moment, ready) in enumerate(moments.items()):
         logs.append(tmp_path / f"attempt{attempt}.log")
         proc = subprocess.Popen([*AUGTUNE, "sweep", str(path), "--no-progress", *(["--resume"] if attempt else [])],
                                 cwd=tmp_path, env=_env(), stdout=open(logs[-1], "w"), stderr=subprocess.STDOUT,
                                 start_new_session=True)
-        _kill_when(proc, ready, moment=moment)
+        before = (_exploits(experiments), _logged_epoch_rows(uri)[1])
+        _kill_when(proc, lambda: ready(before), moment=moment)
     # the last resume in this process, on the session's Ray; Tune's controller logs here, to the
     # file descriptors capfd reads
     from augtune.search.cli import main
