@@ -2,18 +2,21 @@
 loader that turns any problem into a `ConfigError` naming the field and what is allowed."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
+import torch
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from augtune.spaces.candidates import DEFAULT_BASELINE, DEFAULT_CANDIDATES, expand_candidates, parse_candidate
-from augtune.spaces.hyper import check_names, parse_hyperparameters
+from augtune.spaces.hyper import changeable_during_run, check_names, parse_hyperparameters
 from augtune.spaces.policies import DEFAULT_POLICY_SPACE, PolicySpace
 from augtune.trainables.experiment_config import (DistillConfig, FileCheckError, Section, check_checkpoint_file,
                                                    resolve_config)
 from augtune.trainables.builtin_methods import REGISTRY, get_method
+from augtune.trainables.values import apply_trial_values
 
 
 class ConfigError(ValueError):
@@ -308,8 +311,6 @@ class SweepConfig(DistillConfig):
     def _search_domains_within_bounds(self) -> "SweepConfig":
         """Every value a search can reach (bounds, choices, constants) must be a valid setting,
         or trials would die (or be silently dropped) at run time."""
-        from augtune.trainables.values import apply_trial_values
-
         base = self.model_dump(mode="json", include=self.distill_keys())
         for h in parse_hyperparameters(self.search.hyperparameters):
             for value in h.extremes():
@@ -324,8 +325,6 @@ class SweepConfig(DistillConfig):
 
     @model_validator(mode="after")
     def _pbt(self) -> "SweepConfig":
-        from augtune.spaces.hyper import changeable_during_run
-
         s = self.search
         if s.scheduler.kind != "pbt":
             return self
@@ -373,9 +372,6 @@ class SweepConfig(DistillConfig):
         Checked when a sweep starts, not on load: shipped GPU configs load anywhere."""
         if self.search.ray_address:
             return
-        import os
-
-        import torch
 
         cpus, gpus = os.cpu_count() or 1, torch.cuda.device_count()
         wanted = self.search.resources

@@ -17,6 +17,7 @@ whether a policy lies inside it.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence, Union
@@ -152,8 +153,6 @@ class PolicySpace:
 
     def enumerate(self):
         """Every policy, in a fixed order (use on small spaces)."""
-        import itertools
-
         def ops(stage):
             for choice in self.stages[stage]:
                 names = [name for name, _ in choice.grid]

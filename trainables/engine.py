@@ -6,17 +6,19 @@ import contextlib
 import math
 import os
 import random
+import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from augtune.spaces import ops
 from augtune.trainables.checkpoint_io import CheckpointError, read_checkpoint  # noqa: F401 (re-exported)
 from augtune.trainables.experiment_config import TrainConfig
-from augtune.trainables.data import DataBundle
+from augtune.trainables.data import BatchFeeder, DataBundle
 from augtune.trainables.models import Network, build_model
 
 
@@ -210,8 +212,6 @@ def evaluate(model: torch.nn.Module, feeder, pipeline: InputPipeline, device: to
 def evaluate_split(model: torch.nn.Module, data: DataBundle, device: torch.device, split: str = "test",
                    batch_size: int = 512) -> dict[str, float]:
     """Accuracy and CE loss of a network on one split, outside any runner."""
-    from augtune.trainables.data import BatchFeeder
-
     feeder = BatchFeeder(getattr(data, split), batch_size, device, shuffle=False)
     return evaluate(model, feeder, InputPipeline(data, device), device)
 
@@ -273,10 +273,6 @@ def progress_bar(iterable=None, *, nested: bool = False, **options):
     """tqdm that suits where its output goes: on a terminal, as usual; in a log file (stderr not
     a terminal), a line at most every 30 s and no nested per-batch bars, which would print a
     line for every epoch."""
-    import sys
-
-    from tqdm.auto import tqdm
-
     interactive = sys.stderr.isatty()
     if not interactive:
         options["mininterval"] = max(options.get("mininterval", 0.1), 30.0)

@@ -10,9 +10,11 @@ import importlib
 from pathlib import Path
 from typing import Any, Literal, Optional, Union, get_args, get_origin
 
+import torch
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
                       model_validator)
 
+from augtune.trainables.checkpoint_io import CheckpointError, read_checkpoint
 from augtune.trainables.method import BUILTIN_NAMES, REGISTRY
 from augtune.trainables.models import (MODEL_REGISTRY, InputSpec, build_model, check_model_name,
                                        load_own_layout, module_for_weights, pretrained_input, pretrained_weights,
@@ -52,8 +54,6 @@ class FileCheckError(ValueError):
 
 def check_checkpoint_file(path: Path) -> None:
     """Refuse, at load time, a checkpoint that is missing or not augtune's (before anything runs)."""
-    from augtune.trainables.checkpoint_io import CheckpointError, read_checkpoint
-
     if not path.is_file():
         raise ValueError(f"checkpoint {path} does not exist; train one first "
                          "(augtune train teacher CONFIG) or remove the field")
@@ -76,8 +76,6 @@ def input_facts(section: Any) -> Optional[InputSpec]:
         return section.get(key) if isinstance(section, dict) else getattr(section, key, None)
 
     if get("checkpoint"):
-        from augtune.trainables.checkpoint_io import CheckpointError, read_checkpoint
-
         try:
             payload = read_checkpoint(Path(get("checkpoint")), lazy=True)  # its facts; the field's check reads it
             return InputSpec(int(payload["data"]["image_size"]), tuple(payload["mean"]), tuple(payload["std"]))
@@ -311,8 +309,6 @@ class ExperimentConfig(Section):
     @field_validator("device")
     @classmethod
     def _device_exists(cls, value: str) -> str:
-        import torch
-
         if value == "cuda" and not torch.cuda.is_available():
             raise ValueError("cuda was requested but no CUDA device is visible; use auto or cpu")
         return value

@@ -17,7 +17,7 @@ import torch
 
 from augtune.trainables.experiment_config import ExperimentConfig, TrainConfig
 from augtune.trainables.data import BatchFeeder, DataBundle, load_data
-from augtune.trainables.distributed import DataParallel
+from augtune.trainables.distributed import DataParallel, sync_batchnorm as to_sync
 from augtune.trainables.engine import (InputPipeline, accuracy_and_loss, autocast, build_optimizer, build_scheduler,
                                        predict_logits, progress_bar, resolve_device, save_atomic, seed_everything)
 from augtune.trainables.metrics import shot_accuracy, shot_groups
@@ -186,8 +186,6 @@ class EpochRunner:
     def make_data_parallel(self, parallel: DataParallel, sync_batchnorm: bool = True) -> None:
         """Train as one rank of `parallel` (trainables/distributed.py): rank 0's weights on every
         rank, BatchNorm synchronised on accelerators when `sync_batchnorm`."""
-        from augtune.trainables.distributed import sync_batchnorm as to_sync
-
         self.parallel = parallel
         if sync_batchnorm:
             for module in self.modules().values():

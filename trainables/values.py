@@ -14,6 +14,7 @@ from typing import Any, Iterable, Literal
 
 from augtune.spaces.hyper import TRAIN_HYPERPARAMETERS, changeable_during_run
 from augtune.trainables.method import REGISTRY, method_names
+from augtune.spaces.candidates import numeric_params, parse_candidate, with_values
 
 ValueKind = Literal["augmentation", "train", "section", "candidate"]
 
@@ -33,8 +34,6 @@ def apply_trial_values(experiment: dict, values: dict, method: str) -> dict:
     batch_size/epochs to student.train, `kd.x`/`sla.x`/`ssd.x` to that section, `augmentation` to
     `method`'s augmentation, and `kind.param` values into that augmentation's id when it is of
     that kind. Other keys (seed, Optuna's own) are not settings."""
-    from augtune.spaces.candidates import parse_candidate, with_values
-
     out = copy.deepcopy(experiment)
     candidate_values = {}
     for key, value in values.items():
@@ -58,8 +57,6 @@ def apply_trial_values(experiment: dict, values: dict, method: str) -> dict:
 def check_schedule_value(cfg, name: str, value, where: str) -> None:
     """Refuse a value a run cannot switch to mid-way (`cfg` a DistillConfig), naming `where` it
     came from."""
-    from augtune.spaces.candidates import numeric_params, parse_candidate
-
     method_settings = {n for m in REGISTRY.values() for n in m.hyperparameters}
     fixed = {n for m in REGISTRY.values() for n in m.fixed_during_run}
 
@@ -110,8 +107,6 @@ def value_of(runner, name: str) -> Any:
 def set_values(runner, values: dict[str, Any]) -> None:
     """Switch `runner` to `values` from its next batch on: the augmentation first, then its
     parameters, the optimiser's lr / weight decay / momentum, the method's settings."""
-    from augtune.spaces.candidates import parse_candidate, with_values
-
     if "augmentation" in values and runner.candidate is not None:
         runner.candidate = parse_candidate(values["augmentation"])
         runner.cfg.section(runner.method_section).augmentation = runner.candidate.id

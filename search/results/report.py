@@ -17,6 +17,7 @@ from statistics import mean
 from typing import Optional
 
 import numpy as np
+from mlflow import MlflowClient
 from scipy import stats
 
 from augtune.search.results.tracking import (BASELINE_VERDICT_TAG, CANDIDATE_TAG, PAIR_TAG, REPORT_VERDICT_TAG, STAGE_TAG,
@@ -173,8 +174,6 @@ def trust_analysis(points: list[CandidatePoint], correlations: list[Correlation]
 
 
 def build_reports(uri: str, experiment: str, sweep_run_id: Optional[str] = None) -> list[PairReport]:
-    from mlflow import MlflowClient
-
     if MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment) is None:
         raise ReportError(f"no MLflow experiment named {experiment!r} at {uri}")
     tracker = Tracker(uri, experiment)

@@ -11,11 +11,13 @@ trial-id tag) is reused and epochs already logged are skipped, so nothing is log
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Mapping, Optional
 
 from ray.tune import Callback
 
+from augtune.search.results import schedule
 from augtune.search.results.tracking import (CANDIDATE_TAG, DIVERGED_TAG, PAIR_TAG, PHASE_TAG, SCHEDULE_TAG, TRIAL_TAG,
                                      Tracker)
 from augtune.trainables.tune_trainables import EARLIER_EPOCHS
@@ -123,10 +125,6 @@ class TrialLogger(Callback):
         """A PBT member's schedule (its lineage's values per epoch) as a table, a plot and the
         config it ended with; its candidate tag becomes the augmentation it ended with (the
         params logged at its start are its first values, kept as they were)."""
-        import tempfile
-
-        from augtune.search.results import schedule
-
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             self.tracker.log_file(run_id, schedule.write_csv(rows, folder / "schedule.csv"))

@@ -26,11 +26,14 @@ from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
+from scipy.stats import norm
 
 from augtune.spaces.candidates import Candidate, Context
 from augtune.trainables.data import BatchFeeder, DataBundle
 from augtune.trainables.engine import InputPipeline, progress_bar
+from augtune.trainables.experiment_config import DistillConfig
 from augtune.trainables.runner import drive_epochs
+from augtune.trainables.values import apply_trial_values
 
 
 def t_stddev(group_means: np.ndarray) -> float:
@@ -45,8 +48,6 @@ def bootstrap_interval(group_means: np.ndarray, resamples: int, confidence: floa
     """BCa bootstrap interval of T.stddev over groups drawn with replacement (Efron 1987).
     A plain percentile interval sits low here: resampled std estimates are biased downwards;
     the bias correction z0 and the jackknife acceleration a re-centre it."""
-    from scipy.stats import norm
-
     k = len(group_means)
     if resamples == 0 or k < 3:
         return float("nan"), float("nan")
@@ -370,9 +371,6 @@ def low_fidelity_scores(cfg, data: DataBundle, teacher_path, epochs: int, candid
     hyperparameters) trained `epochs` epochs of its full schedule, scored by its validation loss
     there (test loss without a validation split) — what the first rung of successive halving
     sees. Returns {candidate: (score, seconds)}."""
-    from augtune.trainables.experiment_config import DistillConfig
-    from augtune.trainables.values import apply_trial_values
-
     method = cfg.method
     out = {}
     bar = progress_bar(total=epochs * len(candidates), desc="low-fidelity students", unit="epoch",

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+from scipy import stats
 
 
 @dataclass
@@ -34,8 +35,6 @@ class Separability:
 
 
 def separability(groups: Sequence[Sequence[float]]) -> Separability:
-    from scipy.stats import f_oneway
-
     groups = [np.asarray(g, dtype=float) for g in groups if len(g) > 0]
     sizes = np.array([len(g) for g in groups])
     means = np.array([g.mean() for g in groups])
@@ -48,7 +47,7 @@ def separability(groups: Sequence[Sequence[float]]) -> Separability:
     msb = float((sizes * (means - grand) ** 2).sum() / (len(groups) - 1))
     msw = float(sum(((g - g.mean()) ** 2).sum() for g in groups) / dof_within)
     k = float(sizes.mean())
-    result = f_oneway(*groups) if msw > 0 else None
+    result = stats.f_oneway(*groups) if msw > 0 else None
     f = float(result.statistic) if result is not None else float("inf")
     p = float(result.pvalue) if result is not None else 0.0
     icc1 = (msb - msw) / (msb + (k - 1) * msw) if msb + (k - 1) * msw > 0 else float("nan")
@@ -64,8 +63,6 @@ def noise_ceiling(sep: Separability) -> float:
 
 
 def _correlations(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    from scipy import stats
-
     if np.ptp(y) == 0 or np.ptp(x) == 0:
         return {"pearson": float("nan"), "spearman": float("nan"), "kendall": float("nan")}
     return {"pearson": float(stats.pearsonr(x, y).statistic), "spearman": float(stats.spearmanr(x, y).statistic),

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import csv
 import json
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 
-from augtune.search.sweep_config import SweepConfig
+from augtune.search.sweep_config import ConfigError, SweepConfig, TrackingConfig
 from augtune.search.selection.proxy import ProxyScore, format_table, low_fidelity_scores, rank_scores, score_candidates
 from augtune.search.standalone.teacher import obtain_method_teacher
 from augtune.search.results.tracking import PAIR_TAG, Tracker, log_proxy_scores
-from augtune.trainables.data import DataBundle
+from augtune.trainables.data import DataBundle, load_data
 from augtune.trainables.engine import InputPipeline, evaluate_split, load_checkpoint, resolve_device
 
 
@@ -30,9 +32,6 @@ class ProxyOutcome:
 def load_checked_data(cfg: SweepConfig, proxy: bool = True) -> DataBundle:
     """The config's data, with loading problems (missing or corrupt files, impossible counts)
     turned into ConfigErrors naming the field, and the proxy's batching checked against it."""
-    from augtune.search.sweep_config import ConfigError
-    from augtune.trainables.data import load_data
-
     try:
         data = load_data(cfg.data)
     except (ValueError, OSError, RuntimeError) as exc:
@@ -54,8 +53,6 @@ def load_checked_data(cfg: SweepConfig, proxy: bool = True) -> DataBundle:
 def check_teacher_weights(cfg: SweepConfig, data: DataBundle) -> None:
     """Weights whose classifier has another class count than the data are refused (naming both)
     unless the teacher is fine-tuned from them with a new head."""
-    from augtune.search.sweep_config import ConfigError
-
     t = cfg.teacher
     if t.checkpoint is not None or (t.weights is None and not t.pretrained) or t.fine_tune:
         return
@@ -72,11 +69,6 @@ def check_tracking_uri(uri: str, must_exist: bool = False) -> None:
     """Fail fast (exit 2) on a tracking store that cannot work: a scheme MLflow cannot use, a
     server that does not answer its health check within 5 s, or (for queries) a sqlite file
     that does not exist, which MLflow would otherwise create."""
-    import urllib.error
-    import urllib.request
-
-    from augtune.search.sweep_config import ConfigError, TrackingConfig
-
     try:
         TrackingConfig(uri=uri)
     except ValueError as exc:

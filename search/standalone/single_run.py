@@ -16,10 +16,12 @@ import torch
 from augtune.search.sweep_config import ConfigError, SweepConfig
 from augtune.search.standalone.proxy_job import check_tracking_uri, load_checked_data, pair_name
 from augtune.search.results.tracking import CANDIDATE_TAG, PAIR_TAG, Tracker
+from augtune.spaces.candidates import parse_candidate
 from augtune.trainables.engine import progress_bar, resolve_device, save_checkpoint
 from augtune.trainables.builtin_methods import REGISTRY, get_method
 from augtune.trainables.runner import (RUNNER_STATE_FILE, drive_epochs, load_runner_state, runner_metrics,
                                         save_runner_state)
+from augtune.search.standalone.teacher import obtain_method_teacher
 
 
 def run_folder(cfg: SweepConfig, method: str) -> Path:
@@ -27,8 +29,6 @@ def run_folder(cfg: SweepConfig, method: str) -> Path:
 
 
 def _check_augmentation(method, augmentation: str) -> None:
-    from augtune.spaces.candidates import parse_candidate
-
     try:
         candidate = parse_candidate(augmentation)
     except ValueError as exc:
@@ -41,8 +41,6 @@ def _check_augmentation(method, augmentation: str) -> None:
 def build_runner(cfg: SweepConfig, method_name: str, augmentation: str, seed: int, data, progress: bool):
     """The method's runner (from the registry), its teacher obtained (loaded, or trained once)
     where it needs one."""
-    from augtune.search.standalone.teacher import obtain_method_teacher
-
     method = get_method(method_name)
     section = cfg.section(method_name)
     if hasattr(section, "augmentation"):

@@ -19,8 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from augtune.search.results.tracking import CANDIDATE_TAG, PHASE_TAG, SUPERSEDED_TAG, Tracker
+from augtune.search.standalone.proxy_job import job_dir, load_checked_data, score_with_config
+from augtune.search.sweep.driver import run_sweep
+from augtune.search.sweep.state import SweepState
 from augtune.search.sweep_config import ConfigError, SweepConfig
 from augtune.search.tables.learning_curves import CURVE_METRICS, read_jsonl, regime_from_runs, write_table
+from augtune.trainables.engine import load_checkpoint, resolve_device
 
 MIN_SEEDS = 3  # a replay shows a search 2 seeds and keeps >= 1 as the truth
 PROXY_LOG = "table-proxy.jsonl"
@@ -51,9 +56,6 @@ def table_overrides(seeds: int, proxy_seeds: int) -> dict[str, Any]:
 def check_table_config(cfg: SweepConfig, output: Path, resume: bool) -> None:
     """Refused before Ray starts or anything is written: a method without a teacher (no proxy to
     tabulate), an output that is a folder, a --resume of a job folder whose last job was a sweep."""
-    from augtune.search.standalone.proxy_job import job_dir
-    from augtune.search.sweep.state import SweepState
-
     if not cfg.method.has_teacher:
         raise ConfigError(f"search.method: {cfg.search.method} has no teacher, so no proxy to tabulate; "
                           "a table needs a method with a teacher (kd, sla, ssd)")
@@ -72,11 +74,6 @@ def default_table_path(cfg: SweepConfig) -> Path:
 def run_table(cfg: SweepConfig, proxy_seeds: int, output: Path, resume: bool = False,
               progress: bool = True) -> TableOutcome:
     """The grid (a validation sweep), the further proxy seeds, the table written and logged."""
-    from augtune.search.results.tracking import Tracker
-    from augtune.search.standalone.proxy_job import job_dir
-    from augtune.search.sweep.driver import run_sweep
-    from augtune.search.sweep.state import SweepState
-
     outcome = run_sweep(cfg, resume=resume, progress=progress)
     if outcome.interrupted:
         return TableOutcome(None)
@@ -109,15 +106,10 @@ def further_proxy_rows(cfg: SweepConfig, teacher_path: Path, parent_run_id: str,
     """The proxy zoo at each further seed, with the sweep's proxy settings (the sweep's own scoring
     call; a low-fidelity student score is the first seed's only); the seeds logged in
     JOB_DIR/table-proxy.jsonl for this sweep run are read, not scored again."""
-    from augtune.search.standalone.proxy_job import job_dir
-
     log = job_dir(cfg) / PROXY_LOG
     done = {row["proxy_seed"]: row for row in read_jsonl(log) if row.get("sweep_run") == parent_run_id}
     todo = [seed for seed in seeds if seed not in done]
     if todo:
-        from augtune.search.standalone.proxy_job import load_checked_data, score_with_config
-        from augtune.trainables.engine import load_checkpoint, resolve_device
-
         data = load_checked_data(cfg, proxy=True)
         device = resolve_device(cfg.device)
         teacher, _ = load_checkpoint(teacher_path, data, device)
@@ -133,8 +125,6 @@ def further_proxy_rows(cfg: SweepConfig, teacher_path: Path, parent_run_id: str,
 def trial_curves(tracker, parent_run_id: str) -> list[dict[str, Any]]:
     """Every finished trial of the sweep as {candidate, seed, run_id, METRIC: per-epoch values},
     from MLflow: the durable record (a resumed sweep's trials are there once, superseded runs left out)."""
-    from augtune.search.results.tracking import CANDIDATE_TAG, PHASE_TAG, SUPERSEDED_TAG
-
     rows = []
     for run in tracker.children(parent_run_id, "trial"):
         tags = run.data.tags
