@@ -45,15 +45,17 @@ def _finished_trials(uri: str) -> int:
                                                                         "tags.`augtune.stage` = 'trial'"))
 
 
-def _logged_epochs(uri: str) -> int:
-    """The most epochs any trial run of experiment `kill` has logged so far."""
+def _logged_epochs(uri: str) -> list[int]:
+    """The epochs each trial run of experiment `kill` has logged to MLflow so far, which the driver
+    writes as each result arrives (Tune's result.json comes in bursts: a PBT run alone here showed
+    no line before every member was at epoch 11)."""
     client = MlflowClient(tracking_uri=uri)
     try:
         exp = client.get_experiment_by_name("kill")
         runs = client.search_runs([exp.experiment_id], "tags.`augtune.stage` = 'trial'") if exp else []
-        return max((len(client.get_metric_history(r.info.run_id, "val_loss")) for r in runs), default=0)
+        return [len(client.get_metric_history(r.info.run_id, "val_loss")) for r in runs]
     except Exception:  # the database being created or written by the sweep
-        return 0
+        return []
 
 
 def _kill_when(proc, ready, timeout=300, moment="the kill point") -> None:
@@ -280,20 +282,6 @@ def _exploits(experiments: Path) -> int:
     return sum(len(f.read_text().splitlines()) for f in experiments.glob("sweep-*/pbt_global.txt"))
 
 
-def _logged_epoch_rows(uri: str) -> tuple[int, int]:
-    """(the most epochs one member has logged, the epochs all members have logged) in MLflow, which
-    the driver writes as each result arrives (Tune's result.json comes in bursts: a run alone
-    here showed no line before every member was at epoch 11)."""
-    client = MlflowClient(tracking_uri=uri)
-    try:
-        exp = client.get_experiment_by_name("kill")
-        runs = client.search_runs([exp.experiment_id], "tags.`augtune.stage` = 'trial'") if exp else []
-        counts = [len(client.get_metric_history(r.info.run_id, "val_loss")) for r in runs]
-    except Exception:  # the database being created or written by the sweep
-        return 0, 0
-    return max(counts, default=0), sum(counts)
-
-
 def test_pbt_sweep_survives_sigkill_at_several_moments(tmp_path, ray_session, monkeypatch, capfd):
     """One PBT sweep killed right after an exploit, and its resume killed near the end (after it
     logged epochs of its own: a kill before the restored members ran would test nothing), then
@@ -306,17 +294,17 @@ def test_pbt_sweep_survives_sigkill_at_several_moments(tmp_path, ray_session, mo
     experiments = tmp_path / "runs" / "kill" / "ray"
 
     def near_the_end(before) -> bool:
-        most, rows = _logged_epoch_rows(uri)
-        return most >= PBT_EPOCHS - 1 and rows > before[1]
+        epochs = _logged_epochs(uri)
+        return max(epochs, default=0) >= PBT_EPOCHS - 1 and sum(epochs) > before[1]
 
     moments = {"an exploit": lambda before: _exploits(experiments) > before[0], "the end": near_the_end}
     logs = []
     for attempt, (moment, ready) in enumerate(moments.items()):
         logs.append(tmp_path / f"attempt{attempt}.log")
+        before = (_exploits(experiments), sum(_logged_epochs(uri)))  # what earlier attempts left
         proc = subprocess.Popen([*AUGTUNE, "sweep", str(path), "--no-progress", *(["--resume"] if attempt else [])],
                                 cwd=tmp_path, env=_env(), stdout=open(logs[-1], "w"), stderr=subprocess.STDOUT,
                                 start_new_session=True)
-        before = (_exploits(experiments), _logged_epoch_rows(uri)[1])
         _kill_when(proc, lambda: ready(before), moment=moment)
     # the last resume in this process, on the session's Ray; Tune's controller logs here, to the
     # file descriptors capfd reads
@@ -370,7 +358,7 @@ def test_two_worker_trials_resume_after_sigkill(tmp_path, ray_session, monkeypat
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     experiments = tmp_path / "runs" / "kill" / "ray"
     # MLflow, not Tune's result files (Tune writes a function trial's results in bursts)
-    _kill_when(proc, lambda: 2 <= _logged_epochs(uri) < epochs - 2)
+    _kill_when(proc, lambda: 2 <= max(_logged_epochs(uri), default=0) < epochs - 2)
     _resume_here(path, monkeypatch, capsys)
     client = MlflowClient(tracking_uri=uri)
     runs = runs_by_stage(uri, "kill")["trial"]

@@ -15,13 +15,13 @@ import torch
 
 from augtune.search.sweep_config import ConfigError, SweepConfig
 from augtune.search.standalone.proxy_job import check_tracking_uri, load_checked_data, pair_name
+from augtune.search.standalone.teacher import obtain_method_teacher
 from augtune.search.results.tracking import CANDIDATE_TAG, PAIR_TAG, Tracker
 from augtune.spaces.candidates import parse_candidate
 from augtune.trainables.engine import progress_bar, resolve_device, save_checkpoint
 from augtune.trainables.builtin_methods import REGISTRY, get_method
 from augtune.trainables.runner import (RUNNER_STATE_FILE, drive_epochs, load_runner_state, runner_metrics,
                                         save_runner_state)
-from augtune.search.standalone.teacher import obtain_method_teacher
 
 
 def run_folder(cfg: SweepConfig, method: str) -> Path:
