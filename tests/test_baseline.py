@@ -90,3 +90,122 @@ def test_a_finished_run_ray_forgot_is_superseded_and_left_out_of_best(tmp_path):
     assert tracker.client.get_run(ids["forgotten"]).info.status == "FINISHED"  # nothing logged is lost
     assert [row.trial_id for row in trial_rows(tracker, parent)] == ["kept"]
     assert supersede_forgotten(tracker, parent, {"kept", "running"}) == 0  # once
+
+
+# ---------------------------------------------------------------- the baseline after the search, in its experiment
+
+class _ListSearch:
+    """A searcher that hands out fixed configs in order (Ray's Searcher interface, what
+    SearchThenBaseline calls) and records what it was told."""
+
+    def __init__(self, configs):
+        self.configs, self.told = list(configs), []
+
+    def set_search_properties(self, metric, mode, config, **spec):
+        return True
+
+    def suggest(self, trial_id):
+        return self.configs.pop(0) if self.configs else "FINISHED"
+
+    def on_trial_result(self, trial_id, result):
+        pass
+
+    def on_trial_complete(self, trial_id, result=None, error=False):
+        self.told.append(trial_id)
+
+    def save(self, path):
+        import pickle
+
+        with open(path, "wb") as f:
+            pickle.dump((self.configs, self.told), f)
+
+    def restore(self, path):
+        import pickle
+
+        with open(path, "rb") as f:
+            self.configs, self.told = pickle.load(f)
+
+
+def _search_then_baseline(full_epochs=10):
+    from augtune.search.sweep.baseline_in_search import SearchThenBaseline
+
+    inner = _ListSearch([{"augmentation": "a", "lr": 0.1}, {"augmentation": "b", "lr": 0.2},
+                         {"augmentation": "c", "lr": 0.3}])
+    return SearchThenBaseline(inner, 3, 2, "val_loss", "min", RECIPE, 2, 0, full_epochs), inner
+
+
+def _end(searcher, trial_id, epoch, val_loss):
+    searcher.on_trial_complete(trial_id, {"trial_id": trial_id, "epoch": epoch, "val_loss": val_loss})
+
+
+def test_the_search_goes_on_with_the_baseline_of_its_best_full_length_trial_then_of_the_chosen():
+    searcher, inner = _search_then_baseline()
+    assert searcher.suggest("t1") == {"augmentation": "a", "lr": 0.1}
+    assert searcher.suggest("t2") == {"augmentation": "b", "lr": 0.2}
+    assert searcher.suggest("t3") is None  # 2 running: the concurrency bound
+    _end(searcher, "t1", 3, 0.05)  # stopped early by ASHA: the best loss, but not full length
+    assert searcher.suggest("t3") == {"augmentation": "c", "lr": 0.3}
+    assert searcher.suggest("t4") is None
+    _end(searcher, "t2", 10, 0.4)  # the only full-length trial: the guess
+    guess = searcher.suggest("t4")
+    assert guess == {"augmentation": RECIPE, "seed": 0, "lr": 0.2, "phase": "baseline"}
+    _end(searcher, "t3", 10, 0.3)  # c beats b: the search is over, c is chosen
+    # c's points, in baseline_points' order: the recipe at seeds 0 and 1, c again at seed 1
+    assert searcher.suggest("t5") == {"augmentation": RECIPE, "seed": 0, "lr": 0.3, "phase": "baseline"}
+    assert searcher.suggest("t6") is None  # t4 and t5 run
+    searcher.on_trial_complete("t4", {"epoch": 10, "val_loss": 0.5})
+    assert searcher.suggest("t6") == {"augmentation": RECIPE, "seed": 1, "lr": 0.3, "phase": "baseline"}
+    searcher.on_trial_complete("t5", {"epoch": 10, "val_loss": 0.5})
+    assert searcher.suggest("t7") == {"augmentation": "c", "seed": 1, "lr": 0.3, "phase": "baseline"}
+    assert searcher.suggest("t8") == "FINISHED"
+    assert inner.told == ["t1", "t2", "t3"]  # the search's own searcher hears of its trials only
+
+
+def test_nothing_follows_when_the_recipe_itself_is_chosen():
+    from augtune.search.sweep.baseline_in_search import SearchThenBaseline
+
+    searcher = SearchThenBaseline(_ListSearch([{"augmentation": RECIPE, "lr": 0.1}]), 1, 2, "val_loss", "min",
+                                  RECIPE, 2, 0, 10)
+    assert searcher.suggest("t1")["augmentation"] == RECIPE
+    assert searcher.suggest("t2") is None  # the search runs: nothing to guess from
+    _end(searcher, "t1", 10, 0.3)
+    assert searcher.suggest("t2") == "FINISHED"
+
+
+def test_a_restored_searcher_goes_on_where_its_saved_record_left_off(tmp_path):
+    searcher, _ = _search_then_baseline()
+    for trial_id in ("t1", "t2"):
+        searcher.suggest(trial_id)
+    _end(searcher, "t1", 10, 0.2)
+    searcher.save(str(tmp_path / "state.pkl"))
+    restored, inner = _search_then_baseline()
+    restored.restore(str(tmp_path / "state.pkl"))
+    assert inner.told == ["t1"] and inner.configs == [{"augmentation": "c", "lr": 0.3}]
+    # what ran is not saved: t2, restored by Tune, says so with its first result
+    restored.on_trial_result("t2", {"epoch": 4, "val_loss": 0.9, "config": {"augmentation": "b", "lr": 0.2}})
+    assert restored.suggest("t3") == {"augmentation": "c", "lr": 0.3}
+    assert restored.suggest("t4") is None  # t2 and t3 run
+    _end(restored, "t2", 10, 0.5)
+    assert restored.suggest("t4") == {"augmentation": RECIPE, "seed": 0, "lr": 0.1, "phase": "baseline"}
+
+
+def test_asha_leaves_the_baseline_trials_out_of_its_rungs():
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from augtune.search.sweep.baseline_in_search import SearchOnlyASHA
+
+    asha = SearchOnlyASHA(time_attr="training_iteration", metric="val_loss", mode="min", max_t=10, grace_period=1,
+                          reduction_factor=2)
+    good, bad = SimpleNamespace(trial_id="good", config={}), SimpleNamespace(trial_id="bad", config={})
+    baseline = SimpleNamespace(trial_id="base", config={"phase": "baseline"})
+    for trial in (good, bad, baseline):
+        asha.on_trial_add(None, trial)
+    assert asha.on_trial_result(None, good, {"training_iteration": 1, "val_loss": 0.1}) == TrialScheduler.CONTINUE
+    assert asha.on_trial_result(None, bad, {"training_iteration": 1, "val_loss": 9.0}) == TrialScheduler.STOP
+    for iteration in (1, 2, 4, 10):  # worse than anything, and at max_t: still trains (and ends itself)
+        assert asha.on_trial_result(None, baseline, {"training_iteration": iteration, "val_loss": 99.0}) \
+            == TrialScheduler.CONTINUE
+    asha.on_trial_complete(None, baseline, {"training_iteration": 10, "val_loss": 99.0})
+    assert "base" not in asha._trial_info and "good" in asha._trial_info

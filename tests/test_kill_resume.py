@@ -10,6 +10,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Optional
 
 import pytest
 from mlflow import MlflowClient
@@ -36,13 +37,14 @@ def _stage(state_file: Path) -> str:
         return ""
 
 
-def _finished_trials(uri: str) -> int:
+def _finished_trials(uri: str, phase: Optional[str] = None) -> int:
+    """FINISHED trial runs of the experiment "kill" (of one phase: "search", "audit", "baseline")."""
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name("kill")
     if exp is None:
         return 0
-    return sum(r.info.status == "FINISHED" for r in client.search_runs([exp.experiment_id],
-                                                                        "tags.`augtune.stage` = 'trial'"))
+    query = "tags.`augtune.stage` = 'trial'" + (f" and tags.`augtune.phase` = '{phase}'" if phase else "")
+    return sum(r.info.status == "FINISHED" for r in client.search_runs([exp.experiment_id], query))
 
 
 def _logged_epochs(uri: str) -> list[int]:
@@ -97,10 +99,12 @@ def test_sigkill_at_every_stage_then_resume_completes_once(tmp_path, ray_session
     """One sweep SIGKILLed at each stage in turn, every resume itself killed at the next moment:
     while the teacher trains, while the candidates are scored, after pruning with Ray starting,
     after a trial finished, after another one with Ray's newest experiment state left empty (what a
-    kill during Ray's write leaves); then resumed to completion; then the summary's worst moment
+    kill during Ray's write leaves), after the recipe baseline's first trial (trained after the
+    search in its experiment); then resumed to completion; then the summary's worst moment
     recreated and resumed."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    path = write_sweep_config(tmp_path, "kill", uri, num_samples=NUM_SAMPLES, max_concurrent=1)
+    path = write_sweep_config(tmp_path, "kill", uri, num_samples=NUM_SAMPLES, max_concurrent=1, baseline="auto",
+                              baseline_seeds=2)
     # 20 passes: a scoring stage long enough to land a kill in
     path.write_text(path.read_text().replace("epochs: 2", "epochs: 3").replace("passes: 2", "passes: 20"))
     teacher = tmp_path / "runs" / "kill" / "teacher.pt"
@@ -112,6 +116,7 @@ def test_sigkill_at_every_stage_then_resume_completes_once(tmp_path, ray_session
         "before-tuner": lambda: _stage(state_file) == "search",  # pruned and saved; Ray still starting
         "trials": lambda: _finished_trials(uri) >= 1,
         "trials-corrupt-state": lambda: _finished_trials(uri) >= 2,
+        "baseline": lambda: _finished_trials(uri, "baseline") >= 1,
     }
     for attempt, (moment, ready) in enumerate(moments.items()):
         proc = subprocess.Popen([*AUGTUNE, "sweep", str(path), "--no-progress", *(["--resume"] if attempt else [])],
@@ -153,8 +158,12 @@ def _assert_one_complete_sweep(uri: str) -> None:
     for run in finished:
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")]
         assert len(steps) == len(set(steps)), f"a step was logged twice in {run.info.run_name}"
-    for metric in ("proxy_seconds", "teacher_test_loss", "trial_seconds", "best_val_loss"):
+    for metric in ("proxy_seconds", "teacher_test_loss", "trial_seconds", "best_val_loss", "baseline_val_loss"):
         assert len(client.get_metric_history(parent.info.run_id, metric)) == 1, metric
+    # the baseline compared 2 seeds a side: the recipe's runs and the chosen one's again were all kept
+    comparison = json.loads(Path(client.download_artifacts(parent.info.run_id, "baseline.json")).read_text())
+    assert len(comparison["baseline_values"]) == len(comparison["chosen_values"]) == 2
+    assert parent.data.tags["augtune.baseline_verdict"] == comparison["line"]
 
 
 def test_a_killed_audit_still_compares_every_candidate_on_every_seed(tmp_path, ray_session, monkeypatch, capsys):

@@ -437,19 +437,26 @@ def test_a_screened_policy_space_logs_the_table_and_children_for_the_kept_only(p
 
 def test_the_baseline_runs_at_the_chosen_trials_values_and_seeds(policy_sweep, capsys):
     from augtune.search.cli import main
+    from augtune.search.standalone.proxy_job import job_dir
+    from augtune.search.sweep.state import SweepState
 
     cfg, uri, outcome = policy_sweep
     best, recipe = outcome.best, cfg.baseline
     runs = [r for r in runs_by_stage(uri, "policies")["trial"] if r.data.tags.get("augtune.phase") == "baseline"]
-    points = sorted((r.data.tags["augtune.candidate"], int(r.data.params["seed"])) for r in runs)
+    chosen_values = [r for r in runs if float(r.data.params["lr"]) == best.hyperparameters["lr"]]
+    points = sorted((r.data.tags["augtune.candidate"], int(r.data.params["seed"])) for r in chosen_values)
     seed = cfg.seed if best.seed is None else best.seed  # search trials train at the config's seed
     # the recipe at the chosen seed and the next, the chosen policy again at the next (nothing when
     # the chosen policy is the recipe itself)
     expected = [] if best.augmentation == recipe else [(recipe, seed), (recipe, seed + 1), (best.augmentation, seed + 1)]
     assert points == sorted(expected)
-    for run in runs:  # the chosen trial's sampled hyperparameters, exactly
-        assert float(run.data.params["lr"]) == pytest.approx(best.hyperparameters["lr"], rel=1e-12)
-        assert run.info.status == "FINISHED"
+    # the rest were guesses: the points of another search trial that had finished first
+    searched = {t.hyperparameters["lr"] for t in outcome.trials}
+    assert all(float(r.data.params["lr"]) in searched for r in runs)
+    assert all(run.info.status == "FINISHED" for run in runs)
+    # trained after the search in its own experiment: no baseline experiment of their own
+    search_experiment = SweepState.load(job_dir(cfg)).search.experiment
+    assert [p.name for p in (job_dir(cfg) / "ray").iterdir() if p.is_dir()] == [search_experiment]
     comparison = outcome.baseline
     assert comparison["chosen"] == best.augmentation and comparison["baseline"] == recipe
     assert comparison["chosen_values"][0] == pytest.approx(best.val_loss)

@@ -18,6 +18,7 @@ from typing import Mapping, Optional
 from ray.tune import Callback
 
 from augtune.search.results import schedule
+from augtune.search.results.trials import PHASE_KEY
 from augtune.search.results.tracking import (CANDIDATE_TAG, DIVERGED_TAG, PAIR_TAG, PHASE_TAG, SCHEDULE_TAG, TRIAL_TAG,
                                      Tracker)
 from augtune.trainables.tune_trainables import EARLIER_EPOCHS
@@ -32,7 +33,7 @@ class TrialLogger(Callback):
         self.tracking_uri, self.experiment = tracking_uri, experiment
         self.parent_run_id, self.pair = parent_run_id, pair
         self.proxy_scores = dict(proxy_scores)
-        self.phase = phase  # "search", or "audit" for sentinel-audit trials
+        self.phase = phase  # "search", "audit" or "baseline"; a trial's config may say otherwise (PHASE_KEY)
         self._tracker: Optional[Tracker] = None
         self.run_ids: dict[str, str] = {}
         self.logged_steps: dict[str, int] = {}
@@ -73,7 +74,7 @@ class TrialLogger(Callback):
         else:
             run_id = self.tracker.start_run(f"trial:{candidate}:{trial_id}", "trial", self.parent_run_id,
                                             {CANDIDATE_TAG: candidate, TRIAL_TAG: trial_id, PAIR_TAG: self.pair,
-                                             PHASE_TAG: self.phase})
+                                             PHASE_TAG: config.get(PHASE_KEY, self.phase)})
             self.tracker.log(run_id, metrics=numeric, params=config)
             self.logged_steps[trial_id] = 0
         self.run_ids[trial_id] = run_id

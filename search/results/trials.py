@@ -17,8 +17,11 @@ from augtune.search.results.tracking import (CANDIDATE_TAG, PARENT_TAG, PHASE_TA
                                      Tracker)
 
 FINAL_METRICS = ("val_loss", "val_acc", "test_loss", "test_acc")
+# a trial config's phase where it is not its experiment's own (the baseline's late trials of the
+# search: search/sweep/baseline_in_search.py)
+PHASE_KEY = "phase"
 # what Ray's trial config holds besides the sampled hyperparameters
-_NOT_HYPERPARAMETERS = ("augmentation", "seed", "augmentation_kind")
+_NOT_HYPERPARAMETERS = ("augmentation", "seed", "augmentation_kind", PHASE_KEY)
 
 
 @dataclass
@@ -66,14 +69,34 @@ class TrialRow:
     @classmethod
     def from_result(cls, result, **where: Any) -> "TrialRow":
         """A Ray Tune `Result`; `where` sets phase / experiment."""
-        metrics, config = result.metrics or {}, result.config or {}
+        return cls.from_trial(result.config or {}, result.metrics or {},
+                              str(result.error) if result.error else None, **where)
+
+    @classmethod
+    def from_trial(cls, config: dict[str, Any], metrics: dict[str, Any], error: Optional[str] = None,
+                   **where: Any) -> "TrialRow":
+        """A trial's config and its last result; the phase is `where`'s, else the config's
+        (PHASE_KEY), else the search's."""
+        where.setdefault("phase", config.get(PHASE_KEY, "search"))
         return cls(augmentation=config.get("augmentation"), seed=config.get("seed"),
                    trial_id=metrics.get("trial_id"), epochs=int(metrics.get("epoch", 0) or 0),
                    hyperparameters={k: v for k, v in config.items()
                                     if k not in _NOT_HYPERPARAMETERS and not k.endswith(".variant")},
                    seconds=float(metrics.get("time_total_s", 0.0) or 0.0),
-                   diverged=bool(metrics.get("diverged", False)), error=str(result.error) if result.error else None,
+                   diverged=bool(metrics.get("diverged", False)), error=error,
                    **{k: metrics.get(k) for k in FINAL_METRICS}, **where)
+
+    @property
+    def point(self) -> tuple:
+        """What trained it: augmentation, seed and hyperparameters (see `point_of`)."""
+        return point_of({"augmentation": self.augmentation, "seed": self.seed, **self.hyperparameters})
+
+
+def point_of(config: dict[str, Any]) -> tuple:
+    """A trial config as a comparable key: augmentation, seed, and the hyperparameters by name."""
+    return (config.get("augmentation"), config.get("seed"),
+            tuple(sorted((k, v) for k, v in config.items() if k not in _NOT_HYPERPARAMETERS
+                         and not k.endswith(".variant"))))
 
 
 def completed_trials(rows: Iterable[TrialRow], metric: str) -> list[TrialRow]:

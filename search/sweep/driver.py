@@ -22,7 +22,7 @@ from augtune.search.results.tracking import (AUDIT_VERDICT_TAG, BASELINE_TAG, BA
                                              SUPERSEDED_TAG, TEACHER_CACHE_TAG, TRIAL_TAG, VALIDATE_PROXY_TAG,
                                              Tracker)
 from augtune.search.results.trial_logger import TrialLogger
-from augtune.search.results.trials import TrialRow, pick_best
+from augtune.search.results.trials import TrialRow, pick_best, point_of
 from augtune.search.selection.proxy import ProxyScore, format_table
 from augtune.search.selection.prune import Audit, AuditOutcome, proxy_cut
 from augtune.search.standalone.proxy_job import check_tracking_uri, job_dir, load_checked_data, pair_name, run_proxy
@@ -215,22 +215,19 @@ def stage_search(cfg: SweepConfig, state: SweepState, teacher_path: Optional[Pat
     return phase.run()
 
 
-def audit_rows(state: SweepState) -> list[TrialRow]:
-    return [t for record in state.audit_phases for t in record.rows or []]
-
-
 def chosen_trial(cfg: SweepConfig, state: SweepState, trials: list[TrialRow]) -> Optional[TrialRow]:
     """The best trial by the selection metric among the search's and the audit's full-length
     trials: the same definition as `augtune best`."""
-    return pick_best(trials + audit_rows(state), cfg.search.metric)
+    return pick_best(trials + state.audit_rows(), cfg.search.metric)
 
 
 def stage_baseline(cfg: SweepConfig, state: SweepState, tracker: Tracker, teacher_path: Optional[Path],
-                   trials: list[TrialRow], score_of: dict[str, float]) -> Optional[BaselineComparison]:
+                   trials: list[TrialRow], grids: list, score_of: dict[str, float]) -> Optional[BaselineComparison]:
     """The recipe baseline (search/results/baseline.py) at the chosen trial's hyperparameters and
     seed, and the chosen augmentation again at the further seeds; the comparison logged to the
-    parent run. Not for validation sweeps (every candidate is trained already) or PBT (values
-    follow schedules)."""
+    parent run. The search's experiment trains them after its own trials where it can
+    (search/sweep/baseline_in_search.py); a baseline phase trains the points it lacks. Not for
+    validation sweeps (every candidate is trained already) or PBT (values follow schedules)."""
     recipe, best = cfg.baseline, chosen_trial(cfg, state, trials)
     if recipe is None or best is None or state.validate_proxy or cfg.search.scheduler.kind == "pbt":
         return None
@@ -240,19 +237,25 @@ def stage_baseline(cfg: SweepConfig, state: SweepState, tracker: Tracker, teache
     first = cfg.seed if best.seed is None else int(best.seed)  # search trials train at the config's seed
     # the chosen augmentation is the recipe itself: nothing to compare, nothing to train
     points = [] if best.augmentation == recipe else baseline_points(best, recipe, seeds, first)
+    rows = SearchPhase.baseline_rows_of(grids)  # every one, the points of a trial not chosen in the end too
+    wanted = {point_of(p) for p in points}
+    missing = [p for p in points if point_of(p) not in {r.point for r in rows}]
     if state.baseline is None:
         state.baseline = BaselineRecord(f"{state.search.experiment}-baseline")
         state.save(job_dir(cfg))
-    rows: list[TrialRow] = []
     if points:
+        unused = sum(r.point not in wanted for r in rows)
         print(f"\nbaseline: {recipe} at the chosen trial's hyperparameters, seeds "
               f"{', '.join(str(first + i) for i in range(seeds))}"
-              + (f"; {best.augmentation} again at the further seeds" if seeds > 1 else ""))
+              + (f"; {best.augmentation} again at the further seeds" if seeds > 1 else "")
+              + f" ({len(points) - len(missing)} of {len(points)} trained after the search in its experiment"
+              + (f"; {unused} trained there for a trial the search did not choose in the end)" if unused else ")"))
+    if missing:
         callback = TrialLogger(cfg.tracking.uri, cfg.experiment_name, state.parent_run_id, pair_name(cfg), score_of,
                                phase=BaselinePhase.label)
-        phase = BaselinePhase(cfg, state, teacher_path, callback, points)
-        rows = phase.rows(phase.run())
-    comparison = compare(best, recipe, rows, cfg.search.metric, seeds, first)
+        phase = BaselinePhase(cfg, state, teacher_path, callback, missing)
+        rows += phase.rows(phase.run())
+    comparison = compare(best, recipe, [r for r in rows if r.point in wanted], cfg.search.metric, seeds, first)
     state.baseline.rows, state.baseline.comparison = rows, comparison.as_dict()
     state.save(job_dir(cfg))
     parent = state.parent_run_id
@@ -274,10 +277,10 @@ def stage_summarise(cfg: SweepConfig, state: SweepState, tracker: Tracker, grids
     close_orphans(tracker, parent)
     best = chosen_trial(cfg, state, trials)
     baseline_trials = (state.baseline.rows or []) if state.baseline else []
-    supersede_forgotten(tracker, parent, {t.trial_id for t in [*trials, *audit_rows(state), *baseline_trials]})
+    supersede_forgotten(tracker, parent, {t.trial_id for t in [*trials, *state.audit_rows(), *baseline_trials]})
     # full length = the longest trial (a multi-stage method counts its stages' epochs)
     full_epochs = max([t.epochs for t in trials] + [cfg.student.train.epochs])
-    compute = compute_summary(trials, state.scores, state.survivors, audit_rows(state), full_epochs,
+    compute = compute_summary(trials, state.scores, state.survivors, state.audit_rows(), full_epochs,
                               candidates=[c.id for c in cfg.space.resolved()], baseline_trials=baseline_trials)
     # proxy_seconds is on the parent already (logged by the proxy stage): log it once
     tracker.log(parent, metrics={k: v for k, v in compute.items() if k != "proxy_seconds"}, once=True)
@@ -363,5 +366,5 @@ def _run_stages(cfg: SweepConfig, state: SweepState, tracker: Tracker, data, res
           f"candidates: {', '.join(state.survivors)}")
     grids = stage_search(cfg, state, teacher_path, score_of)
     trials = SearchPhase.rows_of(grids)  # a validation sweep's grid rows read the same way
-    baseline = stage_baseline(cfg, state, tracker, teacher_path, trials, score_of)
+    baseline = stage_baseline(cfg, state, tracker, teacher_path, trials, grids, score_of)
     return stage_summarise(cfg, state, tracker, grids, trials, data, baseline)

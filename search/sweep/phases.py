@@ -18,6 +18,7 @@ from ray import tune
 from augtune.search.results.baseline import BASELINE_PHASE
 from augtune.search.results.trials import TrialRow
 from augtune.search.standalone.proxy_job import job_dir
+from augtune.search.sweep.baseline_in_search import merges_baseline
 from augtune.search.sweep.ray_repair import prepare_restore, remove_stand_ins
 from augtune.search.sweep.state import Point, PhaseRecord, SweepState, TopUp
 from augtune.search.sweep.tuners import (TUNE_INTERRUPTED, build_baseline_tuner, build_grid_tuner, build_tuner,
@@ -60,6 +61,10 @@ class TunePhase:
         """What the finished `grids` lack of the phase (falsy: nothing)."""
         raise NotImplementedError
 
+    def counted(self, grid) -> int:
+        """The trials of `grid` that `expected` counts."""
+        return len(grid)
+
     # ---- how every phase runs
     def run(self) -> list:
         """The phase's experiment (restored or built), then its top-up rounds: those already in
@@ -94,7 +99,7 @@ class TunePhase:
         grid = tuner.fit()
         remove_stand_ins(grid.experiment_path)
         if (TUNE_INTERRUPTED.is_set() or grid.num_terminated + grid.num_errors < len(grid)
-                or (len(grid) < expected and not restored)):
+                or (self.counted(grid) < expected and not restored)):
             raise SweepInterrupted(f"{grid.num_terminated} of {expected} trials finished")
         return grid  # a restored experiment may end short (trials it had not saved): `run` tops up
 
@@ -133,17 +138,30 @@ class SearchPhase(TunePhase):
         return search_trainable(self.cfg, self.teacher_path)  # a PBT member records its schedule
 
     def build(self, experiment, lost, round_number, grids):
-        tried = [t.augmentation for grid in grids for t in collect_trials(grid)]
+        tried = [t.augmentation for t in self.rows_of(grids)]
+        # the experiment goes on with the recipe baseline's points; a top-up round does not (the
+        # driver trains what the baseline lacks)
+        baseline_after = self.state.audit_rows() if round_number == 0 and merges_baseline(self.cfg) else None
         return build_tuner(self.cfg, self.survivors, self.teacher_path, self.callback, experiment,
-                           num_samples=lost, tried=tried, top_up=round_number)
+                           num_samples=lost, tried=tried, top_up=round_number, baseline_after=baseline_after)
 
     def lost(self, grids):
-        return max(0, self.cfg.search.num_samples - sum(len(grid) for grid in grids))
+        return max(0, self.cfg.search.num_samples - sum(self.counted(grid) for grid in grids))
+
+    def counted(self, grid) -> int:
+        return len(self.rows_of([grid]))
 
     @staticmethod
     def rows_of(grids: list) -> list[TrialRow]:
         """The search's rows (phase "search", no experiment: its trials' checkpoints are in the grids)."""
-        return [t for grid in grids for t in collect_trials(grid)]
+        return [t for grid in grids for t in collect_trials(grid) if t.phase == "search"]
+
+    @staticmethod
+    def baseline_rows_of(grids: list) -> list[TrialRow]:
+        """The recipe baseline's rows the search's experiment trained after its own trials
+        (search/sweep/baseline_in_search.py), the experiment named."""
+        return [t for grid in grids for t in collect_trials(grid, experiment=Path(grid.experiment_path).name)
+                if t.phase == BASELINE_PHASE]
 
     def rows(self, grids):
         return self.rows_of(grids)

@@ -89,6 +89,10 @@ class SweepState:
     baseline: Optional[BaselineRecord] = None
     finished: Optional[dict[str, Any]] = None  # {best, compute, trials} once the summary is logged
 
+    def audit_rows(self) -> list[TrialRow]:
+        """The sentinel audit's trials (full length, at the config's own values)."""
+        return [t for record in self.audit_phases for t in record.rows or []]
+
     def as_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["search"] = self.search.as_dict()

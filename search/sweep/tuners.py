@@ -18,6 +18,7 @@ from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 from augtune.search.results.trials import TrialRow
 from augtune.search.selection.metric import metric_mode
 from augtune.search.standalone.proxy_job import job_dir
+from augtune.search.sweep.baseline_in_search import SearchOnlyASHA, SearchThenBaseline
 from augtune.search.sweep.exploited_checkpoints import KeepExploitedCheckpoints
 from augtune.search.sweep.tolerant_optuna import TolerantOptunaSearch
 from augtune.search.sweep_config import SweepConfig, policy_space
@@ -338,11 +339,14 @@ def build_baseline_tuner(cfg: SweepConfig, points: list[dict[str, Any]], teacher
 
 
 def build_tuner(cfg: SweepConfig, survivors: list[str], teacher_path: Optional[Path], callback, experiment_name: str,
-                num_samples: Optional[int] = None, tried: Sequence[str] = (), top_up: int = 0):
+                num_samples: Optional[int] = None, tried: Sequence[str] = (), top_up: int = 0,
+                baseline_after: Optional[Sequence[TrialRow]] = None):
     """The search phase's tuner (a validation sweep's grid is `build_grid_tuner`'s). Top-up round
     `top_up` (`num_samples` left to run after a restore lost some) skips the first points of
     augmentations already `tried` and draws with its own seed, so it does not repeat trials the
-    restored experiments hold."""
+    restored experiments hold. `baseline_after` (the audit's rows, possibly none): the recipe
+    baseline's points follow the search in the same experiment (search/sweep/baseline_in_search.py;
+    Optuna searches only)."""
 
     s = cfg.search
     if s.scheduler.kind == "pbt":
@@ -350,19 +354,25 @@ def build_tuner(cfg: SweepConfig, survivors: list[str], teacher_path: Optional[P
     samples = num_samples or s.num_samples
     metric, mode = s.metric, metric_mode(s.metric)
     epochs = cfg.student.train.epochs
-    scheduler = (ASHAScheduler(time_attr="training_iteration", metric=metric, mode=mode, max_t=epochs,
-                               grace_period=min(s.scheduler.grace_period, epochs),
-                               reduction_factor=s.scheduler.reduction_factor)
+    asha = SearchOnlyASHA if baseline_after is not None else ASHAScheduler
+    scheduler = (asha(time_attr="training_iteration", metric=metric, mode=mode, max_t=epochs,
+                      grace_period=min(s.scheduler.grace_period, epochs), reduction_factor=s.scheduler.reduction_factor)
                  if s.scheduler.kind == "asha" else FIFOScheduler())
     if s.algorithm == "optuna":
         space = AugmentationSpace(survivors, s.hyperparameters)
         first = [p for p in space.first_points() if p.get(f"{p['augmentation_kind']}.variant",
                                                              space.families[p["augmentation_kind"]][0]) not in tried]
-        searcher = TolerantOptunaSearch(space=space, metric=metric, mode=mode, points_to_evaluate=first[:samples],
-                                        seed=_search_seed(cfg, top_up))
+        searcher = ConcurrencyLimiter(TolerantOptunaSearch(space=space, metric=metric, mode=mode,
+                                                           points_to_evaluate=first[:samples],
+                                                           seed=_search_seed(cfg, top_up)),
+                                      max_concurrent=s.max_concurrent)
+        if baseline_after is not None:  # Tune asks until the searcher says it is finished
+            searcher = SearchThenBaseline(searcher, samples, s.max_concurrent, metric, mode, cfg.baseline,
+                                          s.baseline_seeds, cfg.seed, epochs, earlier=baseline_after)
+            samples = -1
         param_space = {}
-        tune_config = tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent),
-                                      scheduler=scheduler, num_samples=samples, reuse_actors=_reuse_actors(cfg))
+        tune_config = tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=samples,
+                                      reuse_actors=_reuse_actors(cfg))
     else:  # random search: independent draws of the candidate and every hyperparameter
         param_space = {"augmentation": tune.choice(survivors),
                        **{h.name: h.tune_domain() for h in parse_hyperparameters(s.hyperparameters)}}
