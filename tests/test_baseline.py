@@ -209,3 +209,17 @@ def test_asha_leaves_the_baseline_trials_out_of_its_rungs():
             == TrialScheduler.CONTINUE
     asha.on_trial_complete(None, baseline, {"training_iteration": 10, "val_loss": 99.0})
     assert "base" not in asha._trial_info and "good" in asha._trial_info
+
+
+def test_tune_lets_as_many_trials_wait_for_actors_as_the_search_runs_at_once():
+    """Tune finds the ConcurrencyLimiter inside (by its `searcher` attribute) and starts both
+    slots' actors side by side; otherwise it would create one trial at a time (Ray 2.60's rule)."""
+    from ray.tune.execution.tune_controller import _get_max_pending_trials
+    from ray.tune.search import ConcurrencyLimiter, SearchGenerator
+
+    from augtune.search.sweep.baseline_in_search import SearchThenBaseline
+    from augtune.search.sweep.tolerant_optuna import TolerantOptunaSearch
+
+    limited = ConcurrencyLimiter(TolerantOptunaSearch(metric="val_loss", mode="min"), max_concurrent=3)
+    searcher = SearchThenBaseline(limited, 8, 3, "val_loss", "min", RECIPE, 2, 0, 10)
+    assert _get_max_pending_trials(SearchGenerator(searcher)) == 3

@@ -55,7 +55,9 @@ class SearchThenBaseline(Searcher):
     def __init__(self, search: Searcher, search_trials: int, max_concurrent: int, metric: str, mode: str,
                  recipe: str, seeds: int, default_seed: int, full_epochs: int, earlier: Sequence[TrialRow] = ()):
         super().__init__(metric=metric, mode=mode)
-        self.search, self.search_trials, self.max_concurrent = search, search_trials, max_concurrent
+        # `searcher`, as Ray's own wrappers name it: Tune looks through that attribute for a
+        # ConcurrencyLimiter and then lets that many trials wait for actors at once (else one)
+        self.searcher, self.search_trials, self.max_concurrent = search, search_trials, max_concurrent
         self.recipe, self.seeds, self.default_seed, self.full_epochs = recipe, seeds, default_seed, full_epochs
         self.earlier = list(earlier)
         self.search_drawn = 0
@@ -67,7 +69,7 @@ class SearchThenBaseline(Searcher):
 
     # ---- Tune's searcher interface
     def set_search_properties(self, metric: Optional[str], mode: Optional[str], config: dict, **spec) -> bool:
-        _set_search_properties_backwards_compatible(self.search.set_search_properties, metric, mode, config, **spec)
+        _set_search_properties_backwards_compatible(self.searcher.set_search_properties, metric, mode, config, **spec)
         return super().set_search_properties(metric, mode, config, **spec)
 
     def suggest(self, trial_id: str):
@@ -75,7 +77,7 @@ class SearchThenBaseline(Searcher):
         if self.search_drawn < self.search_trials:
             if full:
                 return None
-            config = self.search.suggest(trial_id)
+            config = self.searcher.suggest(trial_id)
             if config is None:
                 return None
             if config != Searcher.FINISHED:
@@ -101,7 +103,7 @@ class SearchThenBaseline(Searcher):
             if not is_baseline(config):
                 self.search_running.add(trial_id)
         if not is_baseline(config):
-            self.search.on_trial_result(trial_id, result)
+            self.searcher.on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
         config = self._config_of(trial_id, result)
@@ -111,16 +113,16 @@ class SearchThenBaseline(Searcher):
             return
         if config is not None:
             self.ended[trial_id] = TrialRow.from_trial(config, result or {}, "error" if error else None)
-        self.search.on_trial_complete(trial_id, result=result, error=error)
+        self.searcher.on_trial_complete(trial_id, result=result, error=error)
 
     def save(self, checkpoint_path: str) -> None:
         """This searcher's record and the search's own saved state, in one file (Tune moves only
         that file into place)."""
         with tempfile.TemporaryDirectory() as tmp:
             inner = Path(tmp) / "search.pkl"
-            self.search.save(str(inner))
+            self.searcher.save(str(inner))
             search_state = inner.read_bytes() if inner.exists() else None
-        own = {k: v for k, v in self.__dict__.items() if k not in ("search", "running", "search_running")}
+        own = {k: v for k, v in self.__dict__.items() if k not in ("searcher", "running", "search_running")}
         with open(checkpoint_path, "wb") as f:
             pickle.dump({"own": own, "search": search_state}, f)
 
@@ -133,7 +135,7 @@ class SearchThenBaseline(Searcher):
             with tempfile.TemporaryDirectory() as tmp:
                 inner = Path(tmp) / "search.pkl"
                 inner.write_bytes(saved["search"])
-                self.search.restore(str(inner))
+                self.searcher.restore(str(inner))
 
     # ---- which point next
     def chosen(self, final: bool) -> Optional[TrialRow]:
