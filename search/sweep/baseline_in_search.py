@@ -21,9 +21,7 @@ the chosen trial is a top-up round's.
 """
 from __future__ import annotations
 
-import pickle
-import tempfile
-from pathlib import Path
+import copy
 from typing import Any, Optional, Sequence
 
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
@@ -115,27 +113,15 @@ class SearchThenBaseline(Searcher):
             self.ended[trial_id] = TrialRow.from_trial(config, result or {}, "error" if error else None)
         self.searcher.on_trial_complete(trial_id, result=result, error=error)
 
-    def save(self, checkpoint_path: str) -> None:
-        """This searcher's record and the search's own saved state, in one file (Tune moves only
-        that file into place)."""
-        with tempfile.TemporaryDirectory() as tmp:
-            inner = Path(tmp) / "search.pkl"
-            self.searcher.save(str(inner))
-            search_state = inner.read_bytes() if inner.exists() else None
-        own = {k: v for k, v in self.__dict__.items() if k not in ("searcher", "running", "search_running")}
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump({"own": own, "search": search_state}, f)
+    def get_state(self) -> dict:
+        """This wrapper's record, without the search's own searcher: Tune saves each wrapper's
+        state (`searcher` chain) beside the innermost searcher's, and restores them alike."""
+        return copy.deepcopy({k: v for k, v in self.__dict__.items()
+                              if k not in ("searcher", "running", "search_running")})
 
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            saved = pickle.load(f)
-        self.__dict__.update(saved["own"])
+    def set_state(self, state: dict) -> None:
+        self.__dict__.update(state)
         self.running, self.search_running = set(), set()
-        if saved["search"] is not None:
-            with tempfile.TemporaryDirectory() as tmp:
-                inner = Path(tmp) / "search.pkl"
-                inner.write_bytes(saved["search"])
-                self.searcher.restore(str(inner))
 
     # ---- which point next
     def chosen(self, final: bool) -> Optional[TrialRow]:

@@ -7,6 +7,8 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
+import ray.cloudpickle as cloudpickle
+
 STAND_IN = ".augtune-stand-in"  # marks a folder standing in for a checkpoint Ray deleted
 
 
@@ -19,17 +21,34 @@ def _local_folder(experiment_path) -> Optional[Path]:
 def set_aside_unreadable(experiment_path: str) -> None:
     """A driver killed while Ray wrote its state can leave empty or half-written state files,
     and Ray then restarts the experiment from nothing. Move those aside (suffix .unreadable),
-    so the restore uses the newest readable state."""
+    so the restore uses the newest readable state. The experiment state is JSON; the search
+    generator's (`search_gen_state-*.json`: its trial count and its wrappers' records, the
+    ConcurrencyLimiter's and SearchThenBaseline's) is a cloudpickle despite its name.
+
+    The search's states of a run (Ray names each file by its run, `-SESSION`) go with that run's
+    experiment state: when Ray restores an earlier run's experiment, a later run's searcher would
+    count trials that experiment never had (a ConcurrencyLimiter would wait for them forever)."""
     folder = _local_folder(experiment_path)
     if folder is None:
         return
-    for path in list(folder.glob("experiment_state-*.json")) + list(folder.glob("search_gen_state-*.json")):
-        try:
-            json.loads(path.read_text())
-        except (ValueError, OSError):
-            path.rename(path.with_name(path.name + ".unreadable"))
+    readers = {"experiment_state": json.loads, "search_gen_state": cloudpickle.loads}
+    unreadable = set()
+    for prefix, read in readers.items():
+        for path in folder.glob(f"{prefix}-*.json"):
+            try:
+                read(path.read_bytes())
+            except Exception:  # whatever a truncated file raises (JSON, unpickling, EOF)
+                unreadable.add((prefix, path.stem[len(prefix) + 1:]))
     for path in folder.glob("searcher-state-*.pkl"):
         if path.stat().st_size == 0:
+            unreadable.add(("searcher-state", path.stem[len("searcher-state-"):]))
+    # a run whose state is partly unreadable: its searcher's states go too (a generator state
+    # restored without its searcher's, or the reverse, disagree about the trials)
+    for session in {session for _, session in unreadable}:
+        unreadable |= {("search_gen_state", session), ("searcher-state", session)}
+    for prefix, session in unreadable:
+        path = folder / f"{prefix}-{session}{'.pkl' if prefix == 'searcher-state' else '.json'}"
+        if path.exists():
             path.rename(path.with_name(path.name + ".unreadable"))
 
 
