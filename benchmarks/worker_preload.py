@@ -1,5 +1,7 @@
 """Tune phases on a local Ray whose workers import a trial actor's modules before they take work
-(`preload_python_modules`, what `augtune sweep` starts), against a plain local Ray, in one run.
+(`preload_python_modules`, what `augtune sweep` started from 2026-12-03 to 2026-12-04), against a
+plain local Ray, in one run. Re-measured on 2026-12-04 it gained nothing (benchmarks/README.md):
+Tune's actors carry a runtime env and never land in the workers Ray starts ahead.
 
     .venv/bin/python benchmarks/worker_preload.py [--phases 3] [--epochs 3] [--repeats 2] [--idle 5]
 
@@ -24,6 +26,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SLOTS = 2
+# what a fresh trial actor imports before its first epoch: torch, Ray Tune and augtune's methods,
+# and torch's compiler stack, which every torch optimiser's constructor imports
+PRELOAD_MODULES = ("augtune.trainables.tune_trainables", "torch._dynamo")
 
 
 def one_variant(preload: bool, phases: int, epochs: int, idle: float) -> list[dict[str, float]]:
@@ -38,9 +43,8 @@ def one_variant(preload: bool, phases: int, epochs: int, idle: float) -> list[di
     from augtune.trainables.data import load_data
     from augtune.trainables.engine import save_checkpoint
     from augtune.trainables.models import build_model
-    from augtune.trainables.tune_trainables import ACTOR_PRELOAD_MODULES
 
-    warm = {"_system_config": {"preload_python_modules": list(ACTOR_PRELOAD_MODULES)}} if preload else {}
+    warm = {"_system_config": {"preload_python_modules": list(PRELOAD_MODULES)}} if preload else {}
     ray.init(num_cpus=SLOTS, include_dashboard=False, log_to_driver=False, **warm)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

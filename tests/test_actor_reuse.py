@@ -84,30 +84,3 @@ def test_a_trial_on_handed_data_matches_one_that_loads_it(tmp_path, ray_session)
         trial.stop()
     assert runs["handed"] == (0.0, runs["loads"][1])
     assert runs["loads"][0] == 1.0 and runs["other section"] == runs["loads"]
-
-
-def test_workers_import_a_trial_actors_modules_ahead_only_where_each_will_hold_a_trial(tmp_path):
-    """`warm_workers` asks Ray to import ACTOR_PRELOAD_MODULES in the workers it starts ahead (one
-    per CPU) only when there are no more CPUs than trial slots, and never for data-parallel trials;
-    every module it names imports (Ray would only log a failed preload)."""
-    import importlib
-    import os
-    from pathlib import Path
-
-    from augtune.search.sweep.tuners import warm_workers
-    from augtune.search.sweep_config import load_config
-    from augtune.trainables.tune_trainables import ACTOR_PRELOAD_MODULES
-
-    for name in ACTOR_PRELOAD_MODULES:
-        importlib.import_module(name)
-    config = Path(__file__).resolve().parents[1] / "configs" / "digits_sweep.yaml"
-    cpus = os.cpu_count()
-
-    def warm(**overrides):
-        return warm_workers(load_config(config, {"output_dir": str(tmp_path), **overrides}))
-
-    assert warm(**{"search.max_concurrent": cpus}) == {
-        "_system_config": {"preload_python_modules": list(ACTOR_PRELOAD_MODULES)}}
-    assert warm(**{"search.max_concurrent": cpus, "search.resources.workers_per_trial": 2}) == {}
-    if cpus > 1:  # idle CPUs: their preloaded workers would hold torch for nothing
-        assert warm(**{"search.max_concurrent": cpus - 1}) == {}

@@ -278,14 +278,31 @@ def test_method_sweeps_log_their_heads(tmp_path, ray_session, method):
             assert key in metrics
 
 
-def test_random_search_samples_survivors_and_hyperparameters(tmp_path, ray_session):
+def test_random_search_samples_survivors_and_hyperparameters_and_trains_the_baseline_after(tmp_path, ray_session):
+    """Random search has no searcher to go on from: the recipe baseline is an experiment of its own."""
+    from augtune.search.standalone.proxy_job import job_dir
+    from augtune.search.sweep.state import SweepState
+
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     path = write_sweep_config(tmp_path, "random-sweep", uri, algorithm="random", num_samples=3,
-                              scheduler={"kind": "asha", "grace_period": 1, "reduction_factor": 2})
-    outcome = run_sweep(load_config(path), progress=False)
+                              scheduler={"kind": "asha", "grace_period": 1, "reduction_factor": 2},
+                              baseline="auto", baseline_seeds=2)
+    cfg = load_config(path)
+    outcome = run_sweep(cfg, progress=False)
     assert len(outcome.trials) == 3
     assert {t.augmentation for t in outcome.trials} <= set(outcome.survivors)
     assert all(0.02 <= t.hyperparameters["lr"] <= 0.1 for t in outcome.trials)
+    runs = [r for r in runs_by_stage(uri, "random-sweep")["trial"] if r.data.tags.get("augtune.phase") == "baseline"]
+    experiments = {p.name for p in (job_dir(cfg) / "ray").iterdir() if p.is_dir()}
+    search = SweepState.load(job_dir(cfg)).search.experiment
+    if outcome.best.augmentation == cfg.baseline:  # the recipe chosen: nothing to train
+        assert not runs and experiments == {search}
+        return
+    assert sorted((r.data.tags["augtune.candidate"], int(r.data.params["seed"])) for r in runs) == sorted(
+        [(cfg.baseline, cfg.seed), (cfg.baseline, cfg.seed + 1), (outcome.best.augmentation, cfg.seed + 1)])
+    assert all(float(r.data.params["lr"]) == outcome.best.hyperparameters["lr"] for r in runs)
+    assert experiments == {search, f"{search}-baseline"}
+    assert len(outcome.baseline["baseline_values"]) == len(outcome.baseline["chosen_values"]) == 2
 
 
 def test_exported_best_trial_reproduces_exactly_without_ray(pruned_sweep, tmp_path, capsys):

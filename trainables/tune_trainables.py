@@ -37,13 +37,6 @@ from augtune.trainables.values import apply_trial_values
 from augtune.trainables.runner import EpochRunner, drive_epochs, epoch_result, load_runner_state, save_runner_state
 
 
-# What a fresh trial actor imports before its first epoch, for Ray to import in its workers before
-# they take work (`preload_python_modules`): this module (torch, Ray Tune, augtune's methods:
-# 3.6 s measured in one process) and torch's compiler stack, which every torch optimiser's
-# constructor imports (1.4-1.9 s). A worker Ray starts ahead of the trials is then warm.
-ACTOR_PRELOAD_MODULES = ("augtune.trainables.tune_trainables", "torch._dynamo")
-
-
 def _method_config(config: dict[str, Any], experiment: dict[str, Any], section: str):
     """The trial's DistillConfig: the fixed experiment plus the sampled values; the trial's
     candidate ("augmentation", with any sampled `kind.param` values) goes to the method's own

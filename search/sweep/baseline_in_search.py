@@ -17,7 +17,7 @@ rungs: they train to the end, like the baseline's own phase.
 The driver checks the chosen trial's points against what ran (search/sweep/driver.stage_baseline)
 and trains any missing in a baseline phase of their own: after a resume (the searcher's record of
 running trials is not saved, so it may take a restored trial's end for the search's end) or when
-the chosen trial is a top-up round's.
+the chosen trial is a top-up round's, or with random search.
 """
 from __future__ import annotations
 
@@ -37,12 +37,11 @@ def is_baseline(config: Optional[dict]) -> bool:
     return (config or {}).get(PHASE_KEY) == BASELINE_PHASE
 
 
-def merges_baseline(cfg: SweepConfig, validate: bool = False) -> bool:
+def merges_baseline(cfg: SweepConfig) -> bool:
     """Whether the search's experiment trains the baseline too: a recipe baseline is wanted and the
     search is Optuna's (a searcher to go on from) over ASHA or FIFO (PBT members follow schedules:
-    no baseline)."""
-    return (cfg.baseline is not None and not validate and cfg.search.algorithm == "optuna"
-            and cfg.search.scheduler.kind != "pbt")
+    no baseline; random search's generator is not a searcher to wrap)."""
+    return cfg.baseline is not None and cfg.search.algorithm == "optuna" and cfg.search.scheduler.kind != "pbt"
 
 
 class SearchThenBaseline(Searcher):

@@ -25,8 +25,7 @@ from augtune.search.sweep_config import SweepConfig, policy_space
 from augtune.spaces.candidates import numeric_params, parse_candidate
 from augtune.spaces.hyper import parse_hyperparameters
 from augtune.trainables.data import DataBundle
-from augtune.trainables.tune_trainables import (ACTOR_PRELOAD_MODULES, HandedData, data_key,
-                                                data_parallel_trainable, trainable_of)
+from augtune.trainables.tune_trainables import HandedData, data_key, data_parallel_trainable, trainable_of
 
 
 # ---------------------------------------------------------------- search space
@@ -87,19 +86,7 @@ def init_ray(cfg: SweepConfig) -> None:
         if cfg.search.resources.workers_per_trial > 1:
             ray.init(log_to_driver=False, **own_state_api())
         else:
-            ray.init(include_dashboard=False, log_to_driver=False, **warm_workers(cfg))
-
-
-def warm_workers(cfg: SweepConfig) -> dict[str, Any]:
-    """`ray.init` arguments that have the workers Ray starts with a local instance (one per CPU,
-    ahead of any work) import what a trial actor needs before they take work, so the first Tune
-    phase's actors start warm (benchmarks/worker_preload.py). Only where every such worker will
-    hold a trial (no more CPUs than trial slots: os.cpu_count() bounds what Ray counts): a worker
-    with torch imported holds about 0.8 GB. Not for data-parallel trials: Ray Train's helper
-    actors (controller, coordinator, cleaner) would import torch too and start later."""
-    if cfg.search.resources.workers_per_trial > 1 or (os.cpu_count() or 0) > cfg.search.max_concurrent:
-        return {}
-    return {"_system_config": {"preload_python_modules": list(ACTOR_PRELOAD_MODULES)}}
+            ray.init(include_dashboard=False, log_to_driver=False)
 
 
 def own_state_api() -> dict[str, Any]:
