@@ -80,9 +80,7 @@ class TrialRow:
         where.setdefault("phase", config.get(PHASE_KEY, "search"))
         return cls(augmentation=config.get("augmentation"), seed=config.get("seed"),
                    trial_id=metrics.get("trial_id"), epochs=int(metrics.get("epoch", 0) or 0),
-                   hyperparameters={k: v for k, v in config.items()
-                                    if k not in _NOT_HYPERPARAMETERS and not k.endswith(".variant")},
-                   seconds=float(metrics.get("time_total_s", 0.0) or 0.0),
+                   hyperparameters=_hyperparameters(config), seconds=float(metrics.get("time_total_s", 0.0) or 0.0),
                    diverged=bool(metrics.get("diverged", False)), error=error,
                    **{k: metrics.get(k) for k in FINAL_METRICS}, **where)
 
@@ -92,11 +90,14 @@ class TrialRow:
         return point_of({"augmentation": self.augmentation, "seed": self.seed, **self.hyperparameters})
 
 
+def _hyperparameters(config: dict[str, Any]) -> dict[str, Any]:
+    """The sampled hyperparameters of a trial config (Optuna's variant choices left out)."""
+    return {k: v for k, v in config.items() if k not in _NOT_HYPERPARAMETERS and not k.endswith(".variant")}
+
+
 def point_of(config: dict[str, Any]) -> tuple:
     """A trial config as a comparable key: augmentation, seed, and the hyperparameters by name."""
-    return (config.get("augmentation"), config.get("seed"),
-            tuple(sorted((k, v) for k, v in config.items() if k not in _NOT_HYPERPARAMETERS
-                         and not k.endswith(".variant"))))
+    return config.get("augmentation"), config.get("seed"), tuple(sorted(_hyperparameters(config).items()))
 
 
 def completed_trials(rows: Iterable[TrialRow], metric: str) -> list[TrialRow]:

@@ -62,7 +62,6 @@ class SearchThenBaseline(Searcher):
         self.ended: dict[str, TrialRow] = {}  # the search's ended trials
         self.issued: set = set()  # the baseline points suggested (point_of keys)
         self.running: set[str] = set()  # not saved: after a restore Tune's own trials say what runs
-        self.search_running: set[str] = set()
 
     # ---- Tune's searcher interface
     def set_search_properties(self, metric: Optional[str], mode: Optional[str], config: dict, **spec) -> bool:
@@ -79,10 +78,10 @@ class SearchThenBaseline(Searcher):
                 return None
             if config != Searcher.FINISHED:
                 self.search_drawn += 1
-                self._start(trial_id, config, search=True)
+                self._start(trial_id, config)
                 return config
             self.search_drawn = self.search_trials  # the searcher has no more to give
-        over = not self.search_running
+        over = all(is_baseline(self.configs.get(t)) for t in self.running)  # no search trial runs
         point = self._next_point(final=over)
         if point is None:
             return Searcher.FINISHED if over else None  # else: wait for the search's trials
@@ -90,22 +89,19 @@ class SearchThenBaseline(Searcher):
             return None
         self.issued.add(point_of(point))
         config = {**point, PHASE_KEY: BASELINE_PHASE}
-        self._start(trial_id, config, search=False)
+        self._start(trial_id, config)
         return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         config = self._config_of(trial_id, result)
         if trial_id not in self.ended and trial_id not in self.running:  # a restored trial runs again
-            self.running.add(trial_id)
-            if not is_baseline(config):
-                self.search_running.add(trial_id)
+            self._start(trial_id, config)
         if not is_baseline(config):
             self.searcher.on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
         config = self._config_of(trial_id, result)
         self.running.discard(trial_id)
-        self.search_running.discard(trial_id)
         if is_baseline(config):
             return
         if config is not None:
@@ -116,11 +112,11 @@ class SearchThenBaseline(Searcher):
         """This wrapper's record, without the search's own searcher: Tune saves each wrapper's
         state (`searcher` chain) beside the innermost searcher's, and restores them alike."""
         return copy.deepcopy({k: v for k, v in self.__dict__.items()
-                              if k not in ("searcher", "running", "search_running")})
+                              if k not in ("searcher", "running")})
 
     def set_state(self, state: dict) -> None:
         self.__dict__.update(state)
-        self.running, self.search_running = set(), set()
+        self.running = set()
 
     # ---- which point next
     def chosen(self, final: bool) -> Optional[TrialRow]:
@@ -139,11 +135,9 @@ class SearchThenBaseline(Searcher):
         return next((p for p in baseline_points(best, self.recipe, self.seeds, first)
                      if point_of(p) not in self.issued), None)
 
-    def _start(self, trial_id: str, config: dict, search: bool) -> None:
-        self.configs[trial_id] = dict(config)
+    def _start(self, trial_id: str, config: Optional[dict]) -> None:
+        self.configs[trial_id] = dict(config or {})
         self.running.add(trial_id)
-        if search:
-            self.search_running.add(trial_id)
 
     def _config_of(self, trial_id: str, result: Optional[dict]) -> Optional[dict]:
         """The trial's config: suggested here, or (a trial created after this searcher's last

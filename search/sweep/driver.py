@@ -239,7 +239,8 @@ def stage_baseline(cfg: SweepConfig, state: SweepState, tracker: Tracker, teache
     points = [] if best.augmentation == recipe else baseline_points(best, recipe, seeds, first)
     rows = SearchPhase.baseline_rows_of(grids)  # every one, the points of a trial not chosen in the end too
     wanted = {point_of(p) for p in points}
-    missing = [p for p in points if point_of(p) not in {r.point for r in rows}]
+    ran = {r.point for r in rows}
+    missing = [p for p in points if point_of(p) not in ran]
     if state.baseline is None:
         state.baseline = BaselineRecord(f"{state.search.experiment}-baseline")
         state.save(job_dir(cfg))
