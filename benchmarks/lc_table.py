@@ -128,7 +128,13 @@ def students(out: Path, workers: int, regimes: list[str]) -> None:
     log = out / "runs.jsonl"
     teachers = {r: teacher_for(r, out)["path"] for r in regimes}
     jobs = [(r, c, seed, teachers[r], str(out)) for seed in SEEDS for r in regimes for c in candidate_ids(r, out)]
-    done = {(row["regime"], row["candidate"], row["seed"]) for row in read_jsonl(log)}
+    run_missing(_run_student, jobs, read_jsonl(log), log, workers)
+
+
+def run_missing(run_one, jobs: list[tuple], logged: list[dict], log: Path, workers: int) -> None:
+    """Runs the jobs whose (regime, candidate, seed) no logged row has, `workers` processes side by
+    side, appending each finished row to `log` with the commit and the worker count."""
+    done = {(row["regime"], row["candidate"], row["seed"]) for row in logged}
     todo = [job for job in jobs if job[:3] not in done]
     print(f"{len(todo)} student runs to do ({len(jobs) - len(todo)} of {len(jobs)} logged)", flush=True)
     if not todo:
@@ -136,13 +142,14 @@ def students(out: Path, workers: int, regimes: list[str]) -> None:
     context = multiprocessing.get_context("spawn")
     start = time.perf_counter()
     with context.Pool(workers) as pool, open(log, "a") as sink:
-        for i, row in enumerate(pool.imap(_run_student, todo), 1):
+        for i, row in enumerate(pool.imap(run_one, todo), 1):
             row.update(commit=git_commit(), workers=workers)
             sink.write(json.dumps(row) + "\n")
             sink.flush()
             eta = (time.perf_counter() - start) / i * (len(todo) - i)
+            cpu = f", {sum(row['epoch_cpu_seconds']):.0f} CPU s" if "epoch_cpu_seconds" in row else ""
             print(f"[{i}/{len(todo)}] {row['regime']} {row['candidate']} seed {row['seed']}: val "
-                  f"{row['val_loss'][-1]:.4f} test {row['test_loss'][-1]:.4f} ({row['seconds']:.0f} s; "
+                  f"{row['val_loss'][-1]:.4f} test {row['test_loss'][-1]:.4f} ({row['seconds']:.0f} s{cpu}; "
                   f"{eta / 60:.0f} min left)", flush=True)
 
 

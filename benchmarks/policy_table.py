@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import platform
 import sys
@@ -134,22 +133,7 @@ def students(out: Path, workers: int) -> None:
     log = out / "runs.jsonl"
     teachers = {r: lc_table.teacher_for(r, out)["path"] for r in REGIMES}
     jobs = [(r, c, seed, teachers[r], str(out)) for seed in SEEDS for r in REGIMES for c in candidates()]
-    done = {(row["regime"], row["candidate"], row["seed"]) for row in logged_runs(out)}
-    todo = [job for job in jobs if job[:3] not in done]
-    print(f"{len(todo)} student runs to do ({len(jobs) - len(todo)} of {len(jobs)} logged)", flush=True)
-    if not todo:
-        return
-    context = multiprocessing.get_context("spawn")
-    start = time.perf_counter()
-    with context.Pool(workers) as pool, open(log, "a") as sink:
-        for i, row in enumerate(pool.imap(_run_student, todo), 1):
-            row.update(commit=lc_table.git_commit(), workers=workers)
-            sink.write(json.dumps(row) + "\n")
-            sink.flush()
-            eta = (time.perf_counter() - start) / i * (len(todo) - i)
-            print(f"[{i}/{len(todo)}] {row['regime']} {row['candidate']} seed {row['seed']}: val "
-                  f"{row['val_loss'][-1]:.4f} test {row['test_loss'][-1]:.4f} ({row['seconds']:.0f} s, "
-                  f"{sum(row['epoch_cpu_seconds']):.0f} CPU s; {eta / 60:.0f} min left)", flush=True)
+    lc_table.run_missing(_run_student, jobs, logged_runs(out), log, workers)
 
 
 # ---------------------------------------------------------------- proxy scores
